@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for Know Your Bands: a virtual environment with every dependency of the
+# design card (torch/torchvision as the machine provides them), the project in editable mode, and
+# the local PostgreSQL and Redis servers the tests talk to. Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${KYB_VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.kyb-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing dependencies (torch comes from this machine's local wheel)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    # torch/torchvision first, pinned to the builds this machine carries on disk (see DEVELOPERS.md).
+    "$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    touch "$stamp"
+fi
+
+# Local services (the tests use real servers). Start them only when they are down.
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    echo "setup: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || \
+        echo "setup: warning: could not start PostgreSQL" >&2
+fi
+if command -v redis-cli >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    echo "setup: starting Redis"
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log || echo "setup: warning: could not start Redis" >&2
+fi
+echo "setup: ready ($("$VENV/bin/python" --version), kyb $("$VENV/bin/kyb" --version | cut -d' ' -f2))"

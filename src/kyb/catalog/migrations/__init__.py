@@ -1,0 +1,1 @@
+"""Versioned schema migrations, one folder per backend: ``NNNN_description.sql``, applied in order."""

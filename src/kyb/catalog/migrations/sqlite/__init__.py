@@ -1,0 +1,1 @@
+"""SQLite schema migrations (package data, read with ``importlib.resources``)."""

@@ -1,0 +1,450 @@
+"""``kyb``: the embedded command line (ingest, identify, eval, demo, codebook, catalog, stats).
+
+Every command works on one index folder and one catalog (``--index-dir``, ``--catalog`` or the config
+file / ``KYB_*`` variables). Exit codes: 0 ok, 1 some items failed, 2 bad usage, then one code per
+error family (see :data:`kyb.errors.EXIT_CODES`); every failure prints one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kyb import __version__
+from kyb.errors import EXIT_CODES, InvalidRequest, KybError, NotFound, lookup
+
+__all__ = ["main"]
+
+log = logging.getLogger("kyb")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+
+
+# ---------------------------------------------------------------------------- helpers
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _progress(total: int | None, desc: str, unit: str = "img") -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True,
+                disable=None)  # fmt: skip
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from kyb.config import load_config
+
+    overrides = {"index_dir": args.index_dir, "catalog_url": args.catalog}
+    overrides.update(getattr(args, "overrides", {}) or {})
+    return load_config(args.config or os.environ.get("KYB_CONFIG"), env=os.environ, overrides=overrides)
+
+
+def _engine(args: argparse.Namespace) -> Any:
+    from kyb.engine import Engine
+
+    return Engine(_config(args))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "band"
+
+
+def _parse_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"box must be x1,y1,x2,y2 numbers, got {text!r}") from None
+    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
+        raise argparse.ArgumentTypeError(f"box must be x1,y1,x2,y2 with x2>x1 and y2>y1, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------- ingest
+def _folder_items(folder: Path, kind: str | None) -> tuple[list[Any], list[Any]]:
+    """Images under ``folder``: the band is the first sub-folder's name (or the file name at top level);
+    ``*logo*`` files are logos, the rest album covers (or ``--kind``)."""
+    from kyb.catalog import Album, Band
+    from kyb.engine import IngestItem
+
+    items: list[IngestItem] = []
+    bands: dict[str, Band] = {}
+    albums: dict[str, Album] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder)
+        if path.suffix.lower() not in IMAGE_SUFFIXES or any(part.startswith(".") for part in relative.parts):
+            continue
+        band_name = relative.parts[0] if len(relative.parts) > 1 else path.stem
+        band_id = _slug(band_name)
+        bands.setdefault(band_id, Band(band_id=band_id, name=band_name))
+        item_kind = kind or ("logo" if "logo" in path.stem.lower() else "album_cover")
+        album_id = None
+        if item_kind == "album_cover" and len(relative.parts) > 1:
+            album_id = f"{band_id}/{_slug(path.stem)}"
+            albums.setdefault(album_id, Album(album_id=album_id, band_id=band_id, title=path.stem))
+        items.append(IngestItem(source=str(path), kind=item_kind, band_id=band_id, album_id=album_id))
+    return items, [*bands.values(), *albums.values()]
+
+
+def _collect(engine: Any, paths: Sequence[Path], kind: str | None) -> tuple[list[Any], int]:
+    """Ingest items from folders and catalog files; catalog metadata is upserted on the way."""
+    from kyb.catalog import Album, Band, import_catalog
+    from kyb.engine import IngestItem
+
+    items: list[Any] = []
+    row_errors = 0
+    for path in paths:
+        if path.is_dir():
+            catalog_file = next(
+                (path / n for n in ("catalog.json", "catalog.csv") if (path / n).exists()), None
+            )
+            if catalog_file is None:
+                found, metadata = _folder_items(path, kind)
+                engine.catalog.upsert_bands([m for m in metadata if isinstance(m, Band)])
+                engine.catalog.upsert_albums([m for m in metadata if isinstance(m, Album)])
+                items.extend(found)
+                continue
+            path = catalog_file
+        if not path.exists():
+            raise InvalidRequest(f"{path}: no such file or folder")
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            band_id = _slug(path.stem)
+            engine.catalog.upsert_band(Band(band_id=band_id, name=path.stem))
+            items.append(IngestItem(str(path), kind or "album_cover", band_id))
+            continue
+        report = import_catalog(engine.catalog, path)
+        for error in report.errors:
+            print(f"warning: {error}", file=sys.stderr)
+        row_errors += len(report.errors)
+        log.info("%s: %d bands, %d albums, %d references", path, report.bands_upserted,
+                 report.albums_upserted, len(report.references))  # fmt: skip
+        items.extend(
+            IngestItem(e.image_path, e.kind, e.band_id, e.album_id, tuple(e.regions))
+            for e in report.references
+        )
+    return items, row_errors
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    items, row_errors = _collect(engine, [Path(p) for p in args.paths], args.kind)
+    if not items:
+        print("error: nothing to ingest (no images found)", file=sys.stderr)
+        return 1 if row_errors else EXIT_CODES[InvalidRequest]
+    counts: dict[str, int] = {}
+    started = time.perf_counter()
+    with _progress(len(items), "ingest") as bar:
+
+        def tick(outcome: Any) -> None:
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+            if outcome.status == "failed":
+                bar.write(f"failed: {outcome.source}: {outcome.message}", file=sys.stderr)
+            bar.update(1)
+
+        engine.ingest(items, progress=tick)
+    elapsed = time.perf_counter() - started
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    stats = engine.index.stats()
+    print(f"ingested {len(items)} images in {elapsed:.1f} s: {summary}; index holds {stats['references']} "
+          f"references ({stats['bytes_per_reference']:.0f} bytes each)")  # fmt: skip
+    if counts.get("failed", 0) == len(items):
+        return EXIT_CODES[InvalidRequest]
+    return 1 if counts.get("failed") or row_errors else 0
+
+
+# ---------------------------------------------------------------------------- identify
+def _draw(photo: Path, result: Any, out: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from kyb.config import ImageLimits
+    from kyb.imageio import decode_image
+
+    decoded = decode_image(photo.read_bytes(), ImageLimits())
+    canvas = cv2.cvtColor(decoded.rgb, cv2.COLOR_RGB2BGR)
+    thickness = max(2, round(max(canvas.shape[:2]) / 300))
+    for number, obj in enumerate(result.objects, start=1):
+        outline = np.array(obj.outline, dtype=np.float32).round().astype(np.int32)
+        cv2.polylines(canvas, [outline], True, (0, 230, 0), thickness, cv2.LINE_AA)
+        best = obj.best
+        name = (best.band or {}).get("name") or best.band_id or best.reference_id
+        title = (best.album or {}).get("title")
+        label = f"{number}. {name}" + (f" - {title}" if title else "") + f" ({best.inliers})"
+        x, y = int(outline[:, 0].min()), max(20, int(outline[:, 1].min()) - 8)
+        scale = max(0.5, max(canvas.shape[:2]) / 1600)
+        cv2.putText(
+            canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA
+        )
+        cv2.putText(
+            canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), canvas):
+        raise InvalidRequest(f"cannot write {out}")
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    answers = []
+    failures = 0
+    for i, name in enumerate(args.photos):
+        photo = Path(name)
+        try:
+            data = photo.read_bytes()
+        except OSError as exc:
+            failures += 1
+            print(f"error: {photo}: {exc.strerror or exc}", file=sys.stderr)
+            answers.append({"photo": str(photo), "error": exc.strerror or str(exc)})
+            continue
+        try:
+            result = engine.identify(data, box=args.box)
+        except KybError as exc:
+            failures += 1
+            print(f"error: {photo}: {exc}", file=sys.stderr)
+            answers.append({"photo": str(photo), "error": str(exc)})
+            continue
+        answers.append({"photo": str(photo), **result.to_dict()})
+        if args.draw:
+            target = Path(args.draw)
+            if len(args.photos) > 1:
+                target = target.with_name(f"{target.stem}-{i}{target.suffix or '.jpg'}")
+            _draw(photo, result, target)
+            log.info("drew %s", target)
+    print(json.dumps(answers if len(answers) > 1 else answers[0], indent=2, ensure_ascii=False))
+    if failures == len(args.photos):
+        return EXIT_CODES[InvalidRequest] if failures else 0
+    return 1 if failures else 0
+
+
+# ---------------------------------------------------------------------------- eval
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kyb.evaluation import evaluate, index_dataset, load_ground_truth
+
+    config = _config(args)
+    gt = load_ground_truth(Path(args.dataset))
+    cache = Path(args.cache or os.environ.get("KYB_EVAL_CACHE") or Path.home() / ".cache" / "kyb" / "eval")
+    with _progress(len(gt.database), f"index {gt.name}") as bar:
+        engine, mapping = index_dataset(gt, config, cache, progress=lambda _o: bar.update(1))
+    n_queries = min(len(gt.queries), args.limit or len(gt.queries))
+    n_distractors = min(len(gt.distractors), args.limit or len(gt.distractors))
+    with _progress(n_queries + n_distractors, f"eval {gt.name}", unit="photo") as bar:
+        report = evaluate(engine, gt, mapping, limit=args.limit, progress=bar.update)
+    if args.json:
+        print(json.dumps(report.to_dict(with_queries=args.per_query), indent=2))
+    else:
+        print(report.table())
+    return 0
+
+
+# ---------------------------------------------------------------------------- demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    from kyb import synth
+    from kyb.evaluation import evaluate, index_dataset, load_ground_truth
+
+    folder = Path(args.dir)
+    if not (folder / "gt.json").exists() or args.regenerate:
+        started = time.perf_counter()
+        synth.write_demo_set(folder, n_bands=args.bands, n_photos=args.photos, seed=args.seed)
+        print(f"generated a sample catalog of {args.bands} fictional bands and {args.photos} photos in {folder} "
+              f"({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    config = _config(args)
+    if args.index_dir is None:
+        config = config.replace(index_dir=folder / "index", catalog_url=str(folder / "catalog.db"))
+    from kyb.engine import Engine
+
+    engine = Engine(config)
+    items, _ = _collect(engine, [folder / "catalog.json"], None)
+    with _progress(len(items), "ingest") as bar:
+        engine.ingest(items, progress=lambda _o: bar.update(1))
+    gt = load_ground_truth(folder)
+    names = json.loads((folder / "gt.json").read_text())["labels"]
+    print()
+    for query in [q["query"] for q in gt.queries] + gt.distractors:
+        result = engine.identify((folder / query).read_bytes())
+        found = ", ".join(
+            f"{(o.best.band or {}).get('name', o.best.band_id)}"
+            + (f" / {(o.best.album or {}).get('title')}" if o.best.album else " (logo)")
+            + f" [{o.best.inliers} inliers]"
+            for o in result.objects
+        )
+        expected = [names.get(p, p) for q in gt.queries if q["query"] == query for p in q["positives"]]
+        print(f"{query}: {found or 'no band found'}")
+        print(f"    expected: {'; '.join(expected) if expected else 'nothing (a photo with no band)'}")
+        if args.draw:
+            _draw(folder / query, result, folder / "drawn" / Path(query).name)
+    cache = folder / "eval-cache"
+    engine_eval, mapping = index_dataset(gt, config, cache)
+    report = evaluate(engine_eval, gt, mapping)
+    print()
+    print(report.table())
+    print(f"\nTry it yourself: kyb identify {folder / gt.queries[0]['query']} --index-dir {config.index_dir} "
+          f"--catalog {config.catalog_url} --draw /tmp/kyb-drawn.jpg")  # fmt: skip
+    return 0
+
+
+# ---------------------------------------------------------------------------- codebook / catalog / misc
+def cmd_codebook_train(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    items, _ = _collect(engine, [Path(p) for p in args.sources], args.kind)
+    if len(items) < 2:
+        print("error: a codebook needs at least 2 reference images", file=sys.stderr)
+        return EXIT_CODES[InvalidRequest]
+    started = time.perf_counter()
+    codebook = engine.retrain_codebook(items)
+    print(f"trained codebook {codebook.version} in {time.perf_counter() - started:.1f} s: "
+          f"{json.dumps(codebook.params)}")  # fmt: skip
+    return 0
+
+
+def cmd_catalog_import(args: argparse.Namespace) -> int:
+    from kyb.catalog import import_catalog
+
+    engine = _engine(args)
+    report = import_catalog(engine.catalog, Path(args.file))
+    for error in report.errors:
+        print(f"warning: {error}", file=sys.stderr)
+    print(f"{args.file}: {report.bands_upserted} bands, {report.albums_upserted} albums, "
+          f"{len(report.errors)} bad rows, {len(report.references)} references to ingest "
+          f"({report.elapsed_s:.2f} s)")  # fmt: skip
+    return 1 if report.errors else 0
+
+
+def cmd_band(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    band = engine.catalog.get_band(args.band_id)
+    if band is None:
+        matches = engine.catalog.find_bands(args.band_id, limit=10)
+        if not matches:
+            print(f"error: no band {args.band_id!r}", file=sys.stderr)
+            return EXIT_CODES[NotFound]
+        print(json.dumps([b.to_dict() for b in matches], indent=2, ensure_ascii=False))
+        return 0
+    data = band.to_dict()
+    data["albums"] = [a.to_dict() for a in engine.catalog.list_albums(band.band_id)]
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    for reference_id in args.reference_ids:
+        engine.delete_reference(reference_id)
+        print(f"deleted {reference_id}")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    stats = engine.index.stats()
+    stats["catalog_bands"] = engine.catalog.count_bands()
+    stats["catalog_references"] = engine.catalog.count_references()
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kyb", description="Know Your Bands: identify band logos and album covers."
+    )
+    parser.add_argument("--version", action="version", version=f"kyb {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML config file (also KYB_CONFIG)")
+    common.add_argument("--index-dir", help="index folder (default .kyb/index)")
+    common.add_argument("--catalog", help="catalog: SQLite path or sqlite:///... (default .kyb/catalog.db)")
+    common.add_argument("--log-level", default=os.environ.get("KYB_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "ingest", parents=[common], help="add reference images (folders, catalog files, images)"
+    )
+    p.add_argument("paths", nargs="+", help="folder, catalog.json/.csv, or image files")
+    p.add_argument("--kind", choices=["logo", "album_cover"], help="kind for images without one")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("identify", parents=[common], help="find every known logo and cover in photos")
+    p.add_argument("photos", nargs="+")
+    p.add_argument("--box", type=_parse_box, help="search only this crop: x1,y1,x2,y2 in photo pixels")
+    p.add_argument("--draw", help="write the photo with outlines and names to this file")
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("eval", parents=[common], help="accuracy and speed on a gt.json data set")
+    p.add_argument("dataset", help="folder with gt.json (e.g. ../shared/datasets/covers)")
+    p.add_argument("--limit", type=int, help="first N queries (and N distractors)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--per-query", action="store_true", help="with --json: every query's outcome")
+    p.add_argument("--cache", help="index cache folder (default ~/.cache/kyb/eval or KYB_EVAL_CACHE)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "demo", parents=[common], help="generate a sample catalog and photos, ingest, identify"
+    )
+    p.add_argument("--dir", default=".kyb/demo", help="where the sample set goes (default .kyb/demo)")
+    p.add_argument("--bands", type=int, default=8)
+    p.add_argument("--photos", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--regenerate", action="store_true", help="draw the sample set again")
+    p.add_argument("--draw", action="store_true", help="also write annotated photos to DIR/drawn/")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("codebook", help="visual codebook")
+    codebook_sub = p.add_subparsers(dest="codebook_command", required=True, metavar="ACTION")
+    t = codebook_sub.add_parser("train", parents=[common], help="train a codebook and re-encode the index")
+    t.add_argument("sources", nargs="+", help="folders / catalog files of reference images to learn from")
+    t.add_argument("--kind", choices=["logo", "album_cover"])
+    t.set_defaults(func=cmd_codebook_train)
+
+    p = sub.add_parser("catalog", help="band catalog")
+    catalog_sub = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    c = catalog_sub.add_parser("import", parents=[common], help="import bands/albums from a JSON or CSV file")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_catalog_import)
+    c = catalog_sub.add_parser("band", parents=[common], help="show a band by id, or search by name")
+    c.add_argument("band_id")
+    c.set_defaults(func=cmd_band)
+
+    p = sub.add_parser("delete", parents=[common], help="remove references by id")
+    p.add_argument("reference_ids", nargs="+")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("stats", parents=[common], help="index and catalog sizes")
+    p.set_defaults(func=cmd_stats)
+
+    try:  # the gRPC services add `kyb serve ...` (issue 4)
+        from kyb.rpc.cli import add_serve_commands
+    except ImportError:
+        pass
+    else:
+        add_serve_commands(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "INFO"))
+    try:
+        return int(args.func(args) or 0)
+    except KybError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(lookup(EXIT_CODES, exc))  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Typed configuration: one frozen dataclass per concern, loaded once and passed down.
+
+Every field can be set in a TOML file (``[section] field = value``) or an environment variable
+``KYB_<SECTION>__<FIELD>`` (e.g. ``KYB_SEARCH__MIN_INLIERS=15``); the environment wins. A bad value
+raises :class:`~kyb.errors.ConfigError` naming the field. Nothing here reads the environment at import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kyb.errors import ConfigError
+
+__all__ = [
+    "CodebookConfig",
+    "EngineConfig",
+    "FeatureConfig",
+    "ImageLimits",
+    "SearchConfig",
+    "load_config",
+]
+
+
+def _check(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config field {name}: {message}")
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Bounds on what the decoder accepts; checked on the header before pixels are decoded."""
+
+    max_bytes: int = 30 * 1024 * 1024
+    #: Decompression-bomb guard: a 40-Mpx photo is already more than any phone makes.
+    max_pixels: int = 60_000_000
+    #: Images with a shorter side than this carry too little to identify anything.
+    min_side: int = 16
+    #: Photos are searched at this longest side: SIFT at 1024 px keeps cover/logo detail and runs in ~0.2 s.
+    search_max_side: int = 1024
+    #: References are stored at this longest side (their features, not their pixels).
+    reference_max_side: int = 1024
+
+    def __post_init__(self) -> None:
+        _check(self.max_bytes > 0, "limits.max_bytes", "must be > 0")
+        _check(self.max_pixels > 0, "limits.max_pixels", "must be > 0")
+        _check(1 <= self.min_side <= 512, "limits.min_side", "must be in 1..512")
+        _check(self.search_max_side >= 256, "limits.search_max_side", "must be >= 256")
+        _check(self.reference_max_side >= 256, "limits.reference_max_side", "must be >= 256")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """RootSIFT extraction and the compact per-reference storage."""
+
+    #: Features kept for a photo: more finds small logos in clutter, costs matching time.
+    query_features: int = 2500
+    #: Features kept per reference: bounds index bytes (about 72 bytes each).
+    reference_features: int = 450
+    #: SIFT contrast threshold; OpenCV's 0.04 drops too much on low-contrast phone photos.
+    contrast_threshold: float = 0.025
+    #: Small reference regions (logo boxes) are upscaled to this shorter side before extraction.
+    min_region_side: int = 360
+    #: Photos with a longer side below this are enlarged (up to 2x) before extraction.
+    query_min_side: int = 1000
+    #: Descriptor dimensions kept after PCA (RootSIFT 128 -> this), stored as int8.
+    pca_dims: int = 64
+
+    def __post_init__(self) -> None:
+        _check(50 <= self.query_features <= 20000, "features.query_features", "must be in 50..20000")
+        _check(20 <= self.reference_features <= 5000, "features.reference_features", "must be in 20..5000")
+        _check(0 < self.contrast_threshold < 0.5, "features.contrast_threshold", "must be in (0, 0.5)")
+        _check(32 <= self.min_region_side <= 2048, "features.min_region_side", "must be in 32..2048")
+        _check(64 <= self.query_min_side <= 4096, "features.query_min_side", "must be in 64..4096")
+        _check(8 <= self.pca_dims <= 128, "features.pca_dims", "must be in 8..128")
+
+
+@dataclass(frozen=True)
+class CodebookConfig:
+    """The visual vocabulary trained by ``kyb codebook train`` from a sample of reference descriptors."""
+
+    #: Fine vocabulary for the inverted file; capped at sample/40 so every word sees enough data.
+    words: int = 16384
+    #: Coarse vocabulary for the VLAD global vector (words x pca_dims dimensions before whitening).
+    vlad_words: int = 64
+    #: Dimensions of the whitened global vector stored in the hnswlib index.
+    global_dims: int = 256
+    #: Descriptors sampled from the references to train on.
+    sample_size: int = 300_000
+    kmeans_iterations: int = 12
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(16 <= self.words <= 1 << 20, "codebook.words", "must be in 16..1048576")
+        _check(4 <= self.vlad_words <= 1024, "codebook.vlad_words", "must be in 4..1024")
+        _check(8 <= self.global_dims <= 4096, "codebook.global_dims", "must be in 8..4096")
+        _check(self.sample_size >= 1000, "codebook.sample_size", "must be >= 1000")
+        _check(1 <= self.kmeans_iterations <= 100, "codebook.kmeans_iterations", "must be in 1..100")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Shortlist and geometric verification; see docs/engine.md for how each was chosen."""
+
+    #: Candidates taken from the hnswlib index over global vectors.
+    shortlist_global: int = 30
+    #: Candidates taken from the inverted file (visual-word votes): finds small objects in clutter.
+    shortlist_words: int = 30
+    #: Candidates verified per round (the fused shortlist is cut to this).
+    verify_top: int = 40
+    #: hnswlib graph degree and search breadth: memory ~ M * 8 bytes per reference; ef >= shortlist.
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef: int = 128
+    #: Lowe's ratio test on descriptor distances.
+    ratio: float = 0.85
+    #: RANSAC reprojection threshold in pixels of the photo at search size (1024 px).
+    ransac_threshold: float = 8.0
+    #: A match needs this many one-to-one, spatially distinct inliers.
+    min_inliers: int = 14
+    #: ... spread over at least this fraction of the reference region (rejects clustered chance matches).
+    min_inlier_spread: float = 0.04
+    #: Objects returned per photo at most.
+    max_objects: int = 12
+    #: Also-matched references kept per object (other references of the same object, for explanation).
+    alternatives: int = 4
+
+    def __post_init__(self) -> None:
+        _check(self.shortlist_global >= 0, "search.shortlist_global", "must be >= 0")
+        _check(self.shortlist_words >= 0, "search.shortlist_words", "must be >= 0")
+        _check(self.shortlist_global + self.shortlist_words > 0, "search.shortlist_*", "one must be > 0")
+        _check(self.verify_top >= 1, "search.verify_top", "must be >= 1")
+        _check(2 <= self.hnsw_m <= 100, "search.hnsw_m", "must be in 2..100")
+        _check(self.hnsw_ef >= self.shortlist_global, "search.hnsw_ef", "must be >= shortlist_global")
+        _check(0.5 <= self.ratio <= 1.0, "search.ratio", "must be in 0.5..1.0")
+        _check(0.5 <= self.ransac_threshold <= 50, "search.ransac_threshold", "must be in 0.5..50")
+        _check(4 <= self.min_inliers <= 1000, "search.min_inliers", "must be in 4..1000")
+        _check(0 <= self.min_inlier_spread < 1, "search.min_inlier_spread", "must be in 0..1")
+        _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the embedded engine needs; services add their own sections (issue 4)."""
+
+    #: Folder holding the index (codebook, segments, ANN graph).
+    index_dir: Path = Path(".kyb/index")
+    #: Catalog location: a SQLite path / ``sqlite:///path`` (default) or ``postgresql://...``.
+    catalog_url: str = ".kyb/catalog.db"
+    #: Worker threads for ingest/eval encoding (OpenCV releases the GIL while extracting).
+    workers: int = 2
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    codebook: CodebookConfig = field(default_factory=CodebookConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.workers <= 64, "engine.workers", "must be in 1..64")
+
+    def replace(self, **changes: Any) -> EngineConfig:
+        """A copy with top-level fields changed (sections as whole dataclasses)."""
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS = {"limits", "features", "codebook", "search"}
+
+
+def _coerce(name: str, annotation: Any, value: Any) -> Any:
+    """Converts a TOML/env value to the annotated field type, or raises ConfigError naming the field."""
+    if dataclasses.is_dataclass(value):
+        return value  # an already built section
+    target = annotation
+    if isinstance(annotation, str):
+        target = {"int": int, "float": float, "str": str, "bool": bool, "Path": Path}.get(annotation, str)
+    origin = typing.get_origin(target)
+    if origin in (typing.Union, types.UnionType):
+        target = next(a for a in typing.get_args(target) if a is not type(None))
+    try:
+        if target is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError(value)
+                return lowered in {"1", "true", "yes", "on"}
+            return bool(value)
+        if target is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if target is float:
+            return float(value)
+        if target is Path:
+            return Path(value).expanduser()
+        return str(value)
+    except (TypeError, ValueError):
+        kind = getattr(target, "__name__", target)
+        raise ConfigError(f"config field {name}: cannot read {value!r} as {kind}") from None
+
+
+def _build(cls: type, prefix: str, values: Mapping[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"config field {prefix}{key}: unknown field")
+        kwargs[key] = _coerce(prefix + key, fields[key].type, value)
+    return cls(**kwargs)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> EngineConfig:
+    """Reads an optional TOML file, then ``KYB_*`` variables from ``env``, then ``overrides``.
+
+    ``overrides`` uses dotted names (``{"search.min_inliers": 15, "index_dir": "x"}``); ``None`` values
+    are skipped so CLI flags that were not given leave the file's value alone.
+    """
+    raw: dict[str, dict[str, Any]] = {"": {}}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                document = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for key, value in document.items():
+            if isinstance(value, dict):
+                raw.setdefault(key, {}).update(value)
+            else:
+                raw[""][key] = value
+    for key, value in (env or {}).items():
+        if not key.startswith("KYB_") or key in {"KYB_CONFIG", "KYB_LOG_LEVEL"}:
+            continue
+        name = key[4:].lower()
+        section, _, fieldname = name.partition("__")
+        if fieldname:
+            raw.setdefault(section, {})[fieldname] = value
+        elif name in {f.name for f in dataclasses.fields(EngineConfig)}:
+            raw[""][name] = value
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, fieldname = dotted.rpartition(".")
+        raw.setdefault(section, {})[fieldname] = value
+    top: dict[str, Any] = {}
+    for section, values in raw.items():
+        if section == "":
+            top.update(values)
+        elif section in _SECTIONS:
+            section_cls = {f.name: f.default_factory for f in dataclasses.fields(EngineConfig)}[section]
+            top[section] = _build(section_cls, section + ".", values)  # type: ignore[arg-type]
+        elif section in {"engine"}:
+            top.update(values)
+        # Other sections belong to the services (gateway, matcher, ...) and are read there.
+    return _build(EngineConfig, "", top)

@@ -1,0 +1,140 @@
+"""Image -> encoding: RootSIFT features, their PCA/int8 form, visual words and the global vector.
+
+The encoder is the one place where pixels become numbers; the index and the verifier only ever see
+:class:`Encoding` objects, which is what lets the encoder run as its own service (issue 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kyb.codebook import Codebook
+from kyb.config import FeatureConfig
+from kyb.errors import InvalidImage, InvalidRequest
+from kyb.features import LocalFeatures, extract_rootsift
+from kyb.imageio import DecodedImage
+
+__all__ = ["Box", "Encoder", "Encoding", "extract_region"]
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels, x2 > x1, y2 > y1
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """What the index stores for a reference, or searches with for a photo.
+
+    * ``xy``: (N, 2) float32 keypoint positions in the *region frame*: pixels of the encoded image,
+      relative to the region's top-left corner.
+    * ``descriptors``: (N, pca_dims) int8 (PCA-projected RootSIFT, see :meth:`Codebook.quantize`).
+    * ``words``: (N,) int32 fine visual words.
+    * ``global_vector``: (D,) float32, unit norm (or zeros with no features).
+    * ``region_size``: (width, height) of the region in the same frame; its outline is the rectangle
+      (0, 0)-(width, height).
+    * ``origin``: the region's top-left corner in the encoded image, and ``scale`` maps encoded-image
+      pixels to original-image pixels, so outlines can be reported in the caller's frame.
+    """
+
+    xy: np.ndarray
+    descriptors: np.ndarray
+    words: np.ndarray
+    global_vector: np.ndarray
+    region_size: tuple[float, float]
+    origin: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+    codebook_version: str = ""
+
+    def __len__(self) -> int:
+        return int(self.xy.shape[0])
+
+
+class Encoder:
+    """Encodes references and photos with one codebook and one feature configuration."""
+
+    def __init__(self, codebook: Codebook, features: FeatureConfig) -> None:
+        if codebook.pca_dims != features.pca_dims:
+            raise InvalidRequest(
+                f"codebook has {codebook.pca_dims} PCA dims but features.pca_dims is {features.pca_dims}"
+            )
+        self.codebook = codebook
+        self.features = features
+
+    @property
+    def version(self) -> str:
+        """Changes whenever an encoding would change: the codebook and the feature settings."""
+        f = self.features
+        return (
+            f"{self.codebook.version}-q{f.query_features}-r{f.reference_features}"
+            f"-c{f.contrast_threshold:g}-m{f.min_region_side}-s{f.query_min_side}"
+        )
+
+    def extract(self, image: DecodedImage, box: Box | None, *, reference: bool) -> tuple[LocalFeatures, Box]:
+        return extract_region(image, box, self.features, reference=reference)
+
+    def encode_features(self, features: LocalFeatures, region: Box, *, scale: float = 1.0) -> Encoding:
+        projected = self.codebook.project(features.descriptors)
+        return Encoding(
+            xy=features.xy.astype(np.float32),
+            descriptors=self.codebook.quantize(projected),
+            words=self.codebook.assign(projected),
+            global_vector=self.codebook.global_vector(projected),
+            region_size=(region[2] - region[0], region[3] - region[1]),
+            origin=(region[0], region[1]),
+            scale=scale,
+            codebook_version=self.codebook.version,
+        )
+
+    def encode(self, image: DecodedImage, box: Box | None = None, *, reference: bool = False) -> Encoding:
+        """Encodes ``image`` (or the ``box`` region of it, in ``image`` pixels).
+
+        References keep ``features.reference_features`` keypoints and small regions are upscaled;
+        photos keep ``features.query_features``. Raises :class:`InvalidImage` for a featureless image.
+        """
+        features, region = self.extract(image, box, reference=reference)
+        if len(features) < 4:
+            raise InvalidImage(
+                "featureless image: no texture to match (blank, flat or too blurred)"
+                if box is None
+                else f"featureless region {tuple(round(v) for v in region)}: no texture to match"
+            )
+        return self.encode_features(features, region, scale=image.scale)
+
+
+def extract_region(
+    image: DecodedImage, box: Box | None, features: FeatureConfig, *, reference: bool
+) -> tuple[LocalFeatures, Box]:
+    """RootSIFT of the whole image or of ``box`` (clipped to the image), in region coordinates.
+
+    Needs no codebook, so ingest can extract before a codebook exists. Returns the features and the
+    region actually used (x1, y1, x2, y2 in ``image`` pixels).
+    """
+    height, width = image.height, image.width
+    if box is None:
+        region: Box = (0.0, 0.0, float(width), float(height))
+    else:
+        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, y1 = max(0.0, x1), max(0.0, y1)
+        x2, y2 = min(float(width), x2), min(float(height), y2)
+        if x2 - x1 < 8 or y2 - y1 < 8:
+            raise InvalidRequest(f"box {tuple(box)} is empty or outside the {width}x{height} image")
+        region = (x1, y1, x2, y2)
+    gray = image.gray()
+    x1, y1, x2, y2 = (round(v) for v in region)
+    crop = gray[y1:y2, x1:x2]
+    used = (float(x1), float(y1), float(x2), float(y2))
+    if crop.size == 0 or int(crop.max()) - int(crop.min()) < 8:
+        return LocalFeatures.empty(), used
+    if reference:
+        # Small reference regions (a logo box) are enlarged up to 4x to a usable shorter side.
+        upscale = min(4.0, features.min_region_side / max(1, min(crop.shape)))
+    else:
+        # Small photos (a 500-px web image) are enlarged up to 2x: small logos in them need it.
+        upscale = min(2.0, features.query_min_side / max(1, max(crop.shape)))
+    extracted = extract_rootsift(
+        crop,
+        max_features=features.reference_features if reference else features.query_features,
+        contrast_threshold=features.contrast_threshold,
+        upscale=upscale,
+    )
+    return extracted, used

@@ -1,0 +1,660 @@
+"""The identification engine: ingest references, identify every reference visible in a photo.
+
+This wires the stages together in one process (embedded mode). The services of issue 4 call the
+same pieces — :class:`~kyb.encoder.Encoder`, :class:`~kyb.index.ReferenceIndex`, :func:`search` —
+across process boundaries, so embedded and served answers are the same by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kyb.catalog import Album, Band, Catalog, ReferenceImage, open_catalog
+from kyb.codebook import Codebook, train_codebook
+from kyb.config import EngineConfig, SearchConfig
+from kyb.encoder import Box, Encoder, Encoding, extract_region
+from kyb.errors import InvalidRequest, KybError, NotFound, NotReady
+from kyb.features import LocalFeatures
+from kyb.imageio import DecodedImage, decode_image
+from kyb.index import ReferenceIndex, has_index
+from kyb.verify import QueryFeatures, Verification, verify
+
+__all__ = [
+    "Engine",
+    "IdentifiedObject",
+    "IdentifyResult",
+    "IngestItem",
+    "IngestOutcome",
+    "Match",
+    "search",
+]
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- results
+@dataclass
+class Match:
+    """One reference verified in the photo; ``outline`` is in original photo pixels (4 x [x, y])."""
+
+    reference_id: str
+    score: float
+    inliers: int
+    outline: list[list[float]]
+    band_id: str | None = None
+    album_id: str | None = None
+    kind: str | None = None
+    band: dict[str, Any] | None = None
+    album: dict[str, Any] | None = None
+    shard: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference_id": self.reference_id,
+            "kind": self.kind,
+            "band_id": self.band_id,
+            "album_id": self.album_id,
+            "score": round(self.score, 4),
+            "inliers": self.inliers,
+            "outline": self.outline,
+            "shard": self.shard,
+            "band": self.band,
+            "album": self.album,
+        }
+
+
+@dataclass
+class IdentifiedObject:
+    """One object in the photo with the references that explain it, best first."""
+
+    outline: list[list[float]]
+    box: list[float]
+    matches: list[Match]
+
+    @property
+    def best(self) -> Match:
+        return self.matches[0]
+
+    @property
+    def kind(self) -> str | None:
+        return self.best.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "box": self.box,
+            "outline": self.outline,
+            "band": self.best.band,
+            "album": self.best.album,
+            "score": round(self.best.score, 4),
+            "inliers": self.best.inliers,
+            "matches": [m.to_dict() for m in self.matches],
+        }
+
+
+@dataclass
+class IdentifyResult:
+    """The answer for one photo."""
+
+    objects: list[IdentifiedObject]
+    width: int
+    height: int
+    sha256: str
+    features: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    candidates: list[str] = field(default_factory=list)  # shortlist order, for retrieval metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": {"width": self.width, "height": self.height, "sha256": self.sha256},
+            "features": self.features,
+            "objects": [o.to_dict() for o in self.objects],
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+
+
+# ---------------------------------------------------------------------------- search
+@dataclass
+class _Found:
+    verification: Verification
+    alternatives: list[Verification] = field(default_factory=list)
+
+
+def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Boolean mask of ``points`` (N, 2) inside the convex ``polygon`` (4, 2), clockwise in image axes."""
+    edges = np.roll(polygon, -1, axis=0) - polygon
+    rel = points[:, None, :] - polygon[None, :, :]
+    cross = edges[None, :, 0] * rel[:, :, 1] - edges[None, :, 1] * rel[:, :, 0]
+    return np.all(cross >= 0, axis=1)
+
+
+def search(
+    query: Encoding,
+    image_size: tuple[int, int],
+    index: ReferenceIndex,
+    config: SearchConfig,
+) -> tuple[list[_Found], list[str]]:
+    """Finds every indexed reference visible in the photo described by ``query``.
+
+    Round 1 shortlists and verifies with all the photo's features; each accepted object then removes
+    the features inside its outline, and the next round shortlists again with what is left, so a
+    shelf of covers returns each cover once even when they crowd each other out of one shortlist.
+    A verified reference whose inliers lie mostly inside an object already found is kept as an
+    alternative explanation of that object, not as a new one. Returns (objects, shortlist order).
+    """
+    codebook = index.codebook
+    projected = codebook.dequantize(query.descriptors)
+    xy = query.xy + np.asarray(query.origin, dtype=np.float32)
+    photo = QueryFeatures.build(xy, projected, image_size)
+    active = np.ones(len(query), dtype=bool)
+    tried: set[str] = set()
+    found: list[_Found] = []
+    order: list[str] = []
+    for round_number in range(config.max_objects):
+        rows = np.flatnonzero(active)
+        if rows.size < config.min_inliers:
+            break
+        if round_number == 0:
+            probe = query
+        else:
+            sub = projected[rows]
+            probe = Encoding(
+                xy=query.xy[rows],
+                descriptors=query.descriptors[rows],
+                words=query.words[rows],
+                global_vector=codebook.global_vector(sub),
+                region_size=query.region_size,
+                codebook_version=query.codebook_version,
+            )
+        limit = config.verify_top if round_number == 0 else max(8, config.verify_top // 2)
+        candidates = index.shortlist(probe, exclude=tried, limit=limit)
+        if not candidates:
+            break
+        verified: list[Verification] = []
+        for candidate in candidates:
+            tried.add(candidate.reference_id)
+            order.append(candidate.reference_id)
+            try:
+                reference = index.features(candidate.reference_id)
+            except KeyError:  # deleted since the shortlist was made
+                continue
+            result = verify(photo, reference, codebook.dequantize(reference.descriptors), config, rows)
+            if result is not None:
+                verified.append(result)
+        verified.sort(key=lambda v: (-v.inliers, v.reference_id))
+        new_objects = 0
+        for result in verified:
+            points = photo.xy[result.inlier_rows]
+            owner = None
+            for item in found:
+                if _inside(points, item.verification.outline).mean() >= 0.3:
+                    owner = item
+                    break
+            if owner is not None:
+                owner.alternatives.append(result)
+                continue
+            if active[result.inlier_rows].sum() < config.min_inliers:
+                continue
+            found.append(_Found(result))
+            new_objects += 1
+            active &= ~_inside(photo.xy, result.outline)
+            if len(found) >= config.max_objects:
+                break
+        if new_objects == 0 or len(found) >= config.max_objects:
+            break
+    return found, order
+
+
+# ---------------------------------------------------------------------------- ingest
+@dataclass(frozen=True)
+class IngestItem:
+    """A reference image to ingest: bytes or a path, what it shows, and optional regions."""
+
+    source: str
+    kind: str
+    band_id: str | None
+    album_id: str | None = None
+    regions: tuple[Box, ...] = ()
+    data: bytes | None = None
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        try:
+            return Path(self.source).read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read {self.source}: {exc.strerror or exc}") from None
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """What happened to one item: ``added``, ``replaced``, ``unchanged`` or ``failed`` (with why)."""
+
+    source: str
+    status: str
+    reference_id: str | None = None
+    message: str = ""
+
+
+def reference_id_for(sha256: str, regions: Sequence[Box]) -> str:
+    """Stable id from the content hash (and the regions, so the same photo with other boxes differs)."""
+    if not regions:
+        return sha256[:24]
+    spec = ";".join(",".join(f"{v:g}" for v in box) for box in regions)
+    return sha256[:16] + hashlib.sha256(spec.encode()).hexdigest()[:8]
+
+
+def _unique_regions(regions: Sequence[Box]) -> list[Box]:
+    seen: list[Box] = []
+    for box in regions:
+        box = tuple(float(v) for v in box)  # type: ignore[assignment]
+        if box not in seen:
+            seen.append(box)
+    return seen
+
+
+@dataclass
+class _Prepared:
+    item: IngestItem
+    decoded: DecodedImage
+    reference_id: str
+    regions: list[Box | None]
+    features: list[tuple[LocalFeatures, Box]]
+    encodings: list[Encoding] = field(default_factory=list)
+
+
+class Engine:
+    """Embedded engine over one index folder and one catalog.
+
+    ``Engine(config)`` opens (or prepares) both; the index is loaded lazily so commands that only
+    touch the catalog start instantly.
+    """
+
+    def __init__(self, config: EngineConfig, *, catalog: Catalog | None = None) -> None:
+        self.config = config
+        self._catalog = catalog
+        self._index: ReferenceIndex | None = None
+        self._encoder: Encoder | None = None
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            url = self.config.catalog_url
+            if "://" not in url:
+                Path(url).parent.mkdir(parents=True, exist_ok=True)
+            self._catalog = open_catalog(url)
+        return self._catalog
+
+    @property
+    def index(self) -> ReferenceIndex:
+        with self._lock:
+            if self._index is None:
+                self._index = ReferenceIndex.load(self.config.index_dir, self.config.search)
+            return self._index
+
+    def has_index(self) -> bool:
+        return self._index is not None or has_index(self.config.index_dir)
+
+    @property
+    def encoder(self) -> Encoder:
+        with self._lock:
+            if self._encoder is None or self._encoder.codebook is not self.index.codebook:
+                self._encoder = Encoder(self.index.codebook, self.config.features)
+            return self._encoder
+
+    def close(self) -> None:
+        if self._catalog is not None:
+            self._catalog.close()
+            self._catalog = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ identify
+    def decode_query(self, data: bytes) -> DecodedImage:
+        return decode_image(data, self.config.limits, max_side=self.config.limits.search_max_side)
+
+    def identify(self, data: bytes, *, box: Box | None = None) -> IdentifyResult:
+        """Finds every indexed reference in the photo ``data`` (or in ``box`` of it, original pixels)."""
+        started = time.perf_counter()
+        decoded = self.decode_query(data)
+        decoded_at = time.perf_counter()
+        search_box = None if box is None else tuple(v / decoded.scale for v in box)
+        encoding = self.encoder.encode(decoded, search_box)  # type: ignore[arg-type]
+        encoded_at = time.perf_counter()
+        result = self.identify_encoding(encoding, (decoded.width, decoded.height))
+        finished = time.perf_counter()
+        result.width, result.height, result.sha256 = (
+            decoded.original_width,
+            decoded.original_height,
+            decoded.sha256,
+        )
+        result.timings_ms = {
+            "decode": (decoded_at - started) * 1000,
+            "encode": (encoded_at - decoded_at) * 1000,
+            "search": (finished - encoded_at) * 1000,
+            "total": (finished - started) * 1000,
+        }
+        return result
+
+    def identify_encoding(self, encoding: Encoding, image_size: tuple[int, int]) -> IdentifyResult:
+        """Search + metadata for an already encoded photo (``image_size`` at search scale)."""
+        found, order = search(encoding, image_size, self.index, self.config.search)
+        objects = [self._describe(item, encoding.scale) for item in found]
+        return IdentifyResult(
+            objects=objects, width=0, height=0, sha256="", features=len(encoding), candidates=order
+        )
+
+    def _describe(self, item: _Found, scale: float) -> IdentifiedObject:
+        matches: list[Match] = []
+        seen: set[tuple[str | None, str | None]] = set()
+        for verification in [item.verification, *item.alternatives]:
+            match = self._match(verification, scale)
+            key = (match.band_id, match.album_id)
+            if key in seen and matches:
+                continue  # several references of one band/album: one line each is enough
+            seen.add(key)
+            matches.append(match)
+            if len(matches) > self.config.search.alternatives:
+                break
+        outline = matches[0].outline
+        xs, ys = [p[0] for p in outline], [p[1] for p in outline]
+        return IdentifiedObject(
+            outline=outline,
+            box=[round(min(xs), 1), round(min(ys), 1), round(max(xs), 1), round(max(ys), 1)],
+            matches=matches,
+        )
+
+    def _match(self, verification: Verification, scale: float) -> Match:
+        reference_id = verification.reference_id.split("#", 1)[0]
+        outline = [[round(float(x) * scale, 1), round(float(y) * scale, 1)] for x, y in verification.outline]
+        match = Match(
+            reference_id=reference_id,
+            score=verification.score,
+            inliers=verification.inliers,
+            outline=outline,
+        )
+        reference = self.catalog.get_reference(reference_id)
+        if reference is not None:
+            match.kind = reference.kind
+            match.band_id = reference.band_id
+            match.album_id = reference.album_id
+            band = self.catalog.get_band(reference.band_id) if reference.band_id else None
+            album = self.catalog.get_album(reference.album_id) if reference.album_id else None
+            match.band = band.to_dict() if band else None
+            match.album = album.to_dict() if album else None
+        return match
+
+    # ------------------------------------------------------------------ ingest
+    def _prepare(self, item: IngestItem) -> _Prepared:
+        data = item.read()
+        decoded = decode_image(data, self.config.limits, max_side=self.config.limits.reference_max_side)
+        regions: list[Box | None] = list(_unique_regions(item.regions)) or [None]
+        reference_id = reference_id_for(decoded.sha256, item.regions)
+        features = []
+        for region in regions:
+            scaled = None if region is None else tuple(v / decoded.scale for v in region)
+            extracted, used = extract_region(decoded, scaled, self.config.features, reference=True)  # type: ignore[arg-type]
+            if len(extracted) < 8:
+                where = "image" if region is None else f"region {list(region)}"
+                raise InvalidRequest(f"featureless {where}: fewer than 8 keypoints, nothing to match")
+            features.append((extracted, used))
+        return _Prepared(item, decoded, reference_id, regions, features)
+
+    def ingest(
+        self,
+        items: Iterable[IngestItem],
+        *,
+        progress: Callable[[IngestOutcome], None] | None = None,
+        save: bool = True,
+        codebook_images: int = 4000,
+    ) -> list[IngestOutcome]:
+        """Decodes, encodes and indexes ``items``; records them in the catalog.
+
+        Per item the outcome is ``added``, ``replaced``, ``unchanged`` (same bytes and regions already
+        indexed: nothing is re-encoded) or ``failed`` with a one-line reason; a failure never stops
+        the others. With no index yet, the first ``codebook_images`` items train the codebook.
+        """
+        outcomes: list[IngestOutcome] = []
+        iterator = iter(items)
+        if not self.has_index():
+            iterator = self._bootstrap(iterator, codebook_images, outcomes, progress)
+        index = self.index
+        encoder = self.encoder
+        batch: list[_Prepared] = []
+
+        def flush() -> None:
+            for outcome in self._commit(batch, index):
+                outcomes.append(outcome)
+                if progress:
+                    progress(outcome)
+            batch.clear()
+
+        with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
+            for _item, prepared in _map_ordered(pool, self._prepare_safe, iterator, self.config.workers * 4):
+                if isinstance(prepared, IngestOutcome):
+                    outcomes.append(prepared)
+                    self._log_failure(prepared)
+                    if progress:
+                        progress(prepared)
+                    continue
+                prepared.encodings = [
+                    encoder.encode_features(f, region, scale=prepared.decoded.scale)
+                    for f, region in prepared.features
+                ]
+                batch.append(prepared)
+                if len(batch) >= 64:
+                    flush()
+        flush()
+        if save and index.dirty:
+            index.save(self.config.index_dir)
+        return outcomes
+
+    def _prepare_safe(self, item: IngestItem) -> _Prepared | IngestOutcome:
+        try:
+            prepared = self._prepare(item)
+        except KybError as exc:
+            return IngestOutcome(item.source, "failed", message=str(exc))
+        if self._index is not None and self._already_indexed(prepared):
+            return IngestOutcome(item.source, "unchanged", prepared.reference_id)
+        return prepared
+
+    def _already_indexed(self, prepared: _Prepared) -> bool:
+        index = self._index
+        assert index is not None
+        keys = self._keys(prepared)
+        return all(index.sha256_of(key) == prepared.decoded.sha256 for key in keys) and (
+            self.catalog.get_reference(prepared.reference_id) is not None
+        )
+
+    @staticmethod
+    def _keys(prepared: _Prepared) -> list[str]:
+        if len(prepared.regions) == 1:
+            return [prepared.reference_id]
+        return [f"{prepared.reference_id}#{i}" for i in range(len(prepared.regions))]
+
+    def _log_failure(self, outcome: IngestOutcome) -> None:
+        log.warning("skipped %s: %s", outcome.source, outcome.message)
+        try:
+            self.catalog.record_ingestion(None, None, "failed", f"{outcome.source}: {outcome.message}")
+        except Exception as exc:  # the log is best effort; the outcome is still reported
+            log.debug("could not record failure: %s", exc)
+
+    def _commit(self, batch: list[_Prepared], index: ReferenceIndex) -> list[IngestOutcome]:
+        """Catalog rows first, then the index: a crash in between leaves an invisible catalog row
+        that the next ingest of the same file completes (it is not 'unchanged' until both exist)."""
+        outcomes = []
+        for prepared in batch:
+            item = prepared.item
+            try:
+                self.catalog.add_reference(
+                    ReferenceImage(
+                        reference_id=prepared.reference_id,
+                        sha256=prepared.decoded.sha256,
+                        kind=item.kind,
+                        band_id=item.band_id,
+                        album_id=item.album_id,
+                        source=item.source,
+                        width=prepared.decoded.original_width,
+                        height=prepared.decoded.original_height,
+                        size_bytes=prepared.decoded.size_bytes,
+                        regions=tuple(tuple(round(v) for v in r) for r in item.regions),  # type: ignore[misc]
+                    )
+                )
+                keys = self._keys(prepared)
+                results = index.add(
+                    (key, prepared.decoded.sha256, enc)
+                    for key, enc in zip(keys, prepared.encodings, strict=True)
+                )
+                status = (
+                    "added" if "added" in results else ("replaced" if "replaced" in results else "unchanged")
+                )
+                self.catalog.record_ingestion(
+                    prepared.reference_id, prepared.decoded.sha256, status, item.source
+                )
+                outcomes.append(IngestOutcome(item.source, status, prepared.reference_id))
+            except (KybError, ValueError) as exc:
+                outcome = IngestOutcome(item.source, "failed", prepared.reference_id, str(exc))
+                self._log_failure(outcome)
+                outcomes.append(outcome)
+        return outcomes
+
+    def _bootstrap(
+        self,
+        iterator: Iterator[IngestItem],
+        count: int,
+        outcomes: list[IngestOutcome],
+        progress: Callable[[IngestOutcome], None] | None,
+    ) -> Iterator[IngestItem]:
+        """Trains a codebook on the first ``count`` items and indexes them; yields the rest."""
+        head: list[IngestItem] = []
+        for item in iterator:
+            head.append(item)
+            if len(head) >= count:
+                break
+        prepared: list[_Prepared] = []
+        with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
+            for _, result in _map_ordered(pool, self._prepare_safe, iter(head), self.config.workers * 4):
+                if isinstance(result, IngestOutcome):
+                    outcomes.append(result)
+                    self._log_failure(result)
+                    if progress:
+                        progress(result)
+                else:
+                    prepared.append(result)
+        if len(prepared) < 2:
+            raise NotReady(
+                f"only {len(prepared)} usable reference image(s): a codebook needs at least 2 to train"
+            )
+        log.info(
+            "no index at %s yet: training a codebook on %d references", self.config.index_dir, len(prepared)
+        )
+        codebook = train_codebook(
+            [f.descriptors for p in prepared for f, _ in p.features],
+            self.config.codebook,
+            pca_dims=self.config.features.pca_dims,
+        )
+        index = ReferenceIndex(codebook, self.config.search, self.config.index_dir)
+        with self._lock:
+            self._index = index
+            self._encoder = None
+        encoder = self.encoder
+        for chunk_start in range(0, len(prepared), 64):
+            chunk = prepared[chunk_start : chunk_start + 64]
+            for p in chunk:
+                p.encodings = [
+                    encoder.encode_features(f, region, scale=p.decoded.scale) for f, region in p.features
+                ]
+            for outcome in self._commit(chunk, index):
+                outcomes.append(outcome)
+                if progress:
+                    progress(outcome)
+        return iterator
+
+    # ------------------------------------------------------------------ other operations
+    def delete_reference(self, reference_id: str) -> None:
+        """Removes a reference from the index and the catalog (NotFound when it is in neither)."""
+        index = self.index
+        keys = [k for k in index.reference_ids() if k == reference_id or k.startswith(reference_id + "#")]
+        removed = any([index.delete(k) for k in keys])
+        in_catalog = self.catalog.delete_reference(reference_id)
+        if not removed and not in_catalog:
+            raise NotFound(f"no reference {reference_id}")
+        index.save(self.config.index_dir)
+
+    def upsert_metadata(self, bands: Sequence[Band], albums: Sequence[Album]) -> None:
+        self.catalog.upsert_bands(bands)
+        self.catalog.upsert_albums(albums)
+
+    def retrain_codebook(self, items: Sequence[IngestItem]) -> Codebook:
+        """Trains a new codebook from ``items`` and re-encodes every indexed reference with it.
+
+        The references are re-read from their catalog sources; the new index replaces the old one in
+        one atomic save, so searches keep working on the old generation until the switch.
+        """
+        prepared = [p for p in (self._prepare_safe(i) for i in items) if isinstance(p, _Prepared)]
+        codebook = train_codebook(
+            [f.descriptors for p in prepared for f, _ in p.features],
+            self.config.codebook,
+            pca_dims=self.config.features.pca_dims,
+        )
+        old = self.index if self.has_index() else None
+        fresh = ReferenceIndex(codebook, self.config.search, self.config.index_dir)
+        encoder = Encoder(codebook, self.config.features)
+        sources = []
+        if old is not None:
+            seen = set()
+            for key in old.reference_ids():
+                reference = self.catalog.get_reference(key.split("#", 1)[0])
+                if reference is not None and reference.reference_id not in seen:
+                    seen.add(reference.reference_id)
+                    sources.append(
+                        IngestItem(
+                            reference.source,
+                            reference.kind,
+                            reference.band_id,
+                            reference.album_id,
+                            tuple(reference.regions),  # type: ignore[arg-type]
+                        )
+                    )
+        for item in sources:
+            result = self._prepare_safe(item)
+            if isinstance(result, IngestOutcome):
+                log.warning("re-encoding %s failed: %s", item.source, result.message)
+                continue
+            fresh.add(
+                (key, result.decoded.sha256, encoder.encode_features(f, region, scale=result.decoded.scale))
+                for key, (f, region) in zip(self._keys(result), result.features, strict=True)
+            )
+        fresh.save(self.config.index_dir)
+        with self._lock:
+            self._index = fresh
+            self._encoder = None
+        return codebook
+
+
+def _map_ordered(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterator[Any], window: int):
+    """Like ``pool.map`` but with a bounded window, so a million-file ingest does not queue them all."""
+    pending: list[tuple[Any, Any]] = []
+    for item in items:
+        pending.append((item, pool.submit(fn, item)))
+        if len(pending) >= window:
+            head, future = pending.pop(0)
+            yield head, future.result()
+    for head, future in pending:
+        yield head, future.result()

@@ -1,0 +1,106 @@
+"""One error root for the whole project and the one table that maps errors to gRPC statuses.
+
+Every layer raises a subclass of :class:`KybError`; the services translate with :data:`GRPC_STATUS`
+(Pastec keeps its result codes in one enum for the same reason) and the CLI with :data:`EXIT_CODES`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_CODES",
+    "GRPC_STATUS",
+    "ConfigError",
+    "DeadlineExceeded",
+    "ImageTooLarge",
+    "IndexCorrupt",
+    "InvalidImage",
+    "InvalidRequest",
+    "KybError",
+    "NotFound",
+    "NotReady",
+    "Unauthenticated",
+    "Unavailable",
+]
+
+
+class KybError(Exception):
+    """Root of every error this project raises on purpose; the message is one line for a person."""
+
+
+class InvalidRequest(KybError):
+    """The caller asked for something malformed (bad field, bad box, unknown kind)."""
+
+
+class InvalidImage(InvalidRequest):
+    """The bytes are not a usable image: corrupt, truncated, empty, an unsupported type, too small."""
+
+
+class ImageTooLarge(KybError):
+    """The image is over a configured limit (bytes or pixels); refused before it is decoded."""
+
+
+class NotFound(KybError):
+    """An id (reference, band, album) that does not exist."""
+
+
+class NotReady(KybError):
+    """A component that is not ready yet, e.g. an index with no codebook trained."""
+
+
+class Unavailable(KybError):
+    """A dependency (database, cache, another service) cannot be reached."""
+
+
+class DeadlineExceeded(KybError):
+    """The caller's deadline ran out before the work finished."""
+
+
+class Unauthenticated(KybError):
+    """Missing or wrong credentials."""
+
+
+class ConfigError(KybError, ValueError):
+    """A configuration field has a bad value; the message names the field."""
+
+
+class IndexCorrupt(KybError):
+    """An index folder whose files do not match their manifest."""
+
+
+# Names of grpc.StatusCode members; kept as strings so importing this module does not import grpc.
+GRPC_STATUS: dict[type[KybError], str] = {
+    InvalidImage: "INVALID_ARGUMENT",
+    InvalidRequest: "INVALID_ARGUMENT",
+    ConfigError: "INVALID_ARGUMENT",
+    ImageTooLarge: "RESOURCE_EXHAUSTED",
+    NotFound: "NOT_FOUND",
+    NotReady: "FAILED_PRECONDITION",
+    Unavailable: "UNAVAILABLE",
+    DeadlineExceeded: "DEADLINE_EXCEEDED",
+    Unauthenticated: "UNAUTHENTICATED",
+    IndexCorrupt: "DATA_LOSS",
+    KybError: "INTERNAL",
+}
+
+# CLI exit codes: 0 ok, 1 some items failed, then one code per error family.
+EXIT_CODES: dict[type[KybError], int] = {
+    InvalidImage: 3,
+    InvalidRequest: 2,
+    ConfigError: 2,
+    ImageTooLarge: 3,
+    NotFound: 4,
+    NotReady: 5,
+    Unavailable: 6,
+    DeadlineExceeded: 7,
+    Unauthenticated: 8,
+    IndexCorrupt: 9,
+    KybError: 10,
+}
+
+
+def lookup(table: dict[type[KybError], object], error: BaseException) -> object:
+    """The entry for the most specific class of ``error`` in ``table`` (walks the MRO)."""
+    for cls in type(error).__mro__:
+        if cls in table:
+            return table[cls]
+    return table[KybError]

@@ -1,0 +1,85 @@
+"""RootSIFT local features (OpenCV SIFT, then Arandjelović & Zisserman's square-root L1 mapping).
+
+RootSIFT makes Euclidean distance behave like the Hellinger kernel on SIFT histograms, which
+improves matching and retrieval at no cost; it is the local feature every later stage uses.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["LocalFeatures", "extract_rootsift"]
+
+_local = threading.local()
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints and descriptors of one image or region.
+
+    ``xy`` is (N, 2) float32 pixel coordinates (x right, y down) in the frame the caller asked for;
+    ``size`` is (N,) float32 keypoint diameters in the same frame; ``descriptors`` is (N, 128) float32
+    RootSIFT, each row of unit L2 norm. Rows are ordered by decreasing detector response.
+    """
+
+    xy: np.ndarray
+    size: np.ndarray
+    descriptors: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.xy.shape[0])
+
+    @staticmethod
+    def empty() -> LocalFeatures:
+        return LocalFeatures(
+            np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, 128), np.float32)
+        )
+
+    def take(self, rows: np.ndarray) -> LocalFeatures:
+        return LocalFeatures(self.xy[rows], self.size[rows], self.descriptors[rows])
+
+
+def _detector(max_features: int, contrast_threshold: float) -> cv2.SIFT:
+    # cv2.SIFT objects are not safe to share between threads; keep one per thread and setting.
+    cache: dict[tuple[int, float], cv2.SIFT] = getattr(_local, "sift", None) or {}
+    _local.sift = cache
+    key = (max_features, contrast_threshold)
+    if key not in cache:
+        cache[key] = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=contrast_threshold)
+    return cache[key]
+
+
+def extract_rootsift(
+    gray: np.ndarray,
+    *,
+    max_features: int,
+    contrast_threshold: float = 0.04,
+    upscale: float = 1.0,
+) -> LocalFeatures:
+    """Detects up to ``max_features`` SIFT keypoints in ``gray`` (H×W uint8) and describes them.
+
+    With ``upscale`` > 1 the image is enlarged first (cubic) so that small logos and small photos
+    still give enough keypoints; coordinates are always returned in ``gray``'s frame.
+    """
+    if gray.ndim != 2 or gray.dtype != np.uint8:
+        raise ValueError(f"gray must be a 2-D uint8 array, got shape {gray.shape} dtype {gray.dtype}")
+    factor = max(1.0, float(upscale))
+    work = gray
+    if factor > 1.0:
+        size = (round(gray.shape[1] * factor), round(gray.shape[0] * factor))
+        work = cv2.resize(gray, size, interpolation=cv2.INTER_CUBIC)
+    keypoints, descriptors = _detector(max_features, contrast_threshold).detectAndCompute(work, None)
+    if descriptors is None or not keypoints:
+        return LocalFeatures.empty()
+    # SIFT may return a few more than asked (ties on response); keep the strongest max_features.
+    order = np.argsort([-kp.response for kp in keypoints], kind="stable")[:max_features]
+    xy = np.array([keypoints[i].pt for i in order], dtype=np.float32) / factor
+    size = np.array([keypoints[i].size for i in order], dtype=np.float32) / factor
+    desc = descriptors[order].astype(np.float32)
+    desc /= desc.sum(axis=1, keepdims=True) + 1e-7
+    np.sqrt(desc, out=desc)
+    return LocalFeatures(xy=xy, size=size, descriptors=desc)

@@ -1,0 +1,156 @@
+"""Decoding untrusted image bytes once, safely, into the pixels every stage works on.
+
+JPEG, PNG and WebP are accepted (Pillow decodes; it already handles CMYK, palettes and EXIF). The
+header is checked against :class:`~kyb.config.ImageLimits` before any pixel is decoded, so a
+decompression bomb costs nothing; EXIF orientation is applied so boxes and outlines are in the frame
+a person sees; grey, alpha, 16-bit and CMYK inputs all come out as 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from kyb.config import ImageLimits
+from kyb.errors import ImageTooLarge, InvalidImage
+
+__all__ = ["SUPPORTED_FORMATS", "DecodedImage", "decode_image", "resize_longest"]
+
+SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright 8-bit RGB image plus what is known about the bytes it came from.
+
+    ``rgb`` is H×W×3 uint8, possibly downscaled at decode time; ``scale`` maps its pixel coordinates
+    back to the upright original (``original = pixel * scale``).
+    """
+
+    rgb: np.ndarray
+    sha256: str
+    format: str
+    original_width: int
+    original_height: int
+    scale: float
+    size_bytes: int
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    def gray(self) -> np.ndarray:
+        """Luma (H×W uint8) with the BT.601 weights OpenCV uses."""
+        r, g, b = (self.rgb[..., i].astype(np.float32) for i in range(3))
+        return np.clip(0.299 * r + 0.587 * g + 0.114 * b + 0.5, 0, 255).astype(np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB, compositing transparency over white (how a viewer shows it)."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = float(array.max()) if array.size else 0.0
+        # 16-bit PNGs use the full 0..65535 range; scale by the nominal range, or the peak if larger.
+        top = max(65535.0 if image.mode.startswith("I;16") or peak > 255 else 255.0, peak, 1.0)
+        image = Image.fromarray(np.clip(array * (255.0 / top) + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode == "F":
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64))
+        low, high = float(array.min()), float(array.max())
+        span = high - low if high > low else 1.0
+        image = Image.fromarray(((array - low) * (255.0 / span)).astype(np.uint8), "L")
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGB" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # L, 1, CMYK (Pillow undoes Adobe's inverted CMYK), YCbCr, ...
+    return image
+
+
+def decode_image(data: bytes, limits: ImageLimits, *, max_side: int | None = None) -> DecodedImage:
+    """Decodes ``data`` into an upright RGB image whose longest side is at most ``max_side``.
+
+    Raises :class:`InvalidImage` (empty, not an image, unsupported type, corrupt, truncated, too small)
+    or :class:`ImageTooLarge` (over ``limits.max_bytes`` or ``limits.max_pixels``), each with one line
+    saying why. JPEGs are decoded at a reduced DCT scale when that is enough for ``max_side``.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidImage(f"expected image bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise InvalidImage("empty file: 0 bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit applies below; Pillow's global bomb warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=None)
+            fmt = image.format or "unknown"
+            if fmt not in SUPPORTED_FORMATS:
+                raise InvalidImage(f"unsupported image type {fmt}; send JPEG, PNG or WebP")
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise ImageTooLarge(
+                    f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+                )
+            if min(width, height) < limits.min_side:
+                raise InvalidImage(f"image is {width}x{height}; both sides must be >= {limits.min_side} px")
+            if max_side is not None and fmt == "JPEG":
+                # Decode at 1/2, 1/4 or 1/8 scale when the result is still >= max_side: much faster.
+                image.draft("RGB", (max_side, max_side))
+            image.load()
+            # EXIF orientations 5..8 rotate by 90 degrees: the upright frame swaps width and height.
+            orientation = image.getexif().get(0x0112, 1)
+            upright_w, upright_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+            image = ImageOps.exif_transpose(image)
+            rgb_image = _to_rgb(image)
+    except (InvalidImage, ImageTooLarge):
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc).split(".")[0]) from None
+    except UnidentifiedImageError:
+        raise InvalidImage("not an image: the bytes match no JPEG, PNG or WebP signature") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidImage(f"corrupt or truncated image: {reason}") from None
+    rgb = np.asarray(rgb_image, dtype=np.uint8)
+    scale = upright_w / rgb.shape[1]
+    if max_side is not None and max(rgb.shape[:2]) > max_side:
+        rgb, factor = resize_longest(rgb, max_side)
+        scale *= factor
+    return DecodedImage(
+        rgb=np.ascontiguousarray(rgb),
+        sha256=digest,
+        format=fmt,
+        original_width=int(upright_w),
+        original_height=int(upright_h),
+        scale=float(scale),
+        size_bytes=len(data),
+    )
+
+
+def resize_longest(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """Downscales so the longest side is ``max_side`` (area interpolation); returns (image, old/new)."""
+    import cv2
+
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    if longest <= max_side:
+        return image, 1.0
+    factor = longest / max_side
+    size = (max(1, round(width / factor)), max(1, round(height / factor)))
+    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return resized, width / size[0]

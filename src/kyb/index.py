@@ -1,0 +1,629 @@
+"""The reference index: compact per-reference features, an hnswlib graph and an inverted file.
+
+Layout of an index folder (everything a matcher shard needs; rebuildable from the catalog + images)::
+
+    CURRENT                  name of the live generation, replaced atomically
+    gen-000042/
+        manifest.json        counts, codebook version, segment list, deleted ordinals
+        codebook.npz         the codebook every encoding in this generation was made with
+        seg-000003.npz ...   immutable segments of references (hard-linked between generations)
+        ann.hnsw             hnswlib graph over the global vectors
+
+A save writes a new generation beside the old one (temp folder, fsync, rename) and then swaps
+``CURRENT`` (temp file, fsync, rename): a process killed at any point leaves the previous generation
+loadable. Unchanged segments are hard links, so a save costs the new segments plus the graph.
+
+Per reference, the index keeps up to ``features.reference_features`` keypoints as 4 bytes of fixed-point
+position, ``pca_dims`` bytes of int8 descriptor and 2 bytes of visual word (about 70 bytes each),
+plus its global vector in the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+from kyb.codebook import Codebook
+from kyb.config import SearchConfig
+from kyb.encoder import Encoding
+from kyb.errors import IndexCorrupt, InvalidRequest, NotReady
+
+__all__ = ["Candidate", "ReferenceFeatures", "ReferenceIndex"]
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+#: Fixed-point factor for stored keypoint positions: 1/16 px steps, up to 4095 px.
+XY_SCALE = 16.0
+XY_MAX = 65535 / XY_SCALE
+
+
+@dataclass(frozen=True)
+class ReferenceFeatures:
+    """One reference as the verifier needs it: positions, descriptors and its region's size."""
+
+    reference_id: str
+    xy: np.ndarray  # (N, 2) float32, region frame
+    descriptors: np.ndarray  # (N, pca_dims) int8
+    words: np.ndarray  # (N,) visual words
+    region_size: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A shortlisted reference with the evidence that put it there."""
+
+    reference_id: str
+    ordinal: int
+    global_similarity: float  # inner product of unit global vectors, 0 when not from the graph
+    word_score: float  # idf-weighted shared visual words, 0 when not from the inverted file
+    fused: float
+
+
+class _Segment:
+    """An immutable batch of references; only its ``alive`` mask changes (deletions)."""
+
+    def __init__(
+        self,
+        name: str,
+        ordinals: np.ndarray,
+        ref_ids: np.ndarray,
+        sha256: np.ndarray,
+        offsets: np.ndarray,
+        xy: np.ndarray,
+        descriptors: np.ndarray,
+        words: np.ndarray,
+        region: np.ndarray,
+        global_vectors: np.ndarray,
+        n_words: int,
+    ) -> None:
+        self.name = name
+        self.ordinals = ordinals
+        self.ref_ids = ref_ids
+        self.sha256 = sha256
+        self.offsets = offsets
+        self.xy = xy
+        self.descriptors = descriptors
+        self.words = words
+        self.region = region
+        self.global_vectors = global_vectors
+        self.alive = np.ones(len(ordinals), dtype=bool)
+        self.saved = False
+        counts = np.diff(offsets)
+        self.feature_row = np.repeat(np.arange(len(ordinals), dtype=np.int32), counts)
+        self.inv_sqrt_count = 1.0 / np.sqrt(np.maximum(counts, 1)).astype(np.float32)
+        # Inverted file: feature indices sorted by word, and where each word's run starts.
+        self.postings = np.argsort(words, kind="stable").astype(np.int32)
+        self.word_starts = np.searchsorted(words[self.postings], np.arange(n_words + 1)).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ordinals)
+
+    @property
+    def nbytes(self) -> int:
+        return int(
+            self.xy.nbytes
+            + self.descriptors.nbytes
+            + self.words.nbytes
+            + self.offsets.nbytes
+            + self.region.nbytes
+            + self.global_vectors.nbytes
+            + self.ordinals.nbytes
+        )
+
+    def features(self, row: int) -> ReferenceFeatures:
+        start, end = int(self.offsets[row]), int(self.offsets[row + 1])
+        return ReferenceFeatures(
+            reference_id=str(self.ref_ids[row]),
+            xy=self.xy[start:end].astype(np.float32) / XY_SCALE,
+            descriptors=self.descriptors[start:end],
+            words=self.words[start:end],
+            region_size=(float(self.region[row, 0]), float(self.region[row, 1])),
+        )
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as handle:
+            np.savez(
+                handle,
+                ordinals=self.ordinals,
+                ref_ids=self.ref_ids,
+                sha256=self.sha256,
+                offsets=self.offsets,
+                xy=self.xy,
+                descriptors=self.descriptors,
+                words=self.words,
+                region=self.region,
+                global_vectors=self.global_vectors,
+            )
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    @classmethod
+    def load(cls, path: Path, n_words: int) -> _Segment:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        segment = cls(name=path.name, n_words=n_words, **arrays)
+        segment.saved = True
+        return segment
+
+    @classmethod
+    def build(
+        cls, name: str, ordinals: Sequence[int], items: Sequence[tuple[str, str, Encoding]], n_words: int
+    ):
+        counts = [len(e) for _, _, e in items]
+        word_dtype = np.uint16 if n_words <= 65536 else np.uint32
+        return cls(
+            name=name,
+            ordinals=np.asarray(ordinals, dtype=np.int64),
+            ref_ids=np.asarray([r for r, _, _ in items], dtype=str),
+            sha256=np.asarray([s for _, s, _ in items], dtype=str),
+            offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            xy=np.concatenate([np.rint(np.clip(e.xy, 0, XY_MAX) * XY_SCALE) for _, _, e in items]).astype(
+                np.uint16
+            ),
+            descriptors=np.concatenate([e.descriptors for _, _, e in items]).astype(np.int8),
+            words=np.concatenate([e.words for _, _, e in items]).astype(word_dtype),
+            region=np.asarray([e.region_size for _, _, e in items], dtype=np.float32),
+            global_vectors=np.stack([e.global_vector for _, _, e in items]).astype(np.float32),
+            n_words=n_words,
+        )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ReferenceIndex:
+    """Add, replace, delete and shortlist references; save and load a folder atomically.
+
+    Thread safety: searches run concurrently with each other; mutations and saves take a lock and
+    swap in new segment lists, so a search sees either the state before or after a change.
+
+    hnswlib parameters: ``M`` (``search.hnsw_m``, default 16) is the graph degree: recall rises and
+    memory grows by about ``M * 8`` bytes per reference; ``ef`` (``search.hnsw_ef``, default 128 and
+    at least the shortlist length) is the search breadth: recall rises and latency grows linearly.
+    """
+
+    def __init__(self, codebook: Codebook, search: SearchConfig, path: Path | None = None) -> None:
+        self.codebook = codebook
+        self.search_config = search
+        self.path = Path(path) if path is not None else None
+        self._lock = threading.RLock()
+        self._segments: list[_Segment] = []
+        self._where: dict[str, tuple[_Segment, int]] = {}
+        self._ordinal_ref: dict[int, str] = {}
+        self._next_ordinal = 0
+        self._df = np.zeros(codebook.n_words, dtype=np.int64)
+        self._generation = 0
+        self._dirty = False
+        self._graph = self._new_graph(1024)
+
+    # ------------------------------------------------------------------ basics
+    def _new_graph(self, capacity: int) -> hnswlib.Index:
+        graph = hnswlib.Index(space="ip", dim=self.codebook.global_dims)
+        graph.init_index(
+            max_elements=capacity,
+            ef_construction=self.search_config.hnsw_ef_construction,
+            M=self.search_config.hnsw_m,
+            random_seed=7,
+        )
+        graph.set_ef(self.search_config.hnsw_ef)
+        graph.set_num_threads(1)
+        return graph
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, reference_id: str) -> bool:
+        return reference_id in self._where
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def reference_ids(self) -> list[str]:
+        return list(self._where)
+
+    def sha256_of(self, reference_id: str) -> str | None:
+        found = self._where.get(reference_id)
+        return None if found is None else str(found[0].sha256[found[1]])
+
+    def features(self, reference_id: str) -> ReferenceFeatures:
+        found = self._where.get(reference_id)
+        if found is None:
+            raise KeyError(reference_id)
+        return found[0].features(found[1])
+
+    def stats(self) -> dict[str, float | int | str]:
+        segments = self._segments
+        alive = sum(int(s.alive.sum()) for s in segments)
+        graph_bytes = alive * (self.codebook.global_dims * 4 + self.search_config.hnsw_m * 2 * 4 + 16)
+        feature_bytes = sum(s.nbytes - s.global_vectors.nbytes for s in segments)
+        total = feature_bytes + graph_bytes
+        return {
+            "references": alive,
+            "deleted": sum(len(s) - int(s.alive.sum()) for s in segments),
+            "segments": len(segments),
+            "features": sum(int(s.offsets[-1]) for s in segments),
+            "bytes": int(total),
+            "bytes_per_reference": round(total / alive, 1) if alive else 0.0,
+            "codebook_version": self.codebook.version,
+            "generation": self._generation,
+        }
+
+    # ------------------------------------------------------------------ mutation
+    def add(self, items: Iterable[tuple[str, str, Encoding]]) -> list[str]:
+        """Adds (reference_id, sha256, encoding) items; returns what happened to each.
+
+        Idempotent: an id already present with the same sha256 is ``"unchanged"``; with another
+        sha256 it is replaced (``"replaced"``); otherwise ``"added"``. Items must be encoded with
+        this index's codebook.
+        """
+        items = list(items)
+        outcomes: list[str] = []
+        fresh: list[tuple[str, str, Encoding]] = []
+        with self._lock:
+            seen: set[str] = set()
+            for reference_id, sha, encoding in items:
+                if encoding.codebook_version != self.codebook.version:
+                    raise InvalidRequest(
+                        f"reference {reference_id} was encoded with codebook {encoding.codebook_version}, "
+                        f"the index uses {self.codebook.version}"
+                    )
+                if len(encoding) == 0:
+                    raise InvalidRequest(f"reference {reference_id} has no features")
+                if reference_id in seen:
+                    outcomes.append("unchanged")
+                    continue
+                seen.add(reference_id)
+                current = self.sha256_of(reference_id)
+                if current == sha:
+                    outcomes.append("unchanged")
+                    continue
+                if current is not None:
+                    self._delete_locked(reference_id)
+                    outcomes.append("replaced")
+                else:
+                    outcomes.append("added")
+                fresh.append((reference_id, sha, encoding))
+            if fresh:
+                ordinals = list(range(self._next_ordinal, self._next_ordinal + len(fresh)))
+                self._next_ordinal += len(fresh)
+                segment = _Segment.build(f"seg-{ordinals[0]:09d}.npz", ordinals, fresh, self.codebook.n_words)
+                self._attach(segment)
+                needed = self._graph.get_current_count() + len(fresh)
+                if needed > self._graph.get_max_elements():
+                    self._graph.resize_index(max(needed, 2 * self._graph.get_max_elements()))
+                self._graph.add_items(segment.global_vectors, segment.ordinals)
+                self._dirty = True
+        return outcomes
+
+    def _attach(self, segment: _Segment) -> None:
+        self._segments = [*self._segments, segment]
+        for row in range(len(segment)):
+            if not segment.alive[row]:
+                continue
+            reference_id = str(segment.ref_ids[row])
+            self._where[reference_id] = (segment, row)
+            self._ordinal_ref[int(segment.ordinals[row])] = reference_id
+            start, end = segment.offsets[row], segment.offsets[row + 1]
+            self._df[np.unique(segment.words[start:end])] += 1
+
+    def delete(self, reference_id: str) -> bool:
+        """Removes a reference; False when it was not there."""
+        with self._lock:
+            if reference_id not in self._where:
+                return False
+            self._delete_locked(reference_id)
+            self._dirty = True
+            return True
+
+    def _delete_locked(self, reference_id: str) -> None:
+        segment, row = self._where.pop(reference_id)
+        segment.alive[row] = False
+        ordinal = int(segment.ordinals[row])
+        self._ordinal_ref.pop(ordinal, None)
+        start, end = segment.offsets[row], segment.offsets[row + 1]
+        self._df[np.unique(segment.words[start:end])] -= 1
+        self._graph.mark_deleted(ordinal)
+
+    # ------------------------------------------------------------------ search
+    def shortlist(
+        self,
+        query: Encoding,
+        *,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        limit: int | None = None,
+    ) -> list[Candidate]:
+        """References most likely to appear in ``query``, best first (not yet verified).
+
+        Two lists are fused by reciprocal rank: the hnswlib neighbours of the global vector (strong
+        when the object fills the photo) and the inverted-file vote of idf-weighted shared visual
+        words (strong for a small logo in clutter, where the global vector is mostly clutter).
+        """
+        config = self.search_config
+        limit = limit or config.verify_top
+        segments = self._segments
+        alive = len(self._where)
+        if alive == 0 or len(query) == 0:
+            return []
+        by_ref: dict[str, list[float]] = {}
+        if config.shortlist_global and float(np.abs(query.global_vector).sum()) > 0:
+            k = min(config.shortlist_global + len(exclude), alive)
+            try:
+                labels, distances = self._graph.knn_query(query.global_vector[None, :], k=k)
+            except RuntimeError:  # hnswlib cannot fill k with too many deletions: ask for fewer
+                labels, distances = self._graph.knn_query(query.global_vector[None, :], k=max(1, k // 2))
+            rank = 0
+            for label, distance in zip(labels[0], distances[0], strict=True):
+                reference_id = self._ordinal_ref.get(int(label))
+                if reference_id is None or reference_id in exclude:
+                    continue
+                by_ref[reference_id] = [1.0 - float(distance), 0.0, 1.0 / (20 + rank)]
+                rank += 1
+                if rank >= config.shortlist_global:
+                    break
+        if config.shortlist_words:
+            for rank, (reference_id, score) in enumerate(self._word_votes(query, segments, exclude)):
+                if rank >= config.shortlist_words:
+                    break
+                entry = by_ref.setdefault(reference_id, [0.0, 0.0, 0.0])
+                entry[1] = score
+                entry[2] += 1.0 / (20 + rank)
+        ranked = sorted(by_ref.items(), key=lambda item: -item[1][2])[:limit]
+        return [
+            Candidate(
+                reference_id=reference_id,
+                ordinal=int(self._where[reference_id][0].ordinals[self._where[reference_id][1]]),
+                global_similarity=values[0],
+                word_score=values[1],
+                fused=values[2],
+            )
+            for reference_id, values in ranked
+            if reference_id in self._where
+        ]
+
+    def _word_votes(
+        self, query: Encoding, segments: Sequence[_Segment], exclude: set[str] | frozenset[str]
+    ) -> list[tuple[str, float]]:
+        n = max(1, len(self._where))
+        words = np.unique(query.words)
+        # idf, with words in more than 5% of references dropped: they vote for everything.
+        df = self._df[words]
+        keep = (df > 0) & (df <= max(2, 0.05 * n))
+        words = words[keep]
+        weights = np.log(n / df[keep]).astype(np.float32) ** 2
+        if words.size == 0:
+            return []
+        results: list[tuple[np.ndarray, np.ndarray, _Segment]] = []
+        for segment in segments:
+            starts = segment.word_starts[words]
+            lengths = segment.word_starts[words + 1] - starts
+            total = int(lengths.sum())
+            if total == 0:
+                continue
+            first = np.cumsum(lengths) - lengths
+            gather = np.repeat(starts - first, lengths) + np.arange(total)
+            rows = segment.feature_row[segment.postings[gather]]
+            scores = np.bincount(rows, weights=np.repeat(weights, lengths), minlength=len(segment))
+            scores = scores.astype(np.float32) * segment.inv_sqrt_count
+            scores[~segment.alive] = 0.0
+            top = np.argsort(-scores)[: self.search_config.shortlist_words + len(exclude)]
+            top = top[scores[top] > 0]
+            results.append((top, scores[top], segment))
+        merged = [
+            (str(segment.ref_ids[row]), float(score))
+            for rows, scores, segment in results
+            for row, score in zip(rows, scores, strict=True)
+        ]
+        merged.sort(key=lambda item: -item[1])
+        return [(r, s) for r, s in merged if r not in exclude]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: Path | None = None) -> Path:
+        """Writes a new generation atomically and makes it current; returns its folder."""
+        with self._lock:
+            root = Path(path) if path is not None else self.path
+            if root is None:
+                raise InvalidRequest("this index has no folder to save to")
+            root.mkdir(parents=True, exist_ok=True)
+            self._maybe_compact()
+            previous = _current_generation(root)
+            # A kill between the generation rename and the CURRENT swap leaves a newer, unused
+            # generation folder behind: number past every folder there, never reuse one.
+            existing = [int(p.name[4:]) for p in root.glob("gen-*") if p.name[4:].isdigit()]
+            generation = max([self._generation, previous[0] if previous else 0, *existing]) + 1
+            final = root / f"gen-{generation:06d}"
+            staging = root / f".gen-{generation:06d}.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            self.codebook.save(staging / "codebook.npz")
+            segment_entries = []
+            for segment in self._segments:
+                target = staging / segment.name
+                source = previous[1] / segment.name if previous else None
+                if segment.saved and source is not None and source.exists():
+                    os.link(source, target)
+                else:
+                    segment.save(target)
+                segment_entries.append({"file": segment.name, "references": len(segment)})
+            self._graph.save_index(str(staging / "ann.hnsw"))
+            with open(staging / "ann.hnsw", "rb+") as handle:
+                os.fsync(handle.fileno())
+            deleted = [int(s.ordinals[i]) for s in self._segments for i in np.flatnonzero(~s.alive)]
+            manifest = {
+                "format": FORMAT,
+                "generation": generation,
+                "created": time.time(),
+                "codebook_version": self.codebook.version,
+                "global_dims": self.codebook.global_dims,
+                "n_words": self.codebook.n_words,
+                "next_ordinal": self._next_ordinal,
+                "references": len(self._where),
+                "segments": segment_entries,
+                "deleted": deleted,
+                "graph_capacity": self._graph.get_max_elements(),
+            }
+            with open(staging / "manifest.json", "w") as handle:
+                json.dump(manifest, handle, indent=1)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _fsync_dir(staging)
+            os.rename(staging, final)
+            _fsync_dir(root)
+            pointer = root / ".CURRENT.tmp"
+            with open(pointer, "w") as handle:
+                handle.write(final.name + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(pointer, root / "CURRENT")
+            _fsync_dir(root)
+            for segment in self._segments:
+                segment.saved = True
+            self._generation = generation
+            self._dirty = False
+            self.path = root
+            # Keep the previous generation (a reader may still be loading it); drop older ones.
+            for old in sorted(root.glob("gen-*")):
+                if old.name not in {final.name, previous[1].name if previous else ""}:
+                    shutil.rmtree(old, ignore_errors=True)
+            return final
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def _maybe_compact(self) -> None:
+        """Merges small segments and drops deleted rows once they are 20% of a segment or more."""
+        segments = self._segments
+        small = [s for s in segments if len(s) < 2048]
+        wasteful = [s for s in segments if (~s.alive).sum() >= max(1, 0.2 * len(s))]
+        merge = {id(s) for s in wasteful} | ({id(s) for s in small} if len(small) > 8 else set())
+        if not merge:
+            return
+        keep = [s for s in segments if id(s) not in merge]
+        items: list[tuple[str, str, Encoding]] = []
+        ordinals: list[int] = []
+        for segment in segments:
+            if id(segment) not in merge:
+                continue
+            for row in np.flatnonzero(segment.alive):
+                start, end = int(segment.offsets[row]), int(segment.offsets[row + 1])
+                items.append(
+                    (
+                        str(segment.ref_ids[row]),
+                        str(segment.sha256[row]),
+                        Encoding(
+                            xy=segment.xy[start:end].astype(np.float32) / XY_SCALE,
+                            descriptors=segment.descriptors[start:end],
+                            words=segment.words[start:end].astype(np.int32),
+                            global_vector=segment.global_vectors[row],
+                            region_size=(float(segment.region[row, 0]), float(segment.region[row, 1])),
+                            codebook_version=self.codebook.version,
+                        ),
+                    )
+                )
+                ordinals.append(int(segment.ordinals[row]))
+        self._segments = []
+        self._where = {}
+        self._ordinal_ref = {}
+        self._df[:] = 0
+        for segment in keep:
+            self._attach(segment)
+        if items:
+            merged = _Segment.build(
+                f"seg-{min(ordinals):09d}-m{len(items)}.npz", ordinals, items, self.codebook.n_words
+            )
+            self._attach(merged)
+        if wasteful:
+            # Rebuild the graph without the deleted labels so it does not carry dead nodes forever.
+            self._graph = self._build_graph(self._segments)
+
+    def _build_graph(self, segments: Sequence[_Segment]) -> hnswlib.Index:
+        alive = sum(int(s.alive.sum()) for s in segments)
+        graph = self._new_graph(max(1024, int(alive * 1.25)))
+        for segment in segments:
+            rows = np.flatnonzero(segment.alive)
+            if rows.size:
+                graph.add_items(segment.global_vectors[rows], segment.ordinals[rows])
+        return graph
+
+    @classmethod
+    def load(cls, path: Path, search: SearchConfig) -> ReferenceIndex:
+        """Loads the current generation of an index folder (raises NotReady when there is none)."""
+        root = Path(path)
+        current = _current_generation(root)
+        if current is None:
+            raise NotReady(f"no index at {root}: ingest references first (`kyb ingest`)")
+        folder = current[1]
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise IndexCorrupt(f"index {folder}: manifest unreadable: {exc}") from None
+        if manifest.get("format") != FORMAT:
+            raise IndexCorrupt(f"index {folder}: format {manifest.get('format')}, expected {FORMAT}")
+        codebook = Codebook.load(folder / "codebook.npz")
+        if codebook.version != manifest["codebook_version"]:
+            raise IndexCorrupt(f"index {folder}: codebook version does not match the manifest")
+        index = cls(codebook, search, root)
+        deleted = set(manifest["deleted"])
+        segments = []
+        try:
+            for entry in manifest["segments"]:
+                segment = _Segment.load(folder / entry["file"], codebook.n_words)
+                if len(segment) != entry["references"]:
+                    raise IndexCorrupt(f"index {folder}: segment {entry['file']} has the wrong size")
+                if deleted:
+                    segment.alive &= ~np.isin(segment.ordinals, list(deleted))
+                segments.append(segment)
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexCorrupt(f"index {folder}: segment unreadable: {exc}") from None
+        for segment in segments:
+            index._attach(segment)
+        index._next_ordinal = int(manifest["next_ordinal"])
+        graph = hnswlib.Index(space="ip", dim=codebook.global_dims)
+        try:
+            graph.load_index(str(folder / "ann.hnsw"), max_elements=int(manifest["graph_capacity"]))
+        except RuntimeError as exc:
+            log.warning("index %s: graph unreadable (%s); rebuilding it from the segments", folder, exc)
+            graph = index._build_graph(segments)
+        graph.set_ef(search.hnsw_ef)
+        graph.set_num_threads(1)
+        index._graph = graph
+        index._generation = int(manifest["generation"])
+        if len(index) != manifest["references"]:
+            raise IndexCorrupt(
+                f"index {folder}: {len(index)} references, manifest says {manifest['references']}"
+            )
+        return index
+
+
+def _current_generation(root: Path) -> tuple[int, Path] | None:
+    pointer = root / "CURRENT"
+    try:
+        name = pointer.read_text().strip()
+    except FileNotFoundError:
+        return None
+    folder = root / name
+    if not name.startswith("gen-") or not folder.is_dir():
+        raise IndexCorrupt(f"index {root}: CURRENT names {name!r}, which is not a generation folder")
+    return int(name[4:]), folder
+
+
+def has_index(path: Path) -> bool:
+    """True when ``path`` holds a saved index."""
+    return (Path(path) / "CURRENT").exists()

@@ -1,0 +1,167 @@
+"""Geometric verification: descriptor matching, a RANSAC homography and plausibility checks.
+
+A shortlisted reference is accepted only when enough one-to-one, ratio-test matches agree on one
+plausible homography. The checks after RANSAC are what keep photos with no reference rejected:
+chance matches (repeated text, foliage, fabric) can agree on a degenerate homography — collapsed,
+mirrored, wildly foreshortened — or pile up on a few pixels; none of those is a photographed print.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from kyb.config import SearchConfig
+from kyb.index import ReferenceFeatures
+
+__all__ = ["QueryFeatures", "Verification", "match_descriptors", "verify"]
+
+
+@dataclass(frozen=True)
+class QueryFeatures:
+    """A photo's features prepared once for many verifications: float descriptors and norms."""
+
+    xy: np.ndarray  # (N, 2) float32, photo pixels at search size
+    descriptors: np.ndarray  # (N, d) float32
+    sq_norms: np.ndarray  # (N,) float32
+    image_size: tuple[int, int]  # width, height at search size
+
+    @classmethod
+    def build(cls, xy: np.ndarray, descriptors: np.ndarray, image_size: tuple[int, int]) -> QueryFeatures:
+        desc = np.ascontiguousarray(descriptors, dtype=np.float32)
+        return cls(xy.astype(np.float32), desc, (desc * desc).sum(1), image_size)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A reference geometrically verified in the photo.
+
+    ``homography`` maps the reference's region frame to photo pixels (search size); ``outline`` is the
+    region's rectangle mapped by it, (4, 2) float32 in order top-left, top-right, bottom-right,
+    bottom-left of the reference; ``inlier_rows`` index the photo's features that support it.
+    """
+
+    reference_id: str
+    inliers: int
+    tentative: int
+    homography: np.ndarray
+    outline: np.ndarray
+    inlier_rows: np.ndarray
+    spread: float
+    score: float
+
+
+def match_descriptors(
+    query: QueryFeatures, reference: np.ndarray, ratio: float, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one ratio-test matches from photo features (``rows`` of them, or all) to ``reference``.
+
+    ``reference`` is (M, d) float32. Returns (photo rows, reference rows). Each reference feature keeps
+    only its closest photo feature, so a repeated pattern in the photo cannot vote many times.
+    """
+    if reference.shape[0] < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    q_rows = np.arange(query.xy.shape[0]) if rows is None else rows
+    if q_rows.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    q = query.descriptors[q_rows]
+    # ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r; the ||q||^2 term does not change which r is nearest,
+    # so it is added back only to the two values the ratio test needs (saves a full pass).
+    scores = q @ reference.T
+    scores *= -2.0
+    scores += (reference * reference).sum(1)[None, :]
+    nearest = np.argmin(scores, axis=1)
+    pick = np.arange(scores.shape[0])
+    q_sq = query.sq_norms[q_rows]
+    best = scores[pick, nearest] + q_sq
+    scores[pick, nearest] = np.inf
+    second = scores.min(axis=1) + q_sq
+    best = np.maximum(best, 0.0)
+    good = best < (ratio * ratio) * np.maximum(second, 1e-12)
+    qi, ri, dist = q_rows[good], nearest[good], best[good]
+    if qi.size == 0:
+        return qi, ri
+    order = np.lexsort((dist, ri))  # by reference row, closest first
+    ri_sorted = ri[order]
+    first = np.r_[True, ri_sorted[1:] != ri_sorted[:-1]]
+    keep = order[first]
+    return qi[keep], ri[keep]
+
+
+def _convex_quad(quad: np.ndarray) -> bool:
+    """Strictly convex, not self-intersecting, same orientation as the reference (no mirror)."""
+    edges = np.roll(quad, -1, axis=0) - quad
+    nxt = np.roll(edges, -1, axis=0)
+    cross = edges[:, 0] * nxt[:, 1] - edges[:, 1] * nxt[:, 0]
+    return bool(np.all(cross > 0))
+
+
+def _hull_area(points: np.ndarray) -> float:
+    if points.shape[0] < 3:
+        return 0.0
+    return float(cv2.contourArea(cv2.convexHull(points.astype(np.float32))))
+
+
+def _distinct(points: np.ndarray, cell: float = 2.0) -> int:
+    return int(np.unique(np.floor(points / cell).astype(np.int64), axis=0).shape[0])
+
+
+def verify(
+    query: QueryFeatures,
+    reference: ReferenceFeatures,
+    ref_descriptors: np.ndarray,
+    config: SearchConfig,
+    rows: np.ndarray | None = None,
+) -> Verification | None:
+    """Verifies ``reference`` against the photo (only its ``rows`` features, when given).
+
+    ``ref_descriptors`` are the reference's dequantised float32 descriptors. Returns None when the
+    reference is not in the photo by the rules in the module docstring.
+    """
+    qi, ri = match_descriptors(query, ref_descriptors, config.ratio, rows)
+    if qi.size < config.min_inliers:
+        return None
+    src = reference.xy[ri].astype(np.float32)
+    dst = query.xy[qi].astype(np.float32)
+    homography, _ = cv2.findHomography(
+        src, dst, cv2.USAC_MAGSAC, config.ransac_threshold, maxIters=2000, confidence=0.999
+    )
+    if homography is None or not np.all(np.isfinite(homography)):
+        return None
+    projected = cv2.perspectiveTransform(src[:, None, :], homography)[:, 0, :]
+    errors = np.linalg.norm(projected - dst, axis=1)
+    inlier = errors < config.ransac_threshold
+    count = min(_distinct(src[inlier]), _distinct(dst[inlier]))
+    if count < config.min_inliers:
+        return None
+    width, height = reference.region_size
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    outline = cv2.perspectiveTransform(corners[:, None, :], homography)[:, 0, :]
+    if not np.all(np.isfinite(outline)) or not _convex_quad(outline):
+        return None
+    area = _hull_area(outline)
+    photo_area = float(query.image_size[0] * query.image_size[1])
+    if area < 24 * 24 or area > 6.0 * photo_area:
+        return None
+    sides = np.linalg.norm(np.roll(outline, -1, axis=0) - outline, axis=1)
+    # Opposite sides of a photographed rectangle rarely differ by more than 4x (that is >75 degrees of tilt).
+    if max(sides[0], sides[2]) > 4 * min(sides[0], sides[2]) or max(sides[1], sides[3]) > 4 * min(
+        sides[1], sides[3]
+    ):
+        return None
+    spread = _hull_area(src[inlier]) / max(width * height, 1.0)
+    if spread < config.min_inlier_spread:
+        return None
+    score = count / (count + config.min_inliers)
+    return Verification(
+        reference_id=reference.reference_id,
+        inliers=count,
+        tentative=int(qi.size),
+        homography=homography,
+        outline=outline.astype(np.float32),
+        inlier_rows=qi[inlier],
+        spread=float(spread),
+        score=float(score),
+    )

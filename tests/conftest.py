@@ -1,0 +1,94 @@
+"""Shared fixtures: a small engine over drawn references, built once per test session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from kyb import synth
+from kyb.config import EngineConfig, load_config
+from kyb.engine import Engine, IngestItem
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buffer.tobytes()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".png", image)
+    assert ok
+    return buffer.tobytes()
+
+
+@dataclass
+class Library:
+    """Drawn references (BGR arrays) with their catalog ids, and the folder they are indexed in."""
+
+    root: Path
+    config: EngineConfig
+    covers: dict[str, np.ndarray]  # reference source name -> image
+    logos: dict[str, np.ndarray]
+    band_of: dict[str, str]  # source name -> band id
+    album_of: dict[str, str | None]
+    bands: list[synth.SampleBand]
+
+    def seed_catalog(self, engine: Engine) -> None:
+        """Bands and albums of the library into ``engine``'s catalog (references need their band)."""
+        from kyb.catalog import Album, Band
+
+        engine.catalog.upsert_bands(Band.from_dict(b.to_band_dict()) for b in self.bands)
+        engine.catalog.upsert_albums(
+            Album(album_id=a.album_id, band_id=b.band_id, title=a.title, year=a.year)
+            for b in self.bands
+            for a in b.albums
+        )
+
+    def items(self) -> list[IngestItem]:
+        out = []
+        for name, image in {**self.covers, **self.logos}.items():
+            kind = "logo" if name in self.logos else "album_cover"
+            out.append(IngestItem(name, kind, self.band_of[name], self.album_of[name], data=encode_jpeg(image, 95)))
+        return out
+
+
+def make_config(root: Path, **overrides: object) -> EngineConfig:
+    values = {"index_dir": str(root / "index"), "catalog_url": str(root / "catalog.db")}
+    values.update({k: v for k, v in overrides.items()})
+    return load_config(overrides=values)
+
+
+@pytest.fixture(scope="session")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Library:
+    root = tmp_path_factory.mktemp("library")
+    rng = np.random.default_rng(1234)
+    bands = synth.make_bands(6, seed=7, albums_per_band=(1, 2))
+    covers, logos, band_of, album_of = {}, {}, {}, {}
+    for band in bands:
+        name = f"{band.band_id}-logo.jpg"
+        logos[name] = synth.draw_logo(band.name, rng)
+        band_of[name], album_of[name] = band.band_id, None
+        for album in band.albums:
+            name = f"{album.album_id}.jpg"
+            covers[name] = synth.draw_album_cover(album.title, band.name, rng)
+            band_of[name], album_of[name] = band.band_id, album.album_id
+    lib = Library(root, make_config(root), covers, logos, band_of, album_of, bands)
+    engine = Engine(lib.config)
+    lib.seed_catalog(engine)
+    outcomes = engine.ingest(lib.items())
+    assert all(o.status == "added" for o in outcomes), outcomes
+    engine.close()
+    return lib
+
+
+@pytest.fixture()
+def engine(library: Library) -> Iterator[Engine]:
+    eng = Engine(library.config)
+    yield eng
+    eng.close()

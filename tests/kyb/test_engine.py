@@ -1,0 +1,195 @@
+"""The engine on generated photos: geometry, several objects, rejection, incremental updates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kyb import synth
+from kyb.catalog import Band
+from kyb.engine import Engine, IngestItem
+from kyb.errors import ImageTooLarge, InvalidImage, NotFound
+from tests.conftest import Library, encode_jpeg, encode_png, make_config
+
+
+def _photo(library: Library, names: list[str], seed: int, **style: object) -> tuple[bytes, list]:
+    rng = np.random.default_rng(seed)
+    refs = [{**library.covers, **library.logos}[n] for n in names]
+    scene, placements = synth.compose_scene(
+        refs, rng, size=(1024, 768), style=synth.SceneStyle(**style), background=synth.draw_background(rng)
+    )
+    return encode_jpeg(scene, 85), placements
+
+
+def _bands(result) -> list[str | None]:
+    return [o.best.band_id for o in result.objects]
+
+
+@pytest.mark.parametrize(
+    ("style", "seed"),
+    [
+        ({"perspective": 0.2, "rotation_deg": 5, "scale": (0.5, 0.7)}, 1),  # strong perspective
+        ({"perspective": 0.05, "rotation_deg": 45, "scale": (0.4, 0.6)}, 2),  # rotation
+        ({"perspective": 0.1, "rotation_deg": 10, "scale": (0.22, 0.28)}, 3),  # small in the photo
+        ({"perspective": 0.1, "blur_sigma": (1.5, 2.0), "scale": (0.5, 0.6)}, 4),  # blur
+    ],
+)
+def test_single_cover_under_distortion(library: Library, engine: Engine, style: dict, seed: int) -> None:
+    name = sorted(library.covers)[seed % len(library.covers)]
+    data, placements = _photo(library, [name], seed, glare=0.0, occlusion=0.0, **style)
+    result = engine.identify(data)
+    assert _bands(result)[:1] == [library.band_of[name]]
+    best = result.objects[0].best
+    assert best.album_id == library.album_of[name]
+    assert best.inliers >= engine.config.search.min_inliers
+    # The outline is the reference's rectangle projected into the photo: compare with the truth.
+    truth = placements[0].quad
+    outline = np.array(result.objects[0].outline)
+    assert np.abs(outline - truth).max() < 12, (outline, truth)
+
+
+def test_logo_in_clutter(library: Library, engine: Engine) -> None:
+    name = sorted(library.logos)[0]
+    data, _ = _photo(library, [name], 11, scale=(0.35, 0.45), glare=0.0, occlusion=0.0)
+    result = engine.identify(data)
+    assert _bands(result)[:1] == [library.band_of[name]]
+    assert result.objects[0].kind == "logo"
+    assert result.objects[0].best.band["name"]  # metadata comes from the catalog
+
+
+def test_several_objects_each_once(library: Library, engine: Engine) -> None:
+    names = sorted(library.covers)[:3]
+    data, placements = _photo(library, names, 21, scale=(0.3, 0.36), perspective=0.08, glare=0.0, occlusion=0.0)
+    placed = {names[p.ref_index] for p in placements}
+    result = engine.identify(data)
+    found = [o.best.album_id for o in result.objects]
+    assert sorted(found) == sorted(library.album_of[n] for n in placed)
+    assert len(found) == len(set(found))  # each cover once
+
+
+def test_photo_without_reference_is_rejected(engine: Engine) -> None:
+    for seed in range(3):
+        rng = np.random.default_rng(100 + seed)
+        background = synth.draw_background(rng)
+        assert engine.identify(encode_jpeg(background)).objects == []
+
+
+def test_other_drawings_are_rejected(library: Library, engine: Engine) -> None:
+    """Covers never ingested, drawn in the same style, must not match the ingested ones."""
+    rng = np.random.default_rng(999)
+    stranger = synth.draw_album_cover("Unheard Of", "Nobody Band", rng)
+    scene, _ = synth.compose_scene([stranger], rng, background=synth.draw_background(rng))
+    assert engine.identify(encode_jpeg(scene)).objects == []
+
+
+def test_crop_box_limits_the_search(library: Library, engine: Engine) -> None:
+    names = sorted(library.covers)[:2]
+    data, placements = _photo(library, names, 31, scale=(0.32, 0.36), glare=0.0, occlusion=0.0)
+    target = placements[0]
+    result = engine.identify(data, box=tuple(float(v) for v in target.box))
+    assert [o.best.album_id for o in result.objects] == [library.album_of[names[target.ref_index]]]
+
+
+@pytest.mark.parametrize(
+    ("payload", "error", "message"),
+    [
+        (b"", InvalidImage, "empty"),
+        (b"hello, this is not an image", InvalidImage, "not an image"),
+        (b"GIF89a" + b"\0" * 64, InvalidImage, ""),
+    ],
+)
+def test_bad_bytes_get_one_clear_error(engine: Engine, payload: bytes, error: type, message: str) -> None:
+    with pytest.raises(error) as info:
+        engine.identify(payload)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_truncated_featureless_and_tiny_images(library: Library, engine: Engine) -> None:
+    cover = next(iter(library.covers.values()))
+    whole = encode_jpeg(cover)
+    with pytest.raises(InvalidImage, match="corrupt or truncated"):
+        engine.identify(whole[: len(whole) // 3])
+    with pytest.raises(InvalidImage, match="featureless"):
+        engine.identify(encode_png(np.full((400, 400, 3), 128, np.uint8)))
+    with pytest.raises(InvalidImage, match="both sides"):
+        engine.identify(encode_png(np.zeros((8, 300, 3), np.uint8)))
+
+
+def test_huge_image_refused_before_decoding(library: Library) -> None:
+    config = make_config(library.root, **{"limits.max_pixels": 1_000_000})
+    engine = Engine(config)
+    big = encode_png(np.zeros((1200, 1200, 3), np.uint8))
+    with pytest.raises(ImageTooLarge, match="pixels"):
+        engine.identify(big)
+
+
+def test_add_update_delete_and_reload(library: Library, tmp_path) -> None:
+    config = make_config(tmp_path)
+    engine = Engine(config)
+    library.seed_catalog(engine)
+    items = library.items()
+    first = engine.ingest(items[:-1])
+    assert {o.status for o in first} == {"added"}
+    assert {o.status for o in engine.ingest(items[:-1])} == {"unchanged"}  # idempotent by content
+    last = items[-1]
+    assert [o.status for o in engine.ingest([last])] == ["added"]
+    photo, _ = _photo(library, [last.source], 41, scale=(0.5, 0.6), glare=0.0, occlusion=0.0)
+    assert _bands(engine.identify(photo))[:1] == [last.band_id]
+
+    reloaded = Engine(config)  # a fresh process would see the same
+    assert len(reloaded.index) == len(items)
+    assert _bands(reloaded.identify(photo))[:1] == [last.band_id]
+
+    reference_id = next(o.reference_id for o in reloaded.ingest([last]))
+    reloaded.delete_reference(reference_id)
+    assert reloaded.identify(photo).objects == []
+    assert Engine(config).identify(photo).objects == []
+    with pytest.raises(NotFound):
+        reloaded.delete_reference(reference_id)
+
+    # Re-adding after a delete brings it back.
+    assert [o.status for o in reloaded.ingest([last])] == ["added"]
+    assert _bands(Engine(config).identify(photo))[:1] == [last.band_id]
+
+
+def test_ingest_goes_on_after_bad_files(library: Library, tmp_path) -> None:
+    engine = Engine(make_config(tmp_path))
+    library.seed_catalog(engine)
+    good = library.items()[:4]
+    bad = [
+        IngestItem("empty.jpg", "album_cover", "x", data=b""),
+        IngestItem("text.jpg", "album_cover", "x", data=b"not an image at all"),
+        IngestItem(str(tmp_path / "missing.jpg"), "album_cover", "x"),
+        IngestItem("flat.png", "logo", "x", data=encode_png(np.full((300, 300, 3), 200, np.uint8))),
+    ]
+    outcomes = engine.ingest([bad[0], *good[:2], bad[1], bad[2], *good[2:], bad[3]])
+    statuses = {o.source: o.status for o in outcomes}
+    assert [statuses[b.source] for b in bad] == ["failed"] * 4
+    assert all(statuses[g.source] == "added" for g in good)
+    messages = [o.message for o in outcomes if o.status == "failed"]
+    assert all(m and "\n" not in m for m in messages)
+    assert len(Engine(engine.config).index) == 4
+
+
+def test_regions_index_only_the_box(library: Library, tmp_path) -> None:
+    """A merch photo with the logo boxed: only the box is indexed, the rest of the photo is not."""
+    rng = np.random.default_rng(5)
+    logo_name = sorted(library.logos)[1]
+    canvas = synth.draw_background(rng, (900, 700))
+    other_cover = library.covers[sorted(library.covers)[0]]
+    canvas[50:650, 0:600] = other_cover  # something else in the photo, outside the box
+    logo = library.logos[logo_name]
+    h, w = logo.shape[:2]
+    canvas[500 : 500 + h // 2, 600 - 0 : 600 + w // 2] = logo[::2, ::2][:, :300]
+    box = (600.0, 500.0, 900.0, 500.0 + h // 2)
+    engine = Engine(make_config(tmp_path))
+    library.seed_catalog(engine)
+    engine.catalog.upsert_band(Band(band_id="band-a", name="Band A"))
+    items = [
+        IngestItem("merch.jpg", "logo", "band-a", data=encode_jpeg(canvas, 95), regions=(box,)),
+        *library.items()[:3],
+    ]
+    assert {o.status for o in engine.ingest(items)} == {"added"}
+    photo_of_cover, _ = _photo(library, [sorted(library.covers)[0]], 51, scale=(0.5, 0.6), glare=0.0, occlusion=0.0)
+    assert "band-a" not in _bands(engine.identify(photo_of_cover))

@@ -1,0 +1,90 @@
+"""Index persistence: atomic saves survive a kill at any point; compact storage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kyb.engine import Engine
+from kyb.index import ReferenceIndex
+from tests.conftest import Library, make_config
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from kyb import index as index_module
+    from kyb.engine import Engine
+    from kyb.config import load_config
+    from tests.conftest import Library
+
+    root, when = sys.argv[1], sys.argv[2]
+    config = load_config(overrides={{"index_dir": root + "/index", "catalog_url": root + "/catalog.db"}})
+    engine = Engine(config)
+    index = engine.index
+    real_rename, real_replace = os.rename, os.replace
+
+    def die(*args, **kwargs):
+        os._exit(9)
+
+    if when == "before-generation":
+        index_module.os.rename = die
+    elif when == "before-current":
+        index_module.os.replace = lambda src, dst: die() if str(dst).endswith("CURRENT") else real_replace(src, dst)
+    victim = index.reference_ids()[0]
+    index.delete(victim)
+    index.save()
+    """
+)
+
+
+@pytest.mark.parametrize("when", ["before-generation", "before-current"])
+def test_kill_mid_save_leaves_previous_state_loadable(library: Library, tmp_path: Path, when: str) -> None:
+    config = make_config(tmp_path)
+    engine = Engine(config)
+    library.seed_catalog(engine)
+    engine.ingest(library.items())
+    before = sorted(engine.index.reference_ids())
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD.format(), str(tmp_path), when],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 9, child.stderr
+    reloaded = ReferenceIndex.load(config.index_dir, config.search)
+    assert sorted(reloaded.reference_ids()) == before
+    # ... and the next save works on top of whatever the kill left behind.
+    reloaded.delete(before[0])
+    reloaded.save()
+    assert len(ReferenceIndex.load(config.index_dir, config.search)) == len(before) - 1
+
+
+def test_bytes_per_reference_are_compact(library: Library) -> None:
+    engine = Engine(library.config)
+    stats = engine.index.stats()
+    assert stats["references"] == len(library.covers) + len(library.logos)
+    assert 0 < stats["bytes_per_reference"] <= 40_000
+
+
+def test_compaction_keeps_the_survivors(library: Library, tmp_path: Path) -> None:
+    engine = Engine(make_config(tmp_path))
+    library.seed_catalog(engine)
+    items = library.items()
+    engine.ingest(items[:2])  # the first ingest trains the codebook: it needs two images
+    for item in items[2:]:  # one segment per ingest call: many small segments
+        engine.ingest([item])
+    index = engine.index
+    ids = index.reference_ids()
+    for reference_id in ids[: len(ids) // 2]:
+        index.delete(reference_id)
+    index.save()
+    reloaded = ReferenceIndex.load(engine.config.index_dir, engine.config.search)
+    assert sorted(reloaded.reference_ids()) == sorted(ids[len(ids) // 2 :])
+    stats = reloaded.stats()
+    assert stats["deleted"] == 0  # deleted rows are dropped from disk, not just masked
+    assert stats["segments"] <= 9  # small segments are merged once there are more than 8
