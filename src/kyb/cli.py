@@ -199,20 +199,20 @@ def _draw(photo: Path, result: Any, out: Path) -> None:
 def cmd_identify(args: argparse.Namespace) -> int:
     engine = _engine(args)
     answers = []
-    failures = 0
+    codes: list[int] = []
     for i, name in enumerate(args.photos):
         photo = Path(name)
         try:
             data = photo.read_bytes()
         except OSError as exc:
-            failures += 1
+            codes.append(EXIT_CODES[InvalidRequest])
             print(f"error: {photo}: {exc.strerror or exc}", file=sys.stderr)
             answers.append({"photo": str(photo), "error": exc.strerror or str(exc)})
             continue
         try:
             result = engine.identify(data, box=args.box)
         except KybError as exc:
-            failures += 1
+            codes.append(int(lookup(EXIT_CODES, exc)))  # type: ignore[arg-type]
             print(f"error: {photo}: {exc}", file=sys.stderr)
             answers.append({"photo": str(photo), "error": str(exc)})
             continue
@@ -224,9 +224,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
             _draw(photo, result, target)
             log.info("drew %s", target)
     print(json.dumps(answers if len(answers) > 1 else answers[0], indent=2, ensure_ascii=False))
-    if failures == len(args.photos):
-        return EXIT_CODES[InvalidRequest] if failures else 0
-    return 1 if failures else 0
+    if codes and len(codes) == len(args.photos):
+        return codes[-1]  # nothing identified: the reason's own code
+    return 1 if codes else 0
 
 
 # ---------------------------------------------------------------------------- eval
@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     else:
-        add_serve_commands(sub, common)
+        add_serve_commands(sub)
     return parser
 
 
