@@ -108,9 +108,7 @@ def _collect(engine: Any, paths: Sequence[Path], kind: str | None) -> tuple[list
     row_errors = 0
     for path in paths:
         if path.is_dir():
-            catalog_file = next(
-                (path / n for n in ("catalog.json", "catalog.csv") if (path / n).exists()), None
-            )
+            catalog_file = next((path / n for n in ("catalog.json", "catalog.csv") if (path / n).exists()), None)
             if catalog_file is None:
                 found, metadata = _folder_items(path, kind)
                 engine.catalog.upsert_bands([m for m in metadata if isinstance(m, Band)])
@@ -132,8 +130,7 @@ def _collect(engine: Any, paths: Sequence[Path], kind: str | None) -> tuple[list
         log.info("%s: %d bands, %d albums, %d references", path, report.bands_upserted,
                  report.albums_upserted, len(report.references))  # fmt: skip
         items.extend(
-            IngestItem(e.image_path, e.kind, e.band_id, e.album_id, tuple(e.regions))
-            for e in report.references
+            IngestItem(e.image_path, e.kind, e.band_id, e.album_id, tuple(e.regions)) for e in report.references
         )
     return items, row_errors
 
@@ -185,12 +182,8 @@ def _draw(photo: Path, result: Any, out: Path) -> None:
         label = f"{number}. {name}" + (f" - {title}" if title else "") + f" ({best.inliers})"
         x, y = int(outline[:, 0].min()), max(20, int(outline[:, 1].min()) - 8)
         scale = max(0.5, max(canvas.shape[:2]) / 1600)
-        cv2.putText(
-            canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA
-        )
-        cv2.putText(
-            canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA
-        )
+        cv2.putText(canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
+        cv2.putText(canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(out), canvas):
         raise InvalidRequest(f"cannot write {out}")
@@ -357,9 +350,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kyb", description="Know Your Bands: identify band logos and album covers."
-    )
+    parser = argparse.ArgumentParser(prog="kyb", description="Know Your Bands: identify band logos and album covers.")
     parser.add_argument("--version", action="version", version=f"kyb {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (also KYB_CONFIG)")
@@ -368,9 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--log-level", default=os.environ.get("KYB_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser(
-        "ingest", parents=[common], help="add reference images (folders, catalog files, images)"
-    )
+    p = sub.add_parser("ingest", parents=[common], help="add reference images (folders, catalog files, images)")
     p.add_argument("paths", nargs="+", help="folder, catalog.json/.csv, or image files")
     p.add_argument("--kind", choices=["logo", "album_cover"], help="kind for images without one")
     p.set_defaults(func=cmd_ingest)
@@ -389,9 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="index cache folder (default ~/.cache/kyb/eval or KYB_EVAL_CACHE)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser(
-        "demo", parents=[common], help="generate a sample catalog and photos, ingest, identify"
-    )
+    p = sub.add_parser("demo", parents=[common], help="generate a sample catalog and photos, ingest, identify")
     p.add_argument("--dir", default=".kyb/demo", help="where the sample set goes (default .kyb/demo)")
     p.add_argument("--bands", type=int, default=8)
     p.add_argument("--photos", type=int, default=6)

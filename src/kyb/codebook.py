@@ -286,9 +286,7 @@ def train_codebook(
         seed=config.seed,
         progress=report("fine words", config.kmeans_iterations),
     )
-    vlad_words = kmeans(
-        projected, n_vlad, iterations=20, seed=config.seed + 1, progress=report("VLAD words", 20)
-    )
+    vlad_words = kmeans(projected, n_vlad, iterations=20, seed=config.seed + 1, progress=report("VLAD words", 20))
     partial = Codebook(
         pca_mean=mean.astype(np.float32),
         pca_components=components,

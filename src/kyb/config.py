@@ -114,6 +114,8 @@ class SearchConfig:
     shortlist_words: int = 30
     #: Candidates verified per round (the fused shortlist is cut to this).
     verify_top: int = 40
+    #: After a verified match, stop a round's verification after this many misses in a row.
+    patience: int = 6
     #: hnswlib graph degree and search breadth: memory ~ M * 8 bytes per reference; ef >= shortlist.
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
@@ -136,6 +138,7 @@ class SearchConfig:
         _check(self.shortlist_words >= 0, "search.shortlist_words", "must be >= 0")
         _check(self.shortlist_global + self.shortlist_words > 0, "search.shortlist_*", "one must be > 0")
         _check(self.verify_top >= 1, "search.verify_top", "must be >= 1")
+        _check(1 <= self.patience <= 1000, "search.patience", "must be in 1..1000")
         _check(2 <= self.hnsw_m <= 100, "search.hnsw_m", "must be in 2..100")
         _check(self.hnsw_ef >= self.shortlist_global, "search.hnsw_ef", "must be >= shortlist_global")
         _check(0.5 <= self.ratio <= 1.0, "search.ratio", "must be in 0.5..1.0")

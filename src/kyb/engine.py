@@ -31,11 +31,13 @@ from kyb.verify import QueryFeatures, Verification, verify
 
 __all__ = [
     "Engine",
+    "FoundObject",
     "IdentifiedObject",
     "IdentifyResult",
     "IngestItem",
     "IngestOutcome",
     "Match",
+    "reference_id_for",
     "search",
 ]
 
@@ -125,7 +127,9 @@ class IdentifyResult:
 
 # ---------------------------------------------------------------------------- search
 @dataclass
-class _Found:
+class FoundObject:
+    """One object found by :func:`search`: the best verification and the other references that explain it."""
+
     verification: Verification
     alternatives: list[Verification] = field(default_factory=list)
 
@@ -143,22 +147,25 @@ def search(
     image_size: tuple[int, int],
     index: ReferenceIndex,
     config: SearchConfig,
-) -> tuple[list[_Found], list[str]]:
+    *,
+    exclude: frozenset[str] = frozenset(),
+) -> tuple[list[FoundObject], list[str]]:
     """Finds every indexed reference visible in the photo described by ``query``.
 
     Round 1 shortlists and verifies with all the photo's features; each accepted object then removes
     the features inside its outline, and the next round shortlists again with what is left, so a
     shelf of covers returns each cover once even when they crowd each other out of one shortlist.
     A verified reference whose inliers lie mostly inside an object already found is kept as an
-    alternative explanation of that object, not as a new one. Returns (objects, shortlist order).
+    alternative explanation of that object, not as a new one. References in ``exclude`` are never
+    considered. Returns (objects, shortlist order).
     """
     codebook = index.codebook
     projected = codebook.dequantize(query.descriptors)
     xy = query.xy + np.asarray(query.origin, dtype=np.float32)
     photo = QueryFeatures.build(xy, projected, image_size)
     active = np.ones(len(query), dtype=bool)
-    tried: set[str] = set()
-    found: list[_Found] = []
+    tried: set[str] = set(exclude)
+    found: list[FoundObject] = []
     order: list[str] = []
     for round_number in range(config.max_objects):
         rows = np.flatnonzero(active)
@@ -176,14 +183,19 @@ def search(
                 region_size=query.region_size,
                 codebook_version=query.codebook_version,
             )
-        limit = config.verify_top if round_number == 0 else max(8, config.verify_top // 2)
+        limit = config.verify_top if round_number == 0 else max(8, config.verify_top // 4)
         candidates = index.shortlist(probe, exclude=tried, limit=limit)
         if not candidates:
             break
+        order.extend(c.reference_id for c in candidates if c.reference_id not in order)
         verified: list[Verification] = []
+        misses = 0
         for candidate in candidates:
+            # Once something is verified, a run of misses means the rest of the shortlist is noise;
+            # what it skips comes back in the next round's shortlist if the photo still supports it.
+            if verified and misses >= config.patience:
+                break
             tried.add(candidate.reference_id)
-            order.append(candidate.reference_id)
             try:
                 reference = index.features(candidate.reference_id)
             except KeyError:  # deleted since the shortlist was made
@@ -191,6 +203,9 @@ def search(
             result = verify(photo, reference, codebook.dequantize(reference.descriptors), config, rows)
             if result is not None:
                 verified.append(result)
+                misses = 0
+            else:
+                misses += 1
         verified.sort(key=lambda v: (-v.inliers, v.reference_id))
         new_objects = 0
         for result in verified:
@@ -205,7 +220,7 @@ def search(
                 continue
             if active[result.inlier_rows].sum() < config.min_inliers:
                 continue
-            found.append(_Found(result))
+            found.append(FoundObject(result))
             new_objects += 1
             active &= ~_inside(photo.xy, result.outline)
             if len(found) >= config.max_objects:
@@ -356,11 +371,9 @@ class Engine:
         """Search + metadata for an already encoded photo (``image_size`` at search scale)."""
         found, order = search(encoding, image_size, self.index, self.config.search)
         objects = [self._describe(item, encoding.scale) for item in found]
-        return IdentifyResult(
-            objects=objects, width=0, height=0, sha256="", features=len(encoding), candidates=order
-        )
+        return IdentifyResult(objects=objects, width=0, height=0, sha256="", features=len(encoding), candidates=order)
 
-    def _describe(self, item: _Found, scale: float) -> IdentifiedObject:
+    def _describe(self, item: FoundObject, scale: float) -> IdentifiedObject:
         matches: list[Match] = []
         seen: set[tuple[str | None, str | None]] = set()
         for verification in [item.verification, *item.alternatives]:
@@ -454,8 +467,7 @@ class Engine:
                         progress(prepared)
                     continue
                 prepared.encodings = [
-                    encoder.encode_features(f, region, scale=prepared.decoded.scale)
-                    for f, region in prepared.features
+                    encoder.encode_features(f, region, scale=prepared.decoded.scale) for f, region in prepared.features
                 ]
                 batch.append(prepared)
                 if len(batch) >= 64:
@@ -518,15 +530,10 @@ class Engine:
                 )
                 keys = self._keys(prepared)
                 results = index.add(
-                    (key, prepared.decoded.sha256, enc)
-                    for key, enc in zip(keys, prepared.encodings, strict=True)
+                    (key, prepared.decoded.sha256, enc) for key, enc in zip(keys, prepared.encodings, strict=True)
                 )
-                status = (
-                    "added" if "added" in results else ("replaced" if "replaced" in results else "unchanged")
-                )
-                self.catalog.record_ingestion(
-                    prepared.reference_id, prepared.decoded.sha256, status, item.source
-                )
+                status = "added" if "added" in results else ("replaced" if "replaced" in results else "unchanged")
+                self.catalog.record_ingestion(prepared.reference_id, prepared.decoded.sha256, status, item.source)
                 outcomes.append(IngestOutcome(item.source, status, prepared.reference_id))
             except (KybError, ValueError) as exc:
                 outcome = IngestOutcome(item.source, "failed", prepared.reference_id, str(exc))
@@ -558,12 +565,8 @@ class Engine:
                 else:
                     prepared.append(result)
         if len(prepared) < 2:
-            raise NotReady(
-                f"only {len(prepared)} usable reference image(s): a codebook needs at least 2 to train"
-            )
-        log.info(
-            "no index at %s yet: training a codebook on %d references", self.config.index_dir, len(prepared)
-        )
+            raise NotReady(f"only {len(prepared)} usable reference image(s): a codebook needs at least 2 to train")
+        log.info("no index at %s yet: training a codebook on %d references", self.config.index_dir, len(prepared))
         codebook = train_codebook(
             [f.descriptors for p in prepared for f, _ in p.features],
             self.config.codebook,
@@ -577,9 +580,7 @@ class Engine:
         for chunk_start in range(0, len(prepared), 64):
             chunk = prepared[chunk_start : chunk_start + 64]
             for p in chunk:
-                p.encodings = [
-                    encoder.encode_features(f, region, scale=p.decoded.scale) for f, region in p.features
-                ]
+                p.encodings = [encoder.encode_features(f, region, scale=p.decoded.scale) for f, region in p.features]
             for outcome in self._commit(chunk, index):
                 outcomes.append(outcome)
                 if progress:

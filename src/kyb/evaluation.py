@@ -92,9 +92,7 @@ def load_ground_truth(dataset_dir: Path) -> GroundTruth:
 def cache_key(gt: GroundTruth, config: EngineConfig) -> str:
     """Changes with the set's database, the indexing settings and the code version."""
     digest = hashlib.sha256()
-    digest.update(
-        json.dumps({"db": gt.database, "boxes": gt.boxes, "labels": gt.labels}, sort_keys=True).encode()
-    )
+    digest.update(json.dumps({"db": gt.database, "boxes": gt.boxes, "labels": gt.labels}, sort_keys=True).encode())
     settings = {
         "features": asdict(config.features),
         "codebook": asdict(config.codebook),
@@ -233,9 +231,7 @@ def evaluate(
         positives = set(q.get("positives") or [])
 
         def relevant(reference_path: str | None, positives: set[str] = positives, label: str = label) -> bool:
-            return reference_path in positives or (
-                bool(label) and gt.labels.get(reference_path or "") == label
-            )
+            return reference_path in positives or (bool(label) and gt.labels.get(reference_path or "") == label)
 
         try:
             result = engine.identify((gt.root / q["query"]).read_bytes())

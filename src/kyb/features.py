@@ -35,9 +35,7 @@ class LocalFeatures:
 
     @staticmethod
     def empty() -> LocalFeatures:
-        return LocalFeatures(
-            np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, 128), np.float32)
-        )
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, 128), np.float32))
 
     def take(self, rows: np.ndarray) -> LocalFeatures:
         return LocalFeatures(self.xy[rows], self.size[rows], self.descriptors[rows])

@@ -38,7 +38,7 @@ from kyb.config import SearchConfig
 from kyb.encoder import Encoding
 from kyb.errors import IndexCorrupt, InvalidRequest, NotReady
 
-__all__ = ["Candidate", "ReferenceFeatures", "ReferenceIndex"]
+__all__ = ["Candidate", "ReferenceFeatures", "ReferenceIndex", "has_index", "load_codebook"]
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,7 @@ class _Segment:
         return segment
 
     @classmethod
-    def build(
-        cls, name: str, ordinals: Sequence[int], items: Sequence[tuple[str, str, Encoding]], n_words: int
-    ):
+    def build(cls, name: str, ordinals: Sequence[int], items: Sequence[tuple[str, str, Encoding]], n_words: int):
         counts = [len(e) for _, _, e in items]
         word_dtype = np.uint16 if n_words <= 65536 else np.uint32
         return cls(
@@ -168,9 +166,7 @@ class _Segment:
             ref_ids=np.asarray([r for r, _, _ in items], dtype=str),
             sha256=np.asarray([s for _, s, _ in items], dtype=str),
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            xy=np.concatenate([np.rint(np.clip(e.xy, 0, XY_MAX) * XY_SCALE) for _, _, e in items]).astype(
-                np.uint16
-            ),
+            xy=np.concatenate([np.rint(np.clip(e.xy, 0, XY_MAX) * XY_SCALE) for _, _, e in items]).astype(np.uint16),
             descriptors=np.concatenate([e.descriptors for _, _, e in items]).astype(np.int8),
             words=np.concatenate([e.words for _, _, e in items]).astype(word_dtype),
             region=np.asarray([e.region_size for _, _, e in items], dtype=np.float32),
@@ -247,6 +243,22 @@ class ReferenceIndex:
         if found is None:
             raise KeyError(reference_id)
         return found[0].features(found[1])
+
+    def encoding(self, reference_id: str) -> Encoding:
+        """The stored encoding of a reference, exactly as indexed (for copying between shards)."""
+        found = self._where.get(reference_id)
+        if found is None:
+            raise KeyError(reference_id)
+        segment, row = found
+        start, end = int(segment.offsets[row]), int(segment.offsets[row + 1])
+        return Encoding(
+            xy=segment.xy[start:end].astype(np.float32) / XY_SCALE,
+            descriptors=segment.descriptors[start:end],
+            words=segment.words[start:end].astype(np.int32),
+            global_vector=segment.global_vectors[row],
+            region_size=(float(segment.region[row, 0]), float(segment.region[row, 1])),
+            codebook_version=self.codebook.version,
+        )
 
     def stats(self) -> dict[str, float | int | str]:
         segments = self._segments
@@ -522,21 +534,8 @@ class ReferenceIndex:
             if id(segment) not in merge:
                 continue
             for row in np.flatnonzero(segment.alive):
-                start, end = int(segment.offsets[row]), int(segment.offsets[row + 1])
-                items.append(
-                    (
-                        str(segment.ref_ids[row]),
-                        str(segment.sha256[row]),
-                        Encoding(
-                            xy=segment.xy[start:end].astype(np.float32) / XY_SCALE,
-                            descriptors=segment.descriptors[start:end],
-                            words=segment.words[start:end].astype(np.int32),
-                            global_vector=segment.global_vectors[row],
-                            region_size=(float(segment.region[row, 0]), float(segment.region[row, 1])),
-                            codebook_version=self.codebook.version,
-                        ),
-                    )
-                )
+                reference_id = str(segment.ref_ids[row])
+                items.append((reference_id, str(segment.sha256[row]), self.encoding(reference_id)))
                 ordinals.append(int(segment.ordinals[row]))
         self._segments = []
         self._where = {}
@@ -606,9 +605,7 @@ class ReferenceIndex:
         index._graph = graph
         index._generation = int(manifest["generation"])
         if len(index) != manifest["references"]:
-            raise IndexCorrupt(
-                f"index {folder}: {len(index)} references, manifest says {manifest['references']}"
-            )
+            raise IndexCorrupt(f"index {folder}: {len(index)} references, manifest says {manifest['references']}")
         return index
 
 
@@ -627,3 +624,11 @@ def _current_generation(root: Path) -> tuple[int, Path] | None:
 def has_index(path: Path) -> bool:
     """True when ``path`` holds a saved index."""
     return (Path(path) / "CURRENT").exists()
+
+
+def load_codebook(path: Path) -> Codebook:
+    """The codebook of the current generation of the index folder ``path`` (NotReady when none)."""
+    current = _current_generation(Path(path))
+    if current is None:
+        raise NotReady(f"no index at {path}: ingest references first (`kyb ingest`)")
+    return Codebook.load(current[1] / "codebook.npz")

@@ -147,9 +147,7 @@ def verify(
         return None
     sides = np.linalg.norm(np.roll(outline, -1, axis=0) - outline, axis=1)
     # Opposite sides of a photographed rectangle rarely differ by more than 4x (that is >75 degrees of tilt).
-    if max(sides[0], sides[2]) > 4 * min(sides[0], sides[2]) or max(sides[1], sides[3]) > 4 * min(
-        sides[1], sides[3]
-    ):
+    if max(sides[0], sides[2]) > 4 * min(sides[0], sides[2]) or max(sides[1], sides[3]) > 4 * min(sides[1], sides[3]):
         return None
     spread = _hull_area(src[inlier]) / max(width * height, 1.0)
     if spread < config.min_inlier_spread:

@@ -137,9 +137,7 @@ class Catalog(abc.ABC):
 
     # -- ingestion log -------------------------------------------------------------------------------
     @abc.abstractmethod
-    def record_ingestion(
-        self, reference_id: str | None, sha256: str | None, status: str, message: str = ""
-    ) -> None:
+    def record_ingestion(self, reference_id: str | None, sha256: str | None, status: str, message: str = "") -> None:
         """Append one line to the ingestion log (``status`` e.g. ``ok``, ``duplicate``, ``failed``).
 
         The log is kept even when the reference is later deleted, so failures stay visible.
@@ -176,9 +174,7 @@ class Catalog(abc.ABC):
                 continue
             default_origin = (parsed.sources[0] if parsed.sources else "<catalog>", 0)
             source, line = parsed.album_origins.get(album.album_id, default_origin)
-            errors.append(
-                RowError(source, line, f"album {album.album_id!r}: unknown band_id {album.band_id!r}")
-            )
+            errors.append(RowError(source, line, f"album {album.album_id!r}: unknown band_id {album.band_id!r}"))
         albums_upserted = self.upsert_albums(albums) if albums else 0
 
         album_bands = {album.album_id: album.band_id for album in albums}
@@ -236,9 +232,7 @@ class Catalog(abc.ABC):
     def _check_kind(kind: str | None) -> None:
         """Raise :class:`CatalogError` for a kind filter that is not one of ``REFERENCE_KINDS``."""
         if kind is not None and kind not in REFERENCE_KINDS:
-            raise CatalogError(
-                f"unknown reference kind {kind!r}; expected one of {', '.join(REFERENCE_KINDS)}"
-            )
+            raise CatalogError(f"unknown reference kind {kind!r}; expected one of {', '.join(REFERENCE_KINDS)}")
 
     @staticmethod
     def _check_page(limit: int, offset: int = 0) -> None:

@@ -183,8 +183,7 @@ class _Collector:
             self.duplicate(
                 source,
                 line,
-                f"duplicate band_id {band.band_id!r} (first at {previous[1]}:{previous[2]}); "
-                "this later row wins",
+                f"duplicate band_id {band.band_id!r} (first at {previous[1]}:{previous[2]}); this later row wins",
             )
         self.bands[band.band_id] = (band, source, line)
 
@@ -194,8 +193,7 @@ class _Collector:
             self.duplicate(
                 source,
                 line,
-                f"duplicate album_id {album.album_id!r} (first at {previous[1]}:{previous[2]}); "
-                "this later row wins",
+                f"duplicate album_id {album.album_id!r} (first at {previous[1]}:{previous[2]}); this later row wins",
             )
         self.albums[album.album_id] = (album, source, line)
 
@@ -258,9 +256,7 @@ def _parse_json(file: Path, text: str) -> ParsedCatalog:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CatalogError(
-            f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
+        raise CatalogError(f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
     sections = ("bands", "albums", "references")
     if not isinstance(data, dict) or not any(key in data for key in sections):
         raise CatalogError(f"{source}: unknown JSON shape; expected an object with bands/albums/references")

@@ -253,9 +253,7 @@ class ReferenceImage(_Record):
         if self.width and self.height:
             for x1, y1, x2, y2 in regions:
                 if x2 > self.width or y2 > self.height:
-                    raise ValueError(
-                        f"box {[x1, y1, x2, y2]} lies outside the {self.width}x{self.height} image"
-                    )
+                    raise ValueError(f"box {[x1, y1, x2, y2]} lies outside the {self.width}x{self.height} image")
         object.__setattr__(self, "regions", regions)
         if not isinstance(self.created_at, int | float) or isinstance(self.created_at, bool):
             raise ValueError(f"created_at must be unix seconds, got {self.created_at!r}")

@@ -69,9 +69,7 @@ _UPSERT_ALBUM_SQL = (
     "year = excluded.year, updated_at = excluded.updated_at"
 )
 
-_REF_SELECT = (
-    "reference_id, sha256, kind, band_id, album_id, source, width, height, size_bytes, regions, created_at"
-)
+_REF_SELECT = "reference_id, sha256, kind, band_id, album_id, source, width, height, size_bytes, regions, created_at"
 _INSERT_REF_SQL = (
     f"INSERT INTO reference_images ({_REF_SELECT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (reference_id) DO NOTHING"
@@ -96,9 +94,7 @@ def load_migrations(backend: str = "sqlite") -> list[tuple[int, str, str]]:
     found.sort()
     versions = [version for version, _, _ in found]
     if versions != list(range(1, len(found) + 1)):
-        raise CatalogError(
-            f"{backend} migrations must be numbered 0001, 0002... without gaps, got {versions}"
-        )
+        raise CatalogError(f"{backend} migrations must be numbered 0001, 0002... without gaps, got {versions}")
     return found
 
 
@@ -149,8 +145,7 @@ def _band_params(band: Band, now: float) -> tuple[Any, ...]:
     if not isinstance(band, Band):
         raise TypeError(f"expected a Band, got {type(band).__name__}")
     values = [
-        _dump_list(getattr(band, col)) if col in _BAND_LIST_COLUMNS else getattr(band, col)
-        for col in _BAND_COLUMNS
+        _dump_list(getattr(band, col)) if col in _BAND_LIST_COLUMNS else getattr(band, col) for col in _BAND_COLUMNS
     ]
     return (*values, band.name_norm, now)
 
@@ -199,9 +194,7 @@ class SQLiteCatalog(Catalog):
         try:
             if not memory:
                 Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(
-                self._path, timeout=timeout_s, check_same_thread=False, isolation_level=None
-            )
+            conn = sqlite3.connect(self._path, timeout=timeout_s, check_same_thread=False, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise CatalogUnavailable(f"cannot open sqlite catalog {self._path!r}: {exc}") from exc
         try:
@@ -352,16 +345,13 @@ class SQLiteCatalog(Catalog):
 
     def get_album(self, album_id: str) -> Album | None:
         with self._locked() as conn:
-            row = conn.execute(
-                f"SELECT {_ALBUM_SELECT} FROM albums WHERE album_id = ?", (album_id,)
-            ).fetchone()
+            row = conn.execute(f"SELECT {_ALBUM_SELECT} FROM albums WHERE album_id = ?", (album_id,)).fetchone()
         return Album(*row) if row else None
 
     def list_albums(self, band_id: str) -> list[Album]:
         with self._locked() as conn:
             rows = conn.execute(
-                f"SELECT {_ALBUM_SELECT} FROM albums WHERE band_id = ? "
-                "ORDER BY year IS NULL, year, title, album_id",
+                f"SELECT {_ALBUM_SELECT} FROM albums WHERE band_id = ? ORDER BY year IS NULL, year, title, album_id",
                 (band_id,),
             ).fetchall()
         return [Album(*row) for row in rows]
@@ -436,10 +426,7 @@ class SQLiteCatalog(Catalog):
             clauses.append("kind = ?")
             params.append(kind)
         where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
-        sql = (
-            f"SELECT {_REF_SELECT} FROM reference_images {where}"
-            "ORDER BY created_at, reference_id LIMIT ? OFFSET ?"
-        )
+        sql = f"SELECT {_REF_SELECT} FROM reference_images {where}ORDER BY created_at, reference_id LIMIT ? OFFSET ?"
         with self._locked() as conn:
             rows = conn.execute(sql, (*params, limit, offset)).fetchall()
         return [_ref_from_row(row) for row in rows]
@@ -450,15 +437,12 @@ class SQLiteCatalog(Catalog):
         return int(count)
 
     # -- ingestion log -------------------------------------------------------------------------------
-    def record_ingestion(
-        self, reference_id: str | None, sha256: str | None, status: str, message: str = ""
-    ) -> None:
+    def record_ingestion(self, reference_id: str | None, sha256: str | None, status: str, message: str = "") -> None:
         if not isinstance(status, str) or not status.strip():
             raise CatalogError("ingestion status must be a non-empty string")
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO ingestions (reference_id, sha256, status, message, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO ingestions (reference_id, sha256, status, message, created_at) VALUES (?, ?, ?, ?, ?)",
                 (reference_id, sha256.lower() if sha256 else sha256, status, message, time.time()),
             )
 
@@ -466,8 +450,7 @@ class SQLiteCatalog(Catalog):
         self._check_page(limit)
         with self._locked() as conn:
             rows = conn.execute(
-                "SELECT id, reference_id, sha256, status, message, created_at FROM ingestions "
-                "ORDER BY id DESC LIMIT ?",
+                "SELECT id, reference_id, sha256, status, message, created_at FROM ingestions ORDER BY id DESC LIMIT ?",
                 (limit,),
             ).fetchall()
         return [IngestionRecord(*row) for row in rows]

@@ -1,0 +1,244 @@
+"""The whole topology on one machine: in one process (``kyb serve all``) or as separate local
+processes (``kyb serve stack``), wired exactly as a deployment is: gateway -> detector, encoder and
+N matcher shards, each shard with its own index folder.
+
+With N > 1 and no shard folders yet, the embedded index (``index_dir``) is split into them with
+:func:`kyb.rpc.split_index`, so an index built with ``kyb ingest`` can be served sharded at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kyb.errors import NotReady, Unavailable
+from kyb.index import has_index
+from kyb.rpc import Metrics, ServiceConfig, ServiceServer, environment, serve, split_index, wait_until_serving
+from services.detector.server import create_server as create_detector
+from services.encoder.server import create_server as create_encoder
+from services.gateway.server import create_server as create_gateway
+from services.matcher.server import create_server as create_matcher
+
+__all__ = ["LocalStack", "prepare_shards", "run_processes", "start_local"]
+
+log = logging.getLogger(__name__)
+
+#: Internal services of a local topology listen on loopback only; the gateway keeps rpc.host.
+_LOOPBACK = "127.0.0.1"
+
+
+def prepare_shards(config: ServiceConfig, shards: int) -> list[Path]:
+    """The index folder of each shard; splits the embedded index into them when none exists yet.
+
+    Shard folders are never overwritten (they may hold references ingested through the gateway);
+    delete them all to split the embedded index again. Some but not all present is refused.
+    """
+    folders = [config.matcher.shard_folder(config.engine.index_dir, k, shards) for k in range(shards)]
+    present = [has_index(f) for f in folders]
+    if shards > 1 and any(present) and not all(present):
+        missing = ", ".join(str(f) for f, ok in zip(folders, present, strict=True) if not ok)
+        raise NotReady(f"some shard folders have no index ({missing}); restore them or delete all to re-split")
+    if shards > 1 and not any(present) and has_index(config.engine.index_dir):
+        log.info("splitting %s into %d shard folders", config.engine.index_dir, shards)
+        split_index(config.engine.index_dir, config.engine.search, shards, lambda k: folders[k])
+    return folders
+
+
+def _encoder_folder(config: ServiceConfig, folders: list[Path]) -> Path:
+    """The folder whose codebook the encoder loads: configured, else the embedded index, else shard 0."""
+    if config.encoder.index_dir is not None or has_index(config.engine.index_dir):
+        return config.encoder_index_dir()
+    return folders[0]
+
+
+def _internal(config: ServiceConfig) -> ServiceConfig:
+    return config.replace(rpc=dataclasses.replace(config.rpc, host=_LOOPBACK))
+
+
+@dataclass
+class LocalStack:
+    """Servers of an in-process topology; ``gateway_port`` is where clients connect."""
+
+    gateway: ServiceServer
+    gateway_port: int
+    matchers: list[ServiceServer]
+    encoder: ServiceServer
+    detector: ServiceServer | None
+    config: ServiceConfig
+    servers: list[ServiceServer] = field(default_factory=list)
+
+    @property
+    def gateway_servicer(self) -> Any:
+        return self.gateway.servicers["kyb.v1.Gateway"]
+
+    def start(self) -> None:
+        for server in self.servers:
+            server.start()
+
+    def stop(self, grace: float = 0.0) -> None:
+        events = [server.stop(grace) for server in reversed(self.servers)]
+        for event in events:
+            event.wait(5)
+        for server in self.servers:
+            server.wait_for_termination(5)
+
+
+def start_local(
+    config: ServiceConfig,
+    *,
+    shards: int = 1,
+    detector: bool = True,
+    metrics: Metrics | None = None,
+    start: bool = True,
+) -> LocalStack:
+    """Builds (and by default starts) detector, encoder, ``shards`` matchers and the gateway in this
+    process; internal servers take free loopback ports, the gateway ``gateway.port``."""
+    metrics = metrics if metrics is not None else Metrics()
+    folders = prepare_shards(config, shards)
+    internal = _internal(config)
+    detector_server = None
+    if detector:
+        detector_server, detector_port = create_detector(
+            internal.replace(detector=dataclasses.replace(config.detector, port=0)), metrics=metrics
+        )
+    encoder_section = dataclasses.replace(config.encoder, port=0, index_dir=_encoder_folder(config, folders))
+    encoder_server, encoder_port = create_encoder(internal.replace(encoder=encoder_section), metrics=metrics)
+    matchers: list[ServiceServer] = []
+    addresses: list[str] = []
+    for k, folder in enumerate(folders):
+        section = dataclasses.replace(config.matcher, port=0, shard=f"{k}/{shards}", index_dir=str(folder))
+        server, port = create_matcher(internal.replace(matcher=section), metrics=metrics)
+        matchers.append(server)
+        addresses.append(f"{_LOOPBACK}:{port}")
+    gateway_section = dataclasses.replace(
+        config.gateway,
+        encoder_address=f"{_LOOPBACK}:{encoder_port}",
+        detector_address=f"{_LOOPBACK}:{detector_port}" if detector_server is not None else "",
+        matcher_addresses=tuple(addresses),
+        shards=shards,
+    )
+    gateway_config = config.replace(gateway=gateway_section)
+    gateway_server, gateway_port = create_gateway(gateway_config, metrics=metrics)
+    stack = LocalStack(
+        gateway=gateway_server,
+        gateway_port=gateway_port,
+        matchers=matchers,
+        encoder=encoder_server,
+        detector=detector_server,
+        config=gateway_config,
+        servers=[s for s in (detector_server, encoder_server, *matchers, gateway_server) if s is not None],
+    )
+    if start:
+        stack.start()
+    return stack
+
+
+def serve_local(config: ServiceConfig, *, shards: int) -> int:
+    """``kyb serve all``: the whole topology in this process until SIGTERM/SIGINT."""
+    stack = start_local(config, shards=shards, start=False)
+    log.info("gateway listening on port %d (%d matcher shard(s) in this process)", stack.gateway_port, shards)
+    serve(stack.servers)
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((_LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float = 120.0) -> int:
+    """``kyb serve stack``: one process per service (``python -m services.<name>``), configured only
+    through the ``KYB_*`` variables a Kubernetes manifest would set; stops them all on SIGTERM/SIGINT
+    or when one of them exits. Returns 0 after a requested stop, 1 when a service died."""
+    folders = prepare_shards(config, shards)
+    ports = {"detector": _free_port(), "encoder": _free_port()}
+    matcher_ports = [_free_port() for _ in range(shards)]
+    wired = config.replace(
+        gateway=dataclasses.replace(
+            config.gateway,
+            detector_address=f"{_LOOPBACK}:{ports['detector']}",
+            encoder_address=f"{_LOOPBACK}:{ports['encoder']}",
+            matcher_addresses=tuple(f"{_LOOPBACK}:{p}" for p in matcher_ports),
+            shards=shards,
+        ),
+        encoder=dataclasses.replace(config.encoder, port=ports["encoder"], index_dir=_encoder_folder(config, folders)),
+        detector=dataclasses.replace(config.detector, port=ports["detector"]),
+    )
+    base = {**os.environ, **environment(wired)}
+    base.setdefault("PYTHONPATH", os.pathsep.join(p for p in sys.path if p))
+
+    def internal(**variables: str) -> dict[str, str]:
+        # Loopback only; with metrics on, each process gets its own /metrics port (logged at start).
+        metrics = str(_free_port()) if config.rpc.metrics_port >= 0 else "-1"
+        return {"KYB_RPC__HOST": _LOOPBACK, "KYB_RPC__METRICS_PORT": metrics, **variables}
+
+    plans: list[tuple[str, str, dict[str, str], str]] = [
+        ("detector", "services.detector", internal(), "kyb.v1.Detector"),
+        ("encoder", "services.encoder", internal(), "kyb.v1.Encoder"),
+    ]
+    for k, port in enumerate(matcher_ports):
+        variables = internal(
+            KYB_MATCHER__PORT=str(port),
+            KYB_MATCHER__SHARD=f"{k}/{shards}",
+            KYB_MATCHER__INDEX_DIR=str(folders[k]),
+        )
+        plans.append((f"matcher shard-{k}", "services.matcher", variables, "kyb.v1.Matcher"))
+    plans.append(("gateway", "services.gateway", {}, "kyb.v1.Gateway"))
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    stopping = threading.Event()
+
+    def stop_all(*_args: object) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for name, module, variables, _service in plans:
+            children.append((name, subprocess.Popen([sys.executable, "-m", module], env={**base, **variables})))
+        addresses = {
+            "detector": f"{_LOOPBACK}:{ports['detector']}",
+            "encoder": f"{_LOOPBACK}:{ports['encoder']}",
+            **{f"matcher shard-{k}": f"{_LOOPBACK}:{p}" for k, p in enumerate(matcher_ports)},
+            "gateway": f"localhost:{config.gateway.port}",
+        }
+        for name, _module, _variables, service in plans:
+            wait_until_serving(addresses[name], config.rpc, service=service, timeout_s=ready_timeout_s)
+            log.info("%s SERVING on %s", name, addresses[name])
+        log.info(
+            "stack ready: gateway on port %d, %d matcher shard(s); Ctrl-C stops it",
+            config.gateway.port,
+            shards,
+        )
+        while not stopping.is_set():
+            for name, child in children:
+                if child.poll() is not None:
+                    log.error("%s exited with code %s: stopping the stack", name, child.returncode)
+                    return 1
+            stopping.wait(0.5)
+        return 0
+    except Unavailable as exc:
+        log.error("stack did not start: %s", exc)
+        return 1
+    finally:
+        for _name, child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        limit = time.monotonic() + config.rpc.grace_s + 5
+        for _name, child in children:
+            try:
+                child.wait(timeout=max(0.1, limit - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,1 @@
+"""The detector service: logo and album-cover boxes (no model until issue 6)."""

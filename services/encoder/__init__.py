@@ -1,0 +1,1 @@
+"""The encoder service: image -> RootSIFT features, visual words and global vector."""

@@ -1,0 +1,110 @@
+"""The Encoder servicer: image (or one box of it) -> :class:`~kyb.encoder.Encoding` over kyb.v1.Encoder.
+
+It wraps :class:`kyb.encoder.Encoder` with the codebook of an index folder (``encoder.index_dir``, by
+default the engine's ``index_dir``), loaded in the background: health is NOT_SERVING until it is. The
+encoder and every matcher shard must use the same codebook; matchers refuse other versions.
+Photos and references are encoded exactly as the embedded engine does (same decode size, same
+region scaling, references need 8 keypoints), so served and embedded encodings are identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from kyb.encoder import Encoder
+from kyb.errors import InvalidRequest, KybError, Unavailable
+from kyb.imageio import DecodedImage, decode_image
+from kyb.index import load_codebook
+from kyb.rpc import ServiceConfig, box_from_proto, decoded_from_proto, encoding_to_proto
+from kyb.v1 import encoder_pb2, encoder_pb2_grpc
+
+__all__ = ["EncoderServicer"]
+
+log = logging.getLogger(__name__)
+
+#: The embedded engine refuses references with fewer keypoints (too little to verify against).
+_MIN_REFERENCE_FEATURES = 8
+
+
+class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
+    """Encode: decode (unless the gateway sent pixels), then RootSIFT + codebook of one region."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self._config = config
+        self.index_dir = config.encoder_index_dir()
+        self._encoder: Encoder | None = None
+        self._stop = threading.Event()
+        self._loader: threading.Thread | None = None
+
+    def start(self, on_ready: Callable[[bool], None]) -> None:
+        """Loads the codebook in the background; ``on_ready(True)`` once it is loaded."""
+
+        def load() -> None:
+            logged = False
+            while not self._stop.is_set():
+                try:
+                    codebook = load_codebook(self.index_dir)
+                    self._encoder = Encoder(codebook, self._config.engine.features)
+                except KybError as exc:
+                    if not logged:
+                        log.warning("encoder: %s; retrying every %g s", exc, self._config.encoder.reload_s)
+                        logged = True
+                else:
+                    log.info("encoder: codebook %s from %s", codebook.version, self.index_dir)
+                    on_ready(True)
+                    return
+                self._stop.wait(self._config.encoder.reload_s)
+
+        self._loader = threading.Thread(target=load, name="kyb-encoder-load", daemon=True)
+        self._loader.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._loader is not None:
+            self._loader.join(timeout=5)
+
+    @property
+    def ready(self) -> bool:
+        return self._encoder is not None
+
+    def _image(self, request: encoder_pb2.EncodeRequest) -> DecodedImage:
+        limits = self._config.engine.limits
+        source = request.WhichOneof("source")
+        if source == "image":
+            side = limits.reference_max_side if request.is_reference else limits.search_max_side
+            return decode_image(request.image, limits, max_side=side)
+        if source == "decoded":
+            return decoded_from_proto(request.decoded)
+        raise InvalidRequest("send the image as bytes (image) or pixels (decoded)")
+
+    def Encode(self, request: encoder_pb2.EncodeRequest, context: grpc.ServicerContext) -> Any:
+        encoder = self._encoder
+        if encoder is None:
+            raise Unavailable(f"encoder: codebook from {self.index_dir} is not loaded yet")
+        image = self._image(request)
+        box = None
+        if request.HasField("box"):
+            box = tuple(v / image.scale for v in box_from_proto(request.box))
+        if request.is_reference:
+            features, region = encoder.extract(image, box, reference=True)  # type: ignore[arg-type]
+            if len(features) < _MIN_REFERENCE_FEATURES:
+                where = "image" if box is None else f"region {[round(v) for v in box]}"
+                raise InvalidRequest(f"featureless {where}: fewer than 8 keypoints, nothing to match")
+            encoding = encoder.encode_features(features, region, scale=image.scale)
+        else:
+            encoding = encoder.encode(image, box)  # type: ignore[arg-type]
+        return encoder_pb2.EncodeResponse(
+            encoding=encoding_to_proto(encoding),
+            image_width=image.width,
+            image_height=image.height,
+            original_width=image.original_width,
+            original_height=image.original_height,
+            sha256=image.sha256,
+            encoder_version=encoder.version,
+            size_bytes=image.size_bytes,
+        )

@@ -1,0 +1,633 @@
+"""The Gateway servicer: the public kyb.v1.Gateway API over detector, encoder and matcher shards.
+
+Identify, step by step (every downstream call gets the caller's remaining deadline):
+
+1. validate and decode the photo once (:func:`kyb.imageio.decode_image`, search size); the pixels
+   travel on as :class:`RawImage`, so no stage decodes again;
+2. regions: the crop box when given, else the detector's boxes when a detector is configured, else
+   the whole photo;
+3. encode every region, in parallel;
+4. search every region on EVERY matcher shard, in parallel (scatter-gather); a shard that fails
+   (after retries on UNAVAILABLE) makes the answer ``partial`` and is named in ``missing_shards``;
+   when no shard answers the call fails with UNAVAILABLE;
+5. merge shards and regions with the embedded engine's rule (:mod:`services.gateway.merge`) and add
+   the catalog's band and album records.
+
+Downstream calls run on one bounded pool shared by all requests (``gateway.parallel``); pool tasks
+never wait on other pool tasks, so a busy gateway queues instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from kyb.catalog import Catalog, ReferenceImage, open_catalog
+from kyb.encoder import Box
+from kyb.engine import reference_id_for
+from kyb.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    KybError,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+from kyb.imageio import decode_image
+from kyb.rpc import (
+    Deadline,
+    Metrics,
+    RetryPolicy,
+    ServiceConfig,
+    album_from_proto,
+    album_to_proto,
+    band_from_proto,
+    band_to_proto,
+    bearer_metadata,
+    box_from_proto,
+    box_to_proto,
+    call_unary,
+    decoded_to_proto,
+    encoding_from_proto,
+    kind_from_proto,
+    kind_to_proto,
+    one_line,
+    open_channel,
+    outline_to_proto,
+    reference_to_proto,
+    shard_for,
+    shard_name,
+    status_for,
+)
+from kyb.v1 import (
+    common_pb2,
+    detector_pb2,
+    detector_pb2_grpc,
+    encoder_pb2,
+    encoder_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    matcher_pb2,
+    matcher_pb2_grpc,
+)
+from services.gateway.merge import Candidate, ShardObject, merge_objects, objects_from_response
+
+__all__ = ["GatewayServicer"]
+
+log = logging.getLogger(__name__)
+
+#: Page size of ListReferences when the caller gives none, and the largest it may ask for.
+_DEFAULT_PAGE, _MAX_PAGE = 100, 1000
+
+
+@dataclass(frozen=True)
+class _Shard:
+    index: int
+    name: str
+    address: str
+    stub: matcher_pb2_grpc.MatcherStub
+
+
+@dataclass
+class _Region:
+    """One encoded region: the message sent to the shards and its features' photo positions."""
+
+    box: Box | None
+    encoding: common_pb2.Encoding
+    feature_xy: np.ndarray
+    scale: float
+
+
+@dataclass
+class _PendingIngest:
+    """An ingested image encoded and in the catalog, waiting for its shard's Add."""
+
+    index: int
+    source: str
+    reference_id: str
+    sha256: str
+    keys: list[str]
+    encodings: list[common_pb2.Encoding]
+    shard: int
+
+
+@dataclass
+class _Described:
+    """Catalog lookups made while answering one request (a photo often shows one band twice)."""
+
+    catalog: Catalog
+    references: dict[str, Any] = field(default_factory=dict)
+    bands: dict[str, Any] = field(default_factory=dict)
+    albums: dict[str, Any] = field(default_factory=dict)
+
+    def reference(self, reference_id: str) -> ReferenceImage | None:
+        if reference_id not in self.references:
+            self.references[reference_id] = self.catalog.get_reference(reference_id)
+        return self.references[reference_id]
+
+    def band(self, band_id: str | None) -> common_pb2.Band | None:
+        if not band_id:
+            return None
+        if band_id not in self.bands:
+            band = self.catalog.get_band(band_id)
+            self.bands[band_id] = band_to_proto(band) if band else None
+        return self.bands[band_id]
+
+    def album(self, album_id: str | None) -> common_pb2.Album | None:
+        if not album_id:
+            return None
+        if album_id not in self.albums:
+            album = self.catalog.get_album(album_id)
+            self.albums[album_id] = album_to_proto(album) if album else None
+        return self.albums[album_id]
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """Identify, IdentifyBatch, Ingest, GetBand, ListReferences and DeleteReference."""
+
+    def __init__(
+        self, config: ServiceConfig, *, metrics: Metrics | None = None, catalog: Catalog | None = None
+    ) -> None:
+        self._config = config
+        gateway, rpc = config.gateway, config.rpc
+        self._metrics = metrics
+        self._metadata = bearer_metadata(rpc.outgoing_token)
+        self._policy = RetryPolicy.from_config(rpc)
+        self._channels: list[grpc.Channel] = []
+        self._encoder = encoder_pb2_grpc.EncoderStub(self._open(gateway.encoder_address))
+        self._detector = (
+            detector_pb2_grpc.DetectorStub(self._open(gateway.detector_address)) if gateway.detector_address else None
+        )
+        self._shards = [
+            _Shard(k, shard_name(k), address, matcher_pb2_grpc.MatcherStub(self._open(address)))
+            for k, address in enumerate(gateway.shard_addresses())
+        ]
+        self._pool = ThreadPoolExecutor(max_workers=gateway.parallel, thread_name_prefix="kyb-fanout")
+        self._batch_pool = ThreadPoolExecutor(max_workers=gateway.batch_parallel, thread_name_prefix="kyb-batch")
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._owns_catalog = catalog is None
+        if catalog is None:
+            url = config.engine.catalog_url
+            if "://" not in url:
+                Path(url).parent.mkdir(parents=True, exist_ok=True)
+            catalog = open_catalog(url)
+        self._catalog = catalog
+        log.info(
+            "gateway: encoder %s, detector %s, %d matcher shard(s): %s",
+            gateway.encoder_address,
+            gateway.detector_address or "none (whole photo = one region)",
+            len(self._shards),
+            ", ".join(f"{s.name}={s.address}" for s in self._shards),
+        )
+
+    # ------------------------------------------------------------------ plumbing
+    def _open(self, address: str) -> grpc.Channel:
+        channel = open_channel(address, self._config.rpc)
+        self._channels.append(channel)
+        return channel
+
+    def close(self) -> None:
+        """Stops the pools, closes the channels and the catalog (the server's on_stop hook)."""
+        self._batch_pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for channel in self._channels:
+            channel.close()
+        if self._owns_catalog:
+            self._catalog.close()
+
+    @property
+    def busy(self) -> int:
+        """Downstream calls running now (0 when idle: nothing is left behind after a deadline)."""
+        return self._busy
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        def run() -> Any:
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                return fn(*args)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+        return self._pool.submit(run)
+
+    @staticmethod
+    def _gather(futures: Sequence[Future[Any]], deadline: Deadline, what: str) -> list[Any]:
+        """Results (or the exceptions raised) of ``futures`` in order; DeadlineExceeded if late."""
+        _done, pending = wait(futures, timeout=deadline.remaining())
+        if pending:
+            for future in pending:
+                future.cancel()
+            raise DeadlineExceeded(f"deadline exceeded while waiting for {what}")
+        return [f.exception() or f.result() for f in futures]
+
+    def _call(self, method: Callable[..., Any], request: Any, deadline: Deadline, target: str, name: str) -> Any:
+        return call_unary(
+            method,
+            request,
+            deadline=deadline,
+            metadata=self._metadata,
+            policy=self._policy,
+            target=target,
+            name=name,
+            metrics=self._metrics,
+        )
+
+    def _encode(
+        self, image: common_pb2.RawImage, box: Box | None, deadline: Deadline, reference: bool
+    ) -> encoder_pb2.EncodeResponse:
+        request = encoder_pb2.EncodeRequest(decoded=image, is_reference=reference)
+        if box is not None:
+            request.box.CopyFrom(box_to_proto(box))
+        return self._call(self._encoder.Encode, request, deadline, "encoder", "Encode")
+
+    def _search(self, shard: _Shard, request: matcher_pb2.SearchRequest, deadline: Deadline) -> Any:
+        return self._call(shard.stub.Search, request, deadline, shard.name, "Search")
+
+    # ------------------------------------------------------------------ identify
+    def Identify(self, request: gateway_pb2.IdentifyRequest, context: grpc.ServicerContext) -> Any:
+        return self._identify(request, Deadline.from_context(context, self._config.rpc.deadline_s))
+
+    def _regions(self, raw: common_pb2.RawImage, crop: Box | None, deadline: Deadline) -> list[Box | None]:
+        if crop is not None:
+            return [crop]
+        if self._detector is None:
+            return [None]
+        detector = self._config.detector
+        request = detector_pb2.DetectRequest(decoded=raw, min_score=detector.min_score, max_boxes=detector.max_boxes)
+        try:
+            response = self._call(self._detector.Detect, request, deadline, "detector", "Detect")
+        except Unavailable as exc:
+            # The detector only narrows the search: without it the whole photo is searched (slower
+            # on cluttered photos, never wrong), so a detector outage does not fail the call.
+            log.warning("detector unavailable, searching the whole photo: %s", exc)
+            return [None]
+        boxes: list[Box | None] = [
+            box_from_proto(d.box, name="detector box")
+            for d in sorted(response.detections, key=lambda d: -d.score)[: self._config.gateway.max_regions]
+        ]
+        return boxes or [None]
+
+    def _identify(self, request: gateway_pb2.IdentifyRequest, deadline: Deadline) -> gateway_pb2.IdentifyResponse:
+        started = time.perf_counter()
+        limits = self._config.engine.limits
+        decoded = decode_image(request.image, limits, max_side=limits.search_max_side)
+        crop = box_from_proto(request.crop, name="crop") if request.HasField("crop") else None
+        raw = decoded_to_proto(decoded)
+        decoded_at = time.perf_counter()
+        boxes = self._regions(raw, crop, deadline)
+        detected_at = time.perf_counter()
+
+        futures = [self._submit(self._encode, raw, box, deadline, False) for box in boxes]
+        regions: list[_Region] = []
+        for box, result in zip(boxes, self._gather(futures, deadline, "the encoder"), strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, InvalidRequest) and len(boxes) > 1:
+                    log.debug("region %s skipped: %s", box, result)  # a featureless detector box
+                    continue
+                raise result
+            encoding = encoding_from_proto(result.encoding)
+            regions.append(
+                _Region(
+                    box,
+                    result.encoding,
+                    encoding.xy + np.asarray(encoding.origin, np.float32),
+                    encoding.scale,
+                )
+            )
+        encoded_at = time.perf_counter()
+
+        objects, candidates, missing = self._search_regions(regions, decoded.width, decoded.height, deadline)
+        searched_at = time.perf_counter()
+        scale = regions[0].scale if regions else decoded.scale
+        described = _Described(self._catalog)
+        response = gateway_pb2.IdentifyResponse(
+            image=gateway_pb2.ImageInfo(
+                width=decoded.original_width, height=decoded.original_height, sha256=decoded.sha256
+            ),
+            features=sum(len(r.feature_xy) for r in regions),
+            objects=[self._describe(item, scale, described) for item in objects],
+            partial=bool(missing),
+            missing_shards=missing,
+            request_id=request.request_id,
+            candidates=candidates,
+        )
+        finished = time.perf_counter()
+        for key, value in {
+            "decode": decoded_at - started,
+            "detect": detected_at - decoded_at,
+            "encode": encoded_at - detected_at,
+            "search": searched_at - encoded_at,
+            "total": finished - started,
+        }.items():
+            response.timings_ms[key] = value * 1000.0
+        return response
+
+    def _search_regions(
+        self, regions: list[_Region], width: int, height: int, deadline: Deadline
+    ) -> tuple[list[ShardObject], list[str], list[str]]:
+        """Scatter every region to every shard, gather, merge: (objects, candidates, missing shards)."""
+        jobs: list[tuple[int, _Shard, Future[Any]]] = []
+        for r, region in enumerate(regions):
+            request = matcher_pb2.SearchRequest(encoding=region.encoding, image_width=width, image_height=height)
+            jobs.extend((r, shard, self._submit(self._search, shard, request, deadline)) for shard in self._shards)
+        results = self._gather([future for _, _, future in jobs], deadline, "the matcher shards")
+        failures: dict[str, str] = {}
+        answers: list[list[tuple[_Shard, Any]]] = [[] for _ in regions]
+        for (r, shard, _future), result in zip(jobs, results, strict=True):
+            if isinstance(result, DeadlineExceeded | Unauthenticated):
+                raise result
+            if isinstance(result, BaseException):
+                failures.setdefault(shard.name, one_line(str(result)))
+                continue
+            answers[r].append((shard, result))
+        if regions and len(failures) == len(self._shards):
+            reasons = "; ".join(f"{name}: {why}" for name, why in failures.items())
+            raise Unavailable(f"no matcher shard answered ({reasons})")
+        for name, why in failures.items():
+            log.warning("partial answer: %s did not answer: %s", name, why)
+            if self._metrics is not None:
+                self._metrics.missing_shards.labels(name).inc()
+        search = self._config.engine.search
+        per_region: list[list[ShardObject]] = []
+        candidates: list[str] = []
+        for region, shard_answers in zip(regions, answers, strict=True):
+            streams = [objects_from_response(a, region.feature_xy, s.name) for s, a in shard_answers]
+            per_region.append(
+                merge_objects(
+                    streams,
+                    min_inliers=search.min_inliers,
+                    max_objects=search.max_objects,
+                    feature_xy=region.feature_xy,
+                )
+            )
+            orders = [list(a.candidates) for _, a in shard_answers]
+            for position in range(max((len(o) for o in orders), default=0)):
+                candidates.extend(o[position] for o in orders if position < len(o))
+        if len(per_region) == 1:
+            objects = per_region[0]
+        else:
+            objects = merge_objects(per_region, min_inliers=search.min_inliers, max_objects=search.max_objects)
+        missing = [s.name for s in self._shards if s.name in failures]
+        return objects, list(dict.fromkeys(candidates)), missing
+
+    def _describe(self, item: ShardObject, scale: float, described: _Described) -> common_pb2.IdentifiedObject:
+        """One object as the embedded engine describes it: best match first, one line per band/album."""
+        matches: list[common_pb2.Match] = []
+        seen: set[tuple[str, str]] = set()
+        limit = self._config.engine.search.alternatives
+        for candidate in [item.best, *item.alternatives]:
+            match = self._match(candidate, scale, described)
+            key = (match.band_id, match.album_id)
+            if key in seen and matches:
+                continue
+            seen.add(key)
+            matches.append(match)
+            if len(matches) > limit:
+                break
+        best = matches[0]
+        xs = [p.x for p in best.outline.points]
+        ys = [p.y for p in best.outline.points]
+        result = common_pb2.IdentifiedObject(
+            kind=best.kind,
+            box=box_to_proto([round(min(xs), 1), round(min(ys), 1), round(max(xs), 1), round(max(ys), 1)]),
+            outline=best.outline,
+            score=best.score,
+            inliers=best.inliers,
+            shard=best.shard,
+            matches=matches,
+        )
+        if best.HasField("band"):
+            result.band.CopyFrom(best.band)
+        if best.HasField("album"):
+            result.album.CopyFrom(best.album)
+        return result
+
+    @staticmethod
+    def _match(candidate: Candidate, scale: float, described: _Described) -> common_pb2.Match:
+        reference_id = candidate.key.split("#", 1)[0]
+        outline = [[round(float(x) * scale, 1), round(float(y) * scale, 1)] for x, y in candidate.outline]
+        match = common_pb2.Match(
+            reference_id=reference_id,
+            score=candidate.score,
+            inliers=candidate.inliers,
+            outline=outline_to_proto(outline),
+            shard=candidate.shard,
+        )
+        reference = described.reference(reference_id)
+        if reference is not None:
+            match.kind = kind_to_proto(reference.kind)
+            match.band_id = reference.band_id or ""
+            match.album_id = reference.album_id or ""
+            band = described.band(reference.band_id)
+            album = described.album(reference.album_id)
+            if band is not None:
+                match.band.CopyFrom(band)
+            if album is not None:
+                match.album.CopyFrom(album)
+        return match
+
+    # ------------------------------------------------------------------ batch
+    def IdentifyBatch(
+        self, request_iterator: Iterator[gateway_pb2.IdentifyRequest], context: grpc.ServicerContext
+    ) -> Iterator[gateway_pb2.IdentifyBatchResult]:
+        """Identifies up to ``gateway.batch_parallel`` photos at once; answers in request order."""
+        deadline = Deadline.from_context(context, self._config.rpc.deadline_s)
+        window: deque[tuple[int, str, Future[Any]]] = deque()
+        for index, request in enumerate(request_iterator):
+            window.append((index, request.request_id, self._batch_pool.submit(self._identify, request, deadline)))
+            while len(window) >= self._config.gateway.batch_parallel:
+                yield self._batch_result(*window.popleft(), deadline)
+        while window:
+            yield self._batch_result(*window.popleft(), deadline)
+
+    @staticmethod
+    def _batch_result(
+        index: int, request_id: str, future: Future[Any], deadline: Deadline
+    ) -> gateway_pb2.IdentifyBatchResult:
+        result = gateway_pb2.IdentifyBatchResult(request_id=request_id, index=index)
+        try:
+            result.response.CopyFrom(future.result(timeout=deadline.remaining() + 1.0))
+        except KybError as exc:
+            code, message = status_for(exc)
+            result.code, result.message = code.value[0], message
+        except TimeoutError:
+            result.code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+            result.message = "deadline exceeded"
+        return result
+
+    # ------------------------------------------------------------------ ingest
+    def Ingest(
+        self, request_iterator: Iterator[gateway_pb2.IngestRequest], context: grpc.ServicerContext
+    ) -> gateway_pb2.IngestResponse:
+        """Encodes each image, records it in the catalog, then adds it to its shard in batches."""
+        deadline = Deadline.from_context(context, self._config.rpc.deadline_s)
+        results: list[gateway_pb2.IngestResult] = []
+        pending: dict[int, list[_PendingIngest]] = defaultdict(list)
+        for index, request in enumerate(request_iterator):
+            source = request.source or f"item-{index}"
+            try:
+                item = self._prepare_ingest(index, source, request, deadline)
+            except (DeadlineExceeded, Unauthenticated):
+                raise
+            except (KybError, ValueError) as exc:
+                results.append(self._ingest_failed(index, source, "", one_line(str(exc))))
+                continue
+            results.append(
+                gateway_pb2.IngestResult(
+                    index=index, source=source, reference_id=item.reference_id, shard=shard_name(item.shard)
+                )
+            )
+            pending[item.shard].append(item)
+            if len(pending[item.shard]) >= self._config.gateway.ingest_batch:
+                self._flush(pending.pop(item.shard), results, deadline)
+        for items in pending.values():
+            self._flush(items, results, deadline)
+        response = gateway_pb2.IngestResponse(results=results)
+        for result in results:
+            setattr(response, result.status, getattr(response, result.status) + 1)
+        return response
+
+    def _ingest_failed(self, index: int, source: str, reference_id: str, message: str) -> gateway_pb2.IngestResult:
+        log.warning("ingest %s failed: %s", source, message)
+        try:
+            self._catalog.record_ingestion(reference_id or None, None, "failed", f"{source}: {message}")
+        except KybError as exc:  # the log is best effort; the result still says why
+            log.debug("could not record the failure: %s", exc)
+        return gateway_pb2.IngestResult(
+            index=index, source=source, status="failed", reference_id=reference_id, message=message
+        )
+
+    def _prepare_ingest(
+        self, index: int, source: str, request: gateway_pb2.IngestRequest, deadline: Deadline
+    ) -> _PendingIngest:
+        kind = kind_from_proto(request.kind)
+        if kind is None:
+            raise InvalidRequest("kind is required: KIND_LOGO or KIND_ALBUM_COVER")
+        if request.HasField("band"):
+            self._catalog.upsert_band(band_from_proto(request.band))
+        if request.HasField("album"):
+            self._catalog.upsert_album(album_from_proto(request.album))
+        band_id = request.band_id or (request.band.band_id if request.HasField("band") else "")
+        album_id = request.album_id or (request.album.album_id if request.HasField("album") else "")
+        if not band_id and not album_id:
+            raise InvalidRequest("band_id or album_id is required")
+        regions = [box_from_proto(box, name=f"regions[{i}]") for i, box in enumerate(request.regions)]
+        limits = self._config.engine.limits
+        decoded = decode_image(request.image, limits, max_side=limits.reference_max_side)
+        reference_id = reference_id_for(decoded.sha256, regions)
+        unique: list[Box | None] = list(dict.fromkeys(regions)) or [None]
+        raw = decoded_to_proto(decoded)
+        futures = [self._submit(self._encode, raw, box, deadline, True) for box in unique]
+        encodings = []
+        for result in self._gather(futures, deadline, "the encoder"):
+            if isinstance(result, BaseException):
+                raise result
+            encodings.append(result.encoding)
+        self._catalog.add_reference(
+            ReferenceImage(
+                reference_id=reference_id,
+                sha256=decoded.sha256,
+                kind=kind,
+                band_id=band_id or None,
+                album_id=album_id or None,
+                source=source,
+                width=decoded.original_width,
+                height=decoded.original_height,
+                size_bytes=decoded.size_bytes,
+                regions=tuple(tuple(round(v) for v in box) for box in regions),  # type: ignore[misc]
+            )
+        )
+        keys = [reference_id] if len(unique) == 1 else [f"{reference_id}#{i}" for i in range(len(unique))]
+        shard = shard_for(reference_id, len(self._shards))
+        return _PendingIngest(index, source, reference_id, decoded.sha256, keys, encodings, shard)
+
+    def _flush(self, items: list[_PendingIngest], results: list[gateway_pb2.IngestResult], deadline: Deadline) -> None:
+        """One durable Add for a shard's pending items; fills in their results."""
+        shard = self._shards[items[0].shard]
+        request = matcher_pb2.AddRequest(
+            items=[
+                matcher_pb2.AddItem(reference_id=key, sha256=item.sha256, encoding=encoding)
+                for item in items
+                for key, encoding in zip(item.keys, item.encodings, strict=True)
+            ],
+            expected_shard=f"{shard.index}/{len(self._shards)}",
+        )
+        try:
+            response = self._call(shard.stub.Add, request, deadline, shard.name, "Add")
+        except DeadlineExceeded:
+            raise
+        except KybError as exc:
+            for item in items:
+                results[item.index] = self._ingest_failed(item.index, item.source, item.reference_id, str(exc))
+            return
+        outcomes = list(response.outcomes)
+        for item in items:
+            mine, outcomes = outcomes[: len(item.keys)], outcomes[len(item.keys) :]
+            status = "added" if "added" in mine else ("replaced" if "replaced" in mine else "unchanged")
+            results[item.index].status = status
+            try:
+                self._catalog.record_ingestion(item.reference_id, item.sha256, status, item.source)
+            except KybError as exc:
+                log.debug("could not record the ingestion: %s", exc)
+
+    # ------------------------------------------------------------------ catalog reads
+    def GetBand(self, request: gateway_pb2.GetBandRequest, context: grpc.ServicerContext) -> Any:
+        band_id = request.band_id.strip()
+        if not band_id:
+            raise InvalidRequest("band_id is empty")
+        band = self._catalog.get_band(band_id)
+        if band is None:
+            raise NotFound(f"no band {band_id}")
+        albums = self._catalog.list_albums(band_id)
+        return gateway_pb2.GetBandResponse(band=band_to_proto(band), albums=[album_to_proto(a) for a in albums])
+
+    def ListReferences(self, request: gateway_pb2.ListReferencesRequest, context: grpc.ServicerContext) -> Any:
+        size = request.page_size or _DEFAULT_PAGE
+        if not 0 < size <= _MAX_PAGE:
+            raise InvalidRequest(f"page_size must be in 1..{_MAX_PAGE}")
+        token = request.page_token or "0"
+        if not token.isdigit():
+            raise InvalidRequest("page_token is not one this API returned")
+        offset = int(token)
+        rows = self._catalog.list_references(
+            band_id=request.band_id or None, kind=kind_from_proto(request.kind), limit=size + 1, offset=offset
+        )
+        count = len(self._shards)
+        return gateway_pb2.ListReferencesResponse(
+            references=[reference_to_proto(r, shard_name(shard_for(r.reference_id, count))) for r in rows[:size]],
+            next_page_token=str(offset + size) if len(rows) > size else "",
+        )
+
+    def DeleteReference(self, request: gateway_pb2.DeleteReferenceRequest, context: grpc.ServicerContext) -> Any:
+        """Index first, then catalog: a failure leaves the catalog row, and a retry completes it."""
+        reference_id = request.reference_id.strip()
+        if not reference_id:
+            raise InvalidRequest("reference_id is empty")
+        deadline = Deadline.from_context(context, self._config.rpc.deadline_s)
+        shard = self._shards[shard_for(reference_id, len(self._shards))]
+        response = self._call(
+            shard.stub.Delete,
+            matcher_pb2.DeleteRequest(reference_id=reference_id),
+            deadline,
+            shard.name,
+            "Delete",
+        )
+        in_catalog = self._catalog.delete_reference(reference_id)
+        if not response.deleted and not in_catalog:
+            raise NotFound(f"no reference {reference_id}")
+        return gateway_pb2.DeleteReferenceResponse(
+            deleted_from_index=response.deleted, deleted_from_catalog=in_catalog, shard=shard.name
+        )

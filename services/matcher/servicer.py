@@ -1,0 +1,196 @@
+"""The Matcher servicer: one shard of the reference index behind kyb.v1.Matcher.
+
+One process serves shard K of N: the :class:`~kyb.index.ReferenceIndex` in its own folder. The index
+loads in a background thread after the port opens, so health answers NOT_SERVING (and Search
+UNAVAILABLE) until it is in memory; a folder with no index yet is retried every ``matcher.reload_s``
+until one appears. Search runs :func:`kyb.engine.search`, the same code as the embedded engine, so
+a one-shard deployment answers exactly what ``kyb identify`` answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from kyb.encoder import Encoding
+from kyb.engine import search
+from kyb.errors import InvalidRequest, KybError, NotReady, Unavailable
+from kyb.index import ReferenceIndex
+from kyb.rpc import ServiceConfig, encoding_from_proto, outline_to_proto, pack_array, parse_shard, shard_name
+from kyb.v1 import matcher_pb2, matcher_pb2_grpc
+
+__all__ = ["MatcherServicer"]
+
+log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _verified(result: Any) -> matcher_pb2.VerifiedMatch:
+    return matcher_pb2.VerifiedMatch(
+        reference_id=result.reference_id,
+        inliers=int(result.inliers),
+        score=float(result.score),
+        outline=outline_to_proto(result.outline),
+        inlier_rows=pack_array(result.inlier_rows.astype("int32")),
+        tentative=int(result.tentative),
+    )
+
+
+class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
+    """Search, Add, Delete and Stats on one shard; writes are saved before they are acknowledged."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self._config = config
+        self.shard_index, self.shard_count = config.shard()
+        self.name = shard_name(self.shard_index)
+        self.index_dir: Path = config.matcher_index_dir()
+        self._index: ReferenceIndex | None = None
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._loader: threading.Thread | None = None
+        self._on_ready: Callable[[bool], None] = lambda ready: None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, on_ready: Callable[[bool], None]) -> None:
+        """Begins loading the index in the background; ``on_ready(True)`` once it is in memory."""
+        self._on_ready = on_ready
+        self._loader = threading.Thread(target=self._load_until_ready, name=f"kyb-{self.name}-load", daemon=True)
+        self._loader.start()
+
+    def _load_until_ready(self) -> None:
+        waiting_logged = False
+        while not self._stop.is_set():
+            try:
+                index = ReferenceIndex.load(self.index_dir, self._config.engine.search)
+            except NotReady as exc:
+                if not waiting_logged:
+                    log.warning("%s: %s; retrying every %g s", self.name, exc, self._config.matcher.reload_s)
+                    waiting_logged = True
+            except KybError as exc:
+                log.error("%s: cannot load %s: %s", self.name, self.index_dir, exc)
+            else:
+                self._index = index
+                stats = index.stats()
+                log.info(
+                    "%s (%d/%d): %d references, generation %s, codebook %s from %s",
+                    self.name,
+                    self.shard_index,
+                    self.shard_count,
+                    stats["references"],
+                    stats["generation"],
+                    stats["codebook_version"],
+                    self.index_dir,
+                )
+                self._on_ready(True)
+                return
+            self._stop.wait(self._config.matcher.reload_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._loader is not None:
+            self._loader.join(timeout=5)
+
+    @property
+    def ready(self) -> bool:
+        return self._index is not None
+
+    def _require_index(self) -> ReferenceIndex:
+        index = self._index
+        if index is None:
+            raise Unavailable(f"{self.name}: index {self.index_dir} is not loaded yet")
+        return index
+
+    def _check_encoding(self, index: ReferenceIndex, encoding: Encoding, name: str) -> None:
+        codebook = index.codebook
+        if encoding.codebook_version != codebook.version:
+            raise NotReady(
+                f"{self.name}: {name} was made with codebook {encoding.codebook_version}, this shard uses "
+                f"{codebook.version}; the encoder and the matchers must load the same codebook"
+            )
+        if encoding.descriptors.shape[1] != codebook.pca_dims or encoding.global_vector.shape[0] != (
+            codebook.global_dims
+        ):
+            raise InvalidRequest(f"{name}: descriptor or global vector size does not match the codebook")
+        if len(encoding) and (int(encoding.words.min()) < 0 or int(encoding.words.max()) >= codebook.n_words):
+            raise InvalidRequest(f"{name}: visual word out of range 0..{codebook.n_words - 1}")
+
+    # ------------------------------------------------------------------ RPCs
+    def Search(self, request: matcher_pb2.SearchRequest, context: grpc.ServicerContext) -> Any:
+        index = self._require_index()
+        encoding = encoding_from_proto(request.encoding)
+        self._check_encoding(index, encoding, "encoding")
+        if request.image_width <= 0 or request.image_height <= 0:
+            raise InvalidRequest("image_width and image_height must be > 0 (search pixels)")
+        found, order = search(
+            encoding,
+            (int(request.image_width), int(request.image_height)),
+            index,
+            self._config.engine.search,
+            exclude=frozenset(request.exclude_reference_ids),
+        )
+        objects = [
+            matcher_pb2.VerifiedObject(
+                match=_verified(item.verification), alternatives=[_verified(a) for a in item.alternatives]
+            )
+            for item in found
+        ]
+        return matcher_pb2.SearchResponse(
+            objects=objects, candidates=order, shard=self.name, generation=index.generation
+        )
+
+    def Add(self, request: matcher_pb2.AddRequest, context: grpc.ServicerContext) -> Any:
+        index = self._require_index()
+        if request.expected_shard:
+            expected = parse_shard(request.expected_shard, name="expected_shard")
+            if expected != (self.shard_index, self.shard_count):
+                raise NotReady(
+                    f"{self.name} is shard {self.shard_index}/{self.shard_count}, the caller meant "
+                    f"{request.expected_shard}: check the order of gateway.matcher_addresses"
+                )
+        items = []
+        for i, item in enumerate(request.items):
+            if not item.reference_id.strip():
+                raise InvalidRequest(f"items[{i}].reference_id is empty")
+            if not _SHA256.match(item.sha256):
+                raise InvalidRequest(f"items[{i}].sha256 must be 64 lower-case hex digits")
+            encoding = encoding_from_proto(item.encoding, name=f"items[{i}].encoding")
+            self._check_encoding(index, encoding, f"items[{i}].encoding")
+            items.append((item.reference_id, item.sha256, encoding))
+        with self._write_lock:
+            outcomes = index.add(items)
+            if index.dirty:
+                index.save(self.index_dir)
+        return matcher_pb2.AddResponse(outcomes=outcomes, generation=index.generation, shard=self.name)
+
+    def Delete(self, request: matcher_pb2.DeleteRequest, context: grpc.ServicerContext) -> Any:
+        index = self._require_index()
+        reference_id = request.reference_id.strip()
+        if not reference_id:
+            raise InvalidRequest("reference_id is empty")
+        with self._write_lock:
+            keys = [k for k in index.reference_ids() if k == reference_id or k.startswith(reference_id + "#")]
+            deleted = any([index.delete(key) for key in keys])
+            if deleted:
+                index.save(self.index_dir)
+        return matcher_pb2.DeleteResponse(deleted=deleted, generation=index.generation)
+
+    def Stats(self, request: matcher_pb2.StatsRequest, context: grpc.ServicerContext) -> Any:
+        stats = self._require_index().stats()
+        return matcher_pb2.StatsResponse(
+            references=int(stats["references"]),
+            bytes=int(stats["bytes"]),
+            codebook_version=str(stats["codebook_version"]),
+            generation=int(stats["generation"]),
+            shard=self.name,
+            shard_index=self.shard_index,
+            shard_count=self.shard_count,
+            deleted=int(stats["deleted"]),
+            features=int(stats["features"]),
+        )

@@ -1,0 +1,257 @@
+"""A small Python client of the Know Your Bands gateway.
+
+::
+
+    with GatewayClient("localhost:50051", token="s3cret", timeout=10) as client:
+        answer = client.identify(Path("shelf.jpg").read_bytes())
+        for obj in answer["objects"]:
+            print(obj["band"]["name"], obj["score"], obj["outline"])
+
+Answers are plain dicts shaped like the embedded :meth:`kyb.engine.IdentifyResult.to_dict` (plus
+``partial`` / ``missing_shards`` and the answering ``shard``), so code can switch between embedded
+and remote. Failures raise the :class:`~kyb.errors.KybError` subclass of the gRPC status
+(InvalidImage -> ``InvalidRequest``, UNAVAILABLE -> ``Unavailable``, ...), with ``.code`` set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from kyb.catalog import Album, Band
+from kyb.encoder import Box
+from kyb.engine import IngestItem
+from kyb.rpc import (
+    RpcConfig,
+    album_from_proto,
+    album_to_proto,
+    band_from_proto,
+    band_to_proto,
+    bearer_metadata,
+    box_to_proto,
+    error_from_rpc,
+    kind_from_proto,
+    kind_to_proto,
+    open_channel,
+)
+from kyb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+
+__all__ = ["GatewayClient", "identify_response_to_dict"]
+
+
+def _outline(message: common_pb2.Outline) -> list[list[float]]:
+    return [[round(p.x, 1), round(p.y, 1)] for p in message.points]
+
+
+def _band(message: common_pb2.Band, present: bool) -> dict[str, Any] | None:
+    return band_from_proto(message).to_dict() if present else None
+
+
+def _album(message: common_pb2.Album, present: bool) -> dict[str, Any] | None:
+    return album_from_proto(message).to_dict() if present else None
+
+
+def _match(match: common_pb2.Match) -> dict[str, Any]:
+    return {
+        "reference_id": match.reference_id,
+        "kind": kind_from_proto(match.kind),
+        "band_id": match.band_id or None,
+        "album_id": match.album_id or None,
+        "score": round(match.score, 4),
+        "inliers": match.inliers,
+        "outline": _outline(match.outline),
+        "shard": match.shard,
+        "band": _band(match.band, match.HasField("band")),
+        "album": _album(match.album, match.HasField("album")),
+    }
+
+
+def identify_response_to_dict(response: gateway_pb2.IdentifyResponse) -> dict[str, Any]:
+    """An IdentifyResponse as the embedded engine's ``IdentifyResult.to_dict()`` shapes it."""
+    return {
+        "image": {
+            "width": response.image.width,
+            "height": response.image.height,
+            "sha256": response.image.sha256,
+        },
+        "features": response.features,
+        "objects": [
+            {
+                "kind": kind_from_proto(obj.kind),
+                "box": [
+                    round(obj.box.x1, 1),
+                    round(obj.box.y1, 1),
+                    round(obj.box.x2, 1),
+                    round(obj.box.y2, 1),
+                ],
+                "outline": _outline(obj.outline),
+                "band": _band(obj.band, obj.HasField("band")),
+                "album": _album(obj.album, obj.HasField("album")),
+                "score": round(obj.score, 4),
+                "inliers": obj.inliers,
+                "shard": obj.shard,
+                "matches": [_match(m) for m in obj.matches],
+            }
+            for obj in response.objects
+        ],
+        "timings_ms": {key: round(value, 1) for key, value in sorted(response.timings_ms.items())},
+        "partial": response.partial,
+        "missing_shards": list(response.missing_shards),
+    }
+
+
+class GatewayClient:
+    """Calls one gateway; every call carries ``timeout`` (seconds) as its deadline.
+
+    ``token`` is sent as ``authorization: Bearer <token>``; ``tls_ca`` (a PEM file) turns on TLS.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        tls_ca: str | Path | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        rpc = RpcConfig(tls_ca=Path(tls_ca) if tls_ca else None, max_message_bytes=max_message_bytes)
+        self.address = address
+        self.timeout = timeout
+        self._metadata = bearer_metadata(token or "")
+        self._channel = open_channel(address, rpc)
+        self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, target="gateway") from None
+
+    # ------------------------------------------------------------------ identify
+    def identify(self, image: bytes, *, crop: Box | None = None, timeout: float | None = None) -> dict[str, Any]:
+        """Every known logo and cover in the photo ``image`` (or in ``crop``, original pixels)."""
+        request = gateway_pb2.IdentifyRequest(image=image)
+        if crop is not None:
+            request.crop.CopyFrom(box_to_proto(crop))
+        return identify_response_to_dict(self._call(self._stub.Identify, request, timeout))
+
+    def identify_many(self, images: Iterable[bytes], *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """One answer per photo, in order, over one stream; a bad photo yields ``{"error": ...}``."""
+        requests = (gateway_pb2.IdentifyRequest(image=data, request_id=str(i)) for i, data in enumerate(images))
+        try:
+            for result in self._stub.IdentifyBatch(requests, timeout=timeout or self.timeout, metadata=self._metadata):
+                if result.code:
+                    code = next(c for c in grpc.StatusCode if c.value[0] == result.code)
+                    yield {"index": result.index, "error": {"code": code.name, "message": result.message}}
+                else:
+                    yield {"index": result.index, **identify_response_to_dict(result.response)}
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, target="gateway") from None
+
+    # ------------------------------------------------------------------ ingest and catalog
+    def ingest(
+        self,
+        items: Iterable[IngestItem],
+        *,
+        bands: Sequence[Band] = (),
+        albums: Sequence[Album] = (),
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Stores reference images; ``bands``/``albums`` records travel with the first item naming them
+        (records no item names are not sent).
+
+        Returns one ``{"source", "status", "reference_id", "message", "shard"}`` per item, in order.
+        """
+        band_records = {band.band_id: band for band in bands}
+        album_records = {album.album_id: album for album in albums}
+
+        def requests() -> Iterator[gateway_pb2.IngestRequest]:
+            for item in items:
+                request = gateway_pb2.IngestRequest(
+                    image=item.read(),
+                    kind=kind_to_proto(item.kind),
+                    band_id=item.band_id or "",
+                    album_id=item.album_id or "",
+                    regions=[box_to_proto(box) for box in item.regions],
+                    source=item.source,
+                )
+                band = band_records.pop(item.band_id or "", None)
+                if band is not None:
+                    request.band.CopyFrom(band_to_proto(band))
+                album = album_records.pop(item.album_id or "", None)
+                if album is not None:
+                    request.album.CopyFrom(album_to_proto(album))
+                yield request
+
+        response = self._call(self._stub.Ingest, requests(), timeout)
+        return [
+            {
+                "source": r.source,
+                "status": r.status,
+                "reference_id": r.reference_id or None,
+                "message": r.message,
+                "shard": r.shard,
+            }
+            for r in response.results
+        ]
+
+    def get_band(self, band_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """``{"band": {...}, "albums": [...]}``; NotFound for an unknown id."""
+        response = self._call(self._stub.GetBand, gateway_pb2.GetBandRequest(band_id=band_id), timeout)
+        return {
+            "band": band_from_proto(response.band).to_dict(),
+            "albums": [album_from_proto(a).to_dict() for a in response.albums],
+        }
+
+    def list_references(
+        self, *, band_id: str | None = None, kind: str | None = None, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """Every reference (optionally of one band or kind), fetching pages as it goes."""
+        token = ""
+        while True:
+            request = gateway_pb2.ListReferencesRequest(
+                page_size=page_size, page_token=token, band_id=band_id or "", kind=kind_to_proto(kind)
+            )
+            response = self._call(self._stub.ListReferences, request, None)
+            for ref in response.references:
+                yield {
+                    "reference_id": ref.reference_id,
+                    "sha256": ref.sha256,
+                    "kind": kind_from_proto(ref.kind),
+                    "band_id": ref.band_id or None,
+                    "album_id": ref.album_id or None,
+                    "source": ref.source,
+                    "width": ref.width,
+                    "height": ref.height,
+                    "shard": ref.shard,
+                }
+            token = response.next_page_token
+            if not token:
+                return
+
+    def delete_reference(self, reference_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        request = gateway_pb2.DeleteReferenceRequest(reference_id=reference_id)
+        response = self._call(self._stub.DeleteReference, request, timeout)
+        return {
+            "deleted_from_index": response.deleted_from_index,
+            "deleted_from_catalog": response.deleted_from_catalog,
+            "shard": response.shard,
+        }

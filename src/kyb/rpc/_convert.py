@@ -1,0 +1,271 @@
+"""Conversions between engine objects and kyb.v1 messages, in one place so every service agrees.
+
+Arrays travel as :class:`PackedArray` (raw little-endian C-order bytes + dtype + shape): no per-element
+protobuf encoding, so a 2500-feature encoding is ~180 kB and converts with one copy. Everything that
+comes off the wire is validated here and raises :class:`~kyb.errors.InvalidRequest` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from kyb.catalog import Album, Band, ReferenceImage
+from kyb.encoder import Box, Encoding
+from kyb.errors import InvalidRequest
+from kyb.imageio import DecodedImage
+from kyb.v1 import common_pb2
+
+__all__ = [
+    "album_from_proto",
+    "album_to_proto",
+    "band_from_proto",
+    "band_to_proto",
+    "box_from_proto",
+    "box_to_proto",
+    "decoded_from_proto",
+    "decoded_to_proto",
+    "encoding_from_proto",
+    "encoding_to_proto",
+    "kind_from_proto",
+    "kind_to_proto",
+    "outline_from_proto",
+    "outline_to_proto",
+    "pack_array",
+    "reference_to_proto",
+    "unpack_array",
+]
+
+#: dtypes allowed on the wire; anything else is refused before numpy sees the bytes.
+_DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "int32", "int64", "float32", "float64"})
+_KINDS = {"logo": common_pb2.KIND_LOGO, "album_cover": common_pb2.KIND_ALBUM_COVER}
+_KIND_NAMES = {value: key for key, value in _KINDS.items()}
+
+
+def pack_array(array: np.ndarray) -> common_pb2.PackedArray:
+    """Packs ``array`` (any shape, a dtype from the wire set) as little-endian C-order bytes."""
+    array = np.asarray(array)
+    if array.dtype.name not in _DTYPES:
+        raise InvalidRequest(f"cannot send arrays of dtype {array.dtype}")
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return common_pb2.PackedArray(data=little.tobytes(), dtype=array.dtype.name, shape=list(array.shape))
+
+
+def unpack_array(
+    message: common_pb2.PackedArray,
+    *,
+    name: str,
+    dtype: str | None = None,
+    ndim: int | None = None,
+) -> np.ndarray:
+    """The array in ``message`` (a read-only view of its bytes), checked against ``dtype``/``ndim``."""
+    if message.dtype not in _DTYPES:
+        raise InvalidRequest(f"{name}: unsupported dtype {message.dtype!r}")
+    if dtype is not None and message.dtype != dtype:
+        raise InvalidRequest(f"{name}: expected dtype {dtype}, got {message.dtype}")
+    shape = tuple(int(v) for v in message.shape)
+    if ndim is not None and len(shape) != ndim:
+        raise InvalidRequest(f"{name}: expected {ndim} dimensions, got shape {list(shape)}")
+    if any(v < 0 for v in shape):
+        raise InvalidRequest(f"{name}: negative dimension in shape {list(shape)}")
+    wire = np.dtype(message.dtype).newbyteorder("<")
+    expected = math.prod(shape) * wire.itemsize
+    if len(message.data) != expected:
+        raise InvalidRequest(f"{name}: {len(message.data)} bytes do not hold shape {list(shape)} of {wire}")
+    array = np.frombuffer(message.data, dtype=wire).reshape(shape)
+    return array.astype(array.dtype.newbyteorder("="), copy=False)
+
+
+def encoding_to_proto(encoding: Encoding) -> common_pb2.Encoding:
+    """An engine :class:`Encoding` as a message (arrays packed, region and scale as numbers)."""
+    return common_pb2.Encoding(
+        xy=pack_array(np.asarray(encoding.xy, dtype=np.float32)),
+        descriptors=pack_array(np.asarray(encoding.descriptors, dtype=np.int8)),
+        words=pack_array(np.asarray(encoding.words, dtype=np.int32)),
+        global_vector=pack_array(np.asarray(encoding.global_vector, dtype=np.float32)),
+        region_width=float(encoding.region_size[0]),
+        region_height=float(encoding.region_size[1]),
+        origin_x=float(encoding.origin[0]),
+        origin_y=float(encoding.origin[1]),
+        scale=float(encoding.scale),
+        codebook_version=encoding.codebook_version,
+    )
+
+
+def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding") -> Encoding:
+    """Rebuilds an :class:`Encoding`; shapes must agree (N features, N positions, N words)."""
+    xy = unpack_array(message.xy, name=f"{name}.xy", dtype="float32", ndim=2)
+    descriptors = unpack_array(message.descriptors, name=f"{name}.descriptors", dtype="int8", ndim=2)
+    words = unpack_array(message.words, name=f"{name}.words", dtype="int32", ndim=1)
+    vector = unpack_array(message.global_vector, name=f"{name}.global_vector", dtype="float32", ndim=1)
+    count = xy.shape[0]
+    if xy.shape[1] != 2 or descriptors.shape[0] != count or words.shape[0] != count:
+        raise InvalidRequest(
+            f"{name}: xy {list(xy.shape)}, descriptors {list(descriptors.shape)} and words "
+            f"{list(words.shape)} must describe the same features"
+        )
+    numbers = (message.region_width, message.region_height, message.origin_x, message.origin_y, message.scale)
+    if not all(math.isfinite(v) for v in numbers) or message.scale <= 0:
+        raise InvalidRequest(f"{name}: region, origin and scale must be finite and scale > 0")
+    if not message.codebook_version:
+        raise InvalidRequest(f"{name}: codebook_version is empty")
+    return Encoding(
+        xy=xy,
+        descriptors=descriptors,
+        words=words,
+        global_vector=vector,
+        region_size=(float(message.region_width), float(message.region_height)),
+        origin=(float(message.origin_x), float(message.origin_y)),
+        scale=float(message.scale),
+        codebook_version=message.codebook_version,
+    )
+
+
+def decoded_to_proto(image: DecodedImage) -> common_pb2.RawImage:
+    """Decoded pixels + provenance, so the next stage need not decode the bytes again."""
+    return common_pb2.RawImage(
+        rgb=pack_array(image.rgb),
+        scale=image.scale,
+        original_width=image.original_width,
+        original_height=image.original_height,
+        sha256=image.sha256,
+        format=image.format,
+        size_bytes=image.size_bytes,
+    )
+
+
+def decoded_from_proto(message: common_pb2.RawImage, *, name: str = "decoded") -> DecodedImage:
+    """Rebuilds a :class:`DecodedImage`; pixels must be (H, W, 3) uint8 with a positive scale."""
+    rgb = unpack_array(message.rgb, name=f"{name}.rgb", dtype="uint8", ndim=3)
+    if rgb.shape[2] != 3 or min(rgb.shape[:2]) < 1:
+        raise InvalidRequest(f"{name}.rgb: expected (height, width, 3) pixels, got {list(rgb.shape)}")
+    if not math.isfinite(message.scale) or message.scale <= 0:
+        raise InvalidRequest(f"{name}.scale: must be > 0, got {message.scale}")
+    return DecodedImage(
+        rgb=rgb,
+        sha256=message.sha256,
+        format=message.format,
+        original_width=int(message.original_width) or round(rgb.shape[1] * message.scale),
+        original_height=int(message.original_height) or round(rgb.shape[0] * message.scale),
+        scale=float(message.scale),
+        size_bytes=int(message.size_bytes),
+    )
+
+
+def box_to_proto(box: Sequence[float]) -> common_pb2.Box:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return common_pb2.Box(x1=x1, y1=y1, x2=x2, y2=y2)
+
+
+def box_from_proto(message: common_pb2.Box, *, name: str = "box") -> Box:
+    """``(x1, y1, x2, y2)``; refuses non-finite values and empty boxes."""
+    values = (float(message.x1), float(message.y1), float(message.x2), float(message.y2))
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidRequest(f"{name}: coordinates must be finite, got {list(values)}")
+    if values[2] <= values[0] or values[3] <= values[1]:
+        raise InvalidRequest(f"{name}: {list(values)} is empty; need x2 > x1 and y2 > y1")
+    return values
+
+
+def outline_to_proto(points: Iterable[Sequence[float]]) -> common_pb2.Outline:
+    return common_pb2.Outline(points=[common_pb2.Point(x=float(p[0]), y=float(p[1])) for p in points])
+
+
+def outline_from_proto(message: common_pb2.Outline) -> np.ndarray:
+    """(4, 2) float32 corners, top-left first."""
+    return np.array([[p.x, p.y] for p in message.points], dtype=np.float32).reshape(-1, 2)
+
+
+def kind_to_proto(kind: str | None) -> int:
+    return _KINDS.get(kind or "", common_pb2.KIND_UNSPECIFIED)
+
+
+def kind_from_proto(kind: int) -> str | None:
+    return _KIND_NAMES.get(kind)
+
+
+def _text(value: str) -> str | None:
+    return value or None
+
+
+def band_to_proto(band: Band) -> common_pb2.Band:
+    message = common_pb2.Band(
+        band_id=band.band_id,
+        name=band.name,
+        country=band.country or "",
+        location=band.location or "",
+        status=band.status or "",
+        genre=band.genre or "",
+        themes=list(band.themes),
+        label=band.label or "",
+        years_active=band.years_active or "",
+        members=list(band.members),
+        similar_artists=list(band.similar_artists),
+        links=list(band.links),
+        logo_url=band.logo_url or "",
+    )
+    if band.formed_in is not None:
+        message.formed_in = band.formed_in
+    return message
+
+
+def band_from_proto(message: common_pb2.Band) -> Band:
+    """A catalog :class:`Band`; empty strings become None. Raises InvalidRequest for a bad record."""
+    try:
+        return Band(
+            band_id=message.band_id,
+            name=message.name,
+            country=_text(message.country),
+            location=_text(message.location),
+            status=_text(message.status),
+            formed_in=message.formed_in if message.HasField("formed_in") else None,
+            genre=_text(message.genre),
+            themes=tuple(message.themes),
+            label=_text(message.label),
+            years_active=_text(message.years_active),
+            members=tuple(message.members),
+            similar_artists=tuple(message.similar_artists),
+            links=tuple(message.links),
+            logo_url=_text(message.logo_url),
+        )
+    except ValueError as exc:
+        raise InvalidRequest(f"band: {exc}") from None
+
+
+def album_to_proto(album: Album) -> common_pb2.Album:
+    message = common_pb2.Album(album_id=album.album_id, band_id=album.band_id, title=album.title)
+    if album.year is not None:
+        message.year = album.year
+    return message
+
+
+def album_from_proto(message: common_pb2.Album) -> Album:
+    """A catalog :class:`Album`. Raises InvalidRequest for a bad record."""
+    try:
+        return Album(
+            album_id=message.album_id,
+            band_id=message.band_id,
+            title=message.title,
+            year=message.year if message.HasField("year") else None,
+        )
+    except ValueError as exc:
+        raise InvalidRequest(f"album: {exc}") from None
+
+
+def reference_to_proto(reference: ReferenceImage, shard: str = "") -> common_pb2.ReferenceInfo:
+    return common_pb2.ReferenceInfo(
+        reference_id=reference.reference_id,
+        sha256=reference.sha256,
+        kind=kind_to_proto(reference.kind),
+        band_id=reference.band_id or "",
+        album_id=reference.album_id or "",
+        source=reference.source,
+        width=reference.width,
+        height=reference.height,
+        size_bytes=reference.size_bytes,
+        regions=[box_to_proto(box) for box in reference.regions],
+        created_at=reference.created_at,
+        shard=shard,
+    )

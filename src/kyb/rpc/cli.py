@@ -1,0 +1,144 @@
+"""``kyb serve ...``: the serve commands the main ``kyb`` CLI mounts with :func:`add_serve_commands`.
+
+::
+
+    kyb serve matcher --shard 1/2 --index-dir /data/shard-1    one service (as its container runs it)
+    kyb serve gateway --matchers h0:50053,h1:50053 --encoder h:50052
+    kyb serve stack --shards 2                                  one local process per service
+    kyb serve all --shards 2                                    every service in this process
+
+Flags override ``--config`` (a TOML file, default ``$KYB_CONFIG``), which the ``KYB_*`` variables
+override in turn; the names are those of :mod:`kyb.rpc._config`, the same a manifest sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import Any
+
+from kyb.errors import EXIT_CODES, KybError, lookup
+from kyb.rpc._config import ServiceConfig, load_service_config
+
+__all__ = ["add_serve_commands", "run_serve", "setup_logging"]
+
+log = logging.getLogger(__name__)
+
+_ROLES = {
+    "gateway": "the public API: identify, ingest, catalog reads",
+    "detector": "logo / album-cover regions (no model until issue 6: whole photo)",
+    "encoder": "image -> features with the index's codebook",
+    "matcher": "one shard of the reference index",
+    "stack": "the whole topology as separate local processes",
+    "all": "the whole topology in this process",
+}
+
+
+def setup_logging(level: str | None = None) -> None:
+    """Logs to stderr at ``level`` (default ``$KYB_LOG_LEVEL`` or INFO); only called by mains."""
+    name = (level or os.environ.get("KYB_LOG_LEVEL") or "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, name, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def add_serve_commands(subparsers: Any) -> None:
+    """Adds ``serve gateway|detector|encoder|matcher|stack|all`` to an argparse subparsers object.
+
+    Each command sets ``func`` to :func:`run_serve`; the main CLI calls ``args.func(args)`` and
+    exits with the integer it returns.
+    """
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the gRPC services",
+        description="Run one Know Your Bands service, a local stack of processes, or all in one process.",
+    )
+    roles = serve.add_subparsers(dest="serve_role", metavar="SERVICE", required=True)
+    for role, text in _ROLES.items():
+        parser = roles.add_parser(role, help=text, description=f"Serve {text}.")
+        parser.add_argument("--config", help="TOML file (default: $KYB_CONFIG)")
+        parser.add_argument("--host", help="bind address (rpc.host, default [::])")
+        parser.add_argument("--port", type=int, help=f"{'gateway' if role in ('stack', 'all') else role} port")
+        parser.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (-1 = off)")
+        parser.add_argument("--token", action="append", help="accepted bearer token (repeat for several)")
+        parser.add_argument("--index-dir", help="embedded index folder (index_dir)")
+        parser.add_argument("--catalog", help="catalog URL or SQLite path (catalog_url)")
+        parser.add_argument("--log-level", default=os.environ.get("KYB_LOG_LEVEL", "INFO"), help="DEBUG, INFO, ...")
+        if role == "matcher":
+            parser.add_argument("--shard", help="K/N: serve shard K of N (auto/N = pod ordinal)")
+            parser.add_argument("--shard-dir", help="this shard's index folder ({k} and {n} replaced)")
+        if role == "gateway":
+            parser.add_argument("--encoder", help="encoder address host:port")
+            parser.add_argument("--detector", help="detector address (empty = no detector)")
+            parser.add_argument("--matchers", help="shard addresses in shard order, comma-separated")
+        if role in ("stack", "all"):
+            parser.add_argument("--shards", type=int, default=1, help="matcher shards N (default 1)")
+        parser.set_defaults(func=run_serve)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    role = args.serve_role
+    section = "gateway" if role in ("stack", "all") else role
+    values: dict[str, Any] = {
+        "rpc.host": args.host,
+        f"{section}.port": args.port,
+        "rpc.metrics_port": args.metrics_port,
+        "rpc.tokens": ",".join(args.token) if args.token else None,
+        "index_dir": args.index_dir,
+        "catalog_url": args.catalog,
+    }
+    if role == "matcher":
+        values.update({"matcher.shard": args.shard, "matcher.index_dir": args.shard_dir})
+    if role == "gateway":
+        values.update(
+            {
+                "gateway.encoder_address": args.encoder,
+                "gateway.detector_address": args.detector,
+                "gateway.matcher_addresses": args.matchers,
+            }
+        )
+    return values
+
+
+def load_from_args(args: argparse.Namespace) -> ServiceConfig:
+    """The configuration a serve command runs with: file, then environment, then flags."""
+    path = args.config or os.environ.get("KYB_CONFIG") or None
+    return load_service_config(path, env=os.environ, overrides=_overrides(args))
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Runs the chosen service(s) until SIGTERM/SIGINT; returns the process exit code."""
+    if not logging.getLogger().handlers:
+        setup_logging(args.log_level)
+    role = args.serve_role
+    try:
+        config = load_from_args(args)
+        # services/ depends on kyb.rpc, never the reverse at import time: import it only to run.
+        from kyb.rpc import serve
+
+        if role == "stack":
+            from services._local import run_processes
+
+            if args.config:
+                os.environ["KYB_CONFIG"] = args.config  # the child processes read the same file
+            return run_processes(config, shards=args.shards)
+        if role == "all":
+            from services._local import serve_local
+
+            return serve_local(config, shards=args.shards)
+        if role == "gateway":
+            from services.gateway.server import create_server
+        elif role == "detector":
+            from services.detector.server import create_server
+        elif role == "encoder":
+            from services.encoder.server import create_server
+        else:
+            from services.matcher.server import create_server
+        server, _port = create_server(config)
+    except KybError as exc:
+        log.error("cannot start %s: %s", role, exc)
+        return int(lookup(EXIT_CODES, exc))  # type: ignore[call-overload]
+    serve([server])
+    return 0

@@ -1,0 +1,124 @@
+from kyb.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SearchRequest(_message.Message):
+    __slots__ = ("encoding", "image_width", "image_height", "exclude_reference_ids")
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_REFERENCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    encoding: _common_pb2.Encoding
+    image_width: int
+    image_height: int
+    exclude_reference_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., exclude_reference_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VerifiedMatch(_message.Message):
+    __slots__ = ("reference_id", "inliers", "score", "outline", "inlier_rows", "tentative")
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    INLIERS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    OUTLINE_FIELD_NUMBER: _ClassVar[int]
+    INLIER_ROWS_FIELD_NUMBER: _ClassVar[int]
+    TENTATIVE_FIELD_NUMBER: _ClassVar[int]
+    reference_id: str
+    inliers: int
+    score: float
+    outline: _common_pb2.Outline
+    inlier_rows: _common_pb2.PackedArray
+    tentative: int
+    def __init__(self, reference_id: _Optional[str] = ..., inliers: _Optional[int] = ..., score: _Optional[float] = ..., outline: _Optional[_Union[_common_pb2.Outline, _Mapping]] = ..., inlier_rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., tentative: _Optional[int] = ...) -> None: ...
+
+class VerifiedObject(_message.Message):
+    __slots__ = ("match", "alternatives")
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    ALTERNATIVES_FIELD_NUMBER: _ClassVar[int]
+    match: VerifiedMatch
+    alternatives: _containers.RepeatedCompositeFieldContainer[VerifiedMatch]
+    def __init__(self, match: _Optional[_Union[VerifiedMatch, _Mapping]] = ..., alternatives: _Optional[_Iterable[_Union[VerifiedMatch, _Mapping]]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("objects", "candidates", "shard", "generation")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[VerifiedObject]
+    candidates: _containers.RepeatedScalarFieldContainer[str]
+    shard: str
+    generation: int
+    def __init__(self, objects: _Optional[_Iterable[_Union[VerifiedObject, _Mapping]]] = ..., candidates: _Optional[_Iterable[str]] = ..., shard: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class AddItem(_message.Message):
+    __slots__ = ("reference_id", "sha256", "encoding")
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    reference_id: str
+    sha256: str
+    encoding: _common_pb2.Encoding
+    def __init__(self, reference_id: _Optional[str] = ..., sha256: _Optional[str] = ..., encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ...) -> None: ...
+
+class AddRequest(_message.Message):
+    __slots__ = ("items", "expected_shard")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_SHARD_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[AddItem]
+    expected_shard: str
+    def __init__(self, items: _Optional[_Iterable[_Union[AddItem, _Mapping]]] = ..., expected_shard: _Optional[str] = ...) -> None: ...
+
+class AddResponse(_message.Message):
+    __slots__ = ("outcomes", "generation", "shard")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedScalarFieldContainer[str]
+    generation: int
+    shard: str
+    def __init__(self, outcomes: _Optional[_Iterable[str]] = ..., generation: _Optional[int] = ..., shard: _Optional[str] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("reference_id",)
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    reference_id: str
+    def __init__(self, reference_id: _Optional[str] = ...) -> None: ...
+
+class DeleteResponse(_message.Message):
+    __slots__ = ("deleted", "generation")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    generation: int
+    def __init__(self, deleted: _Optional[bool] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("references", "bytes", "codebook_version", "generation", "shard", "shard_index", "shard_count", "deleted", "features")
+    REFERENCES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    CODEBOOK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SHARD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    references: int
+    bytes: int
+    codebook_version: str
+    generation: int
+    shard: str
+    shard_index: int
+    shard_count: int
+    deleted: int
+    features: int
+    def __init__(self, references: _Optional[int] = ..., bytes: _Optional[int] = ..., codebook_version: _Optional[str] = ..., generation: _Optional[int] = ..., shard: _Optional[str] = ..., shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., deleted: _Optional[int] = ..., features: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,129 @@
+"""Engine objects <-> kyb.v1 messages: exact round trips, and refusals that name the field."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kyb.catalog import Album, Band
+from kyb.encoder import Encoding
+from kyb.errors import InvalidRequest
+from kyb.imageio import DecodedImage
+from kyb.rpc import (
+    album_from_proto,
+    album_to_proto,
+    band_from_proto,
+    band_to_proto,
+    box_from_proto,
+    box_to_proto,
+    decoded_from_proto,
+    decoded_to_proto,
+    encoding_from_proto,
+    encoding_to_proto,
+    kind_from_proto,
+    kind_to_proto,
+    pack_array,
+    unpack_array,
+)
+from kyb.v1 import common_pb2
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int32", "float32", "float64"])
+def test_arrays_round_trip(dtype):
+    array = (np.arange(24).reshape(2, 3, 4) - 5).astype(dtype)
+    back = unpack_array(pack_array(array), name="a", dtype=dtype, ndim=3)
+    assert back.dtype == array.dtype and np.array_equal(back, array)
+
+
+def test_big_endian_arrays_travel_as_little_endian():
+    array = np.arange(5, dtype=">i4")
+    message = pack_array(array)
+    assert message.data[:4] == b"\x00\x00\x00\x00" and message.data[4:8] == b"\x01\x00\x00\x00"
+    assert np.array_equal(unpack_array(message, name="a"), np.arange(5))
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        (common_pb2.PackedArray(data=b"\0" * 7, dtype="int32", shape=[2]), "bytes do not hold"),
+        (common_pb2.PackedArray(data=b"", dtype="object", shape=[0]), "unsupported dtype"),
+        (common_pb2.PackedArray(data=b"\0" * 4, dtype="int32", shape=[1, 1]), "dimensions"),
+        (common_pb2.PackedArray(data=b"\0" * 4, dtype="int8", shape=[4]), "expected dtype int32"),
+    ],
+)
+def test_bad_arrays_are_refused_naming_the_field(message, words):
+    with pytest.raises(InvalidRequest, match=words):
+        unpack_array(message, name="encoding.words", dtype="int32", ndim=1)
+
+
+def _encoding(n: int = 6) -> Encoding:
+    rng = np.random.default_rng(0)
+    return Encoding(
+        xy=rng.random((n, 2), dtype=np.float32) * 100,
+        descriptors=rng.integers(-127, 127, (n, 64)).astype(np.int8),
+        words=rng.integers(0, 1000, n).astype(np.int32),
+        global_vector=rng.random(32, dtype=np.float32),
+        region_size=(320.0, 240.0),
+        origin=(10.0, 20.0),
+        scale=1.75,
+        codebook_version="abc123",
+    )
+
+
+def test_encoding_round_trips_exactly():
+    encoding = _encoding()
+    back = encoding_from_proto(encoding_to_proto(encoding))
+    for name in ("xy", "descriptors", "words", "global_vector"):
+        assert np.array_equal(getattr(back, name), getattr(encoding, name))
+    assert (back.region_size, back.origin, back.scale, back.codebook_version) == (
+        encoding.region_size,
+        encoding.origin,
+        encoding.scale,
+        encoding.codebook_version,
+    )
+
+
+def test_inconsistent_encoding_is_refused():
+    message = encoding_to_proto(_encoding())
+    message.words.CopyFrom(pack_array(np.zeros(5, np.int32)))
+    with pytest.raises(InvalidRequest, match="same features"):
+        encoding_from_proto(message)
+    message = encoding_to_proto(_encoding())
+    message.scale = 0
+    with pytest.raises(InvalidRequest, match="scale"):
+        encoding_from_proto(message)
+
+
+def test_decoded_image_round_trips():
+    rgb = np.random.default_rng(1).integers(0, 255, (30, 40, 3)).astype(np.uint8)
+    image = DecodedImage(rgb, "0" * 64, "PNG", 80, 60, 2.0, 1234)
+    back = decoded_from_proto(decoded_to_proto(image))
+    assert np.array_equal(back.rgb, rgb)
+    assert (back.original_width, back.scale, back.sha256, back.size_bytes) == (80, 2.0, "0" * 64, 1234)
+    bad = decoded_to_proto(image)
+    bad.rgb.CopyFrom(pack_array(rgb[:, :, :2].copy()))
+    with pytest.raises(InvalidRequest, match="height, width, 3"):
+        decoded_from_proto(bad)
+
+
+def test_catalog_records_round_trip():
+    band = Band("b1", "Mayhem", country="Norway", formed_in=1984, themes=("Death",), links=("https://x",))
+    assert band_from_proto(band_to_proto(band)) == band
+    assert band_from_proto(band_to_proto(Band("b2", "X"))).formed_in is None
+    album = Album("a1", "b1", "De Mysteriis", year=1994)
+    assert album_from_proto(album_to_proto(album)) == album
+    with pytest.raises(InvalidRequest, match="band"):
+        band_from_proto(common_pb2.Band(band_id="b3"))
+
+
+def test_boxes_and_kinds():
+    assert box_from_proto(box_to_proto((1, 2, 3, 4))) == (1.0, 2.0, 3.0, 4.0)
+    with pytest.raises(InvalidRequest, match="crop"):
+        box_from_proto(box_to_proto((5, 2, 3, 4)), name="crop")
+    with pytest.raises(InvalidRequest, match="finite"):
+        box_from_proto(common_pb2.Box(x1=float("nan"), y1=0, x2=1, y2=1))
+    assert [kind_from_proto(kind_to_proto(k)) for k in ("logo", "album_cover", None)] == [
+        "logo",
+        "album_cover",
+        None,
+    ]
