@@ -163,7 +163,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- identify
-def _draw(photo: Path, result: Any, out: Path) -> None:
+def _draw(photo: Path, answer: dict[str, Any], out: Path) -> None:
+    """Writes ``photo`` with each object's outline and name (``answer`` as ``IdentifyResult.to_dict()``)."""
     import cv2
     import numpy as np
 
@@ -173,13 +174,12 @@ def _draw(photo: Path, result: Any, out: Path) -> None:
     decoded = decode_image(photo.read_bytes(), ImageLimits())
     canvas = cv2.cvtColor(decoded.rgb, cv2.COLOR_RGB2BGR)
     thickness = max(2, round(max(canvas.shape[:2]) / 300))
-    for number, obj in enumerate(result.objects, start=1):
-        outline = np.array(obj.outline, dtype=np.float32).round().astype(np.int32)
+    for number, obj in enumerate(answer.get("objects", []), start=1):
+        outline = np.array(obj["outline"], dtype=np.float32).round().astype(np.int32)
         cv2.polylines(canvas, [outline], True, (0, 230, 0), thickness, cv2.LINE_AA)
-        best = obj.best
-        name = (best.band or {}).get("name") or best.band_id or best.reference_id
-        title = (best.album or {}).get("title")
-        label = f"{number}. {name}" + (f" - {title}" if title else "") + f" ({best.inliers})"
+        name = (obj.get("band") or {}).get("name") or obj["matches"][0]["reference_id"]
+        title = (obj.get("album") or {}).get("title")
+        label = f"{number}. {name}" + (f" - {title}" if title else "") + f" ({obj['inliers']})"
         x, y = int(outline[:, 0].min()), max(20, int(outline[:, 1].min()) - 8)
         scale = max(0.5, max(canvas.shape[:2]) / 1600)
         cv2.putText(canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
@@ -189,8 +189,19 @@ def _draw(photo: Path, result: Any, out: Path) -> None:
         raise InvalidRequest(f"cannot write {out}")
 
 
-def cmd_identify(args: argparse.Namespace) -> int:
+def _identifier(args: argparse.Namespace) -> Any:
+    """A function bytes -> answer dict: the embedded engine, or a gateway with ``--gateway``."""
+    if args.gateway:
+        from kyb.client import GatewayClient
+
+        client = GatewayClient(args.gateway, args.token or os.environ.get("KYB_TOKEN"), timeout=args.timeout)
+        return lambda data: client.identify(data, crop=args.box)
     engine = _engine(args)
+    return lambda data: engine.identify(data, box=args.box).to_dict()
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    identify = _identifier(args)
     answers = []
     codes: list[int] = []
     for i, name in enumerate(args.photos):
@@ -203,18 +214,18 @@ def cmd_identify(args: argparse.Namespace) -> int:
             answers.append({"photo": str(photo), "error": exc.strerror or str(exc)})
             continue
         try:
-            result = engine.identify(data, box=args.box)
+            answer = identify(data)
         except KybError as exc:
             codes.append(int(lookup(EXIT_CODES, exc)))  # type: ignore[arg-type]
             print(f"error: {photo}: {exc}", file=sys.stderr)
             answers.append({"photo": str(photo), "error": str(exc)})
             continue
-        answers.append({"photo": str(photo), **result.to_dict()})
+        answers.append({"photo": str(photo), **answer})
         if args.draw:
             target = Path(args.draw)
             if len(args.photos) > 1:
                 target = target.with_name(f"{target.stem}-{i}{target.suffix or '.jpg'}")
-            _draw(photo, result, target)
+            _draw(photo, answer, target)
             log.info("drew %s", target)
     print(json.dumps(answers if len(answers) > 1 else answers[0], indent=2, ensure_ascii=False))
     if codes and len(codes) == len(args.photos):
@@ -277,7 +288,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"{query}: {found or 'no band found'}")
         print(f"    expected: {'; '.join(expected) if expected else 'nothing (a photo with no band)'}")
         if args.draw:
-            _draw(folder / query, result, folder / "drawn" / Path(query).name)
+            _draw(folder / query, result.to_dict(), folder / "drawn" / Path(query).name)
     cache = folder / "eval-cache"
     engine_eval, mapping = index_dataset(gt, config, cache)
     report = evaluate(engine_eval, gt, mapping)
@@ -368,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photos", nargs="+")
     p.add_argument("--box", type=_parse_box, help="search only this crop: x1,y1,x2,y2 in photo pixels")
     p.add_argument("--draw", help="write the photo with outlines and names to this file")
+    p.add_argument("--gateway", help="ask a running gateway (HOST:PORT) instead of the embedded engine")
+    p.add_argument("--token", help="bearer token for --gateway (also KYB_TOKEN)")
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds for --gateway calls")
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("eval", parents=[common], help="accuracy and speed on a gt.json data set")

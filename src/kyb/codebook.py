@@ -243,7 +243,7 @@ def train_codebook(
     """Trains a codebook from the RootSIFT descriptors of reference images (one (n_i, 128) array each).
 
     Sizes adapt to small collections so a demo of 20 images still gets a sound codebook: the fine
-    vocabulary is capped at sample/40 words, the VLAD vocabulary at sample/100, and the whitened
+    vocabulary is capped at sample/12 words, the VLAD vocabulary at sample/100, and the whitened
     dimensionality at the number of images minus one.
     """
     rng = np.random.default_rng(config.seed)
@@ -266,7 +266,7 @@ def train_codebook(
     components = eigvecs[:, ::-1][:, :pca_dims].T.astype(np.float32)
     projected = (centred @ components.T).astype(np.float32)
     scale = 127.0 / max(float(np.quantile(np.abs(projected), 0.9995)), 1e-6)
-    n_words = int(min(config.words, max(16, projected.shape[0] // 40)))
+    n_words = int(min(config.words, max(16, projected.shape[0] // 12)))
     n_vlad = int(min(config.vlad_words, max(4, projected.shape[0] // 100)))
     log.info(
         "training codebook: %d descriptors from %d images -> %d words, %d VLAD words",

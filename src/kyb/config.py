@@ -85,7 +85,7 @@ class FeatureConfig:
 class CodebookConfig:
     """The visual vocabulary trained by ``kyb codebook train`` from a sample of reference descriptors."""
 
-    #: Fine vocabulary for the inverted file; capped at sample/40 so every word sees enough data.
+    #: Fine vocabulary for the inverted file; capped at sample/12 so every word sees enough data.
     words: int = 16384
     #: Coarse vocabulary for the VLAD global vector (words x pca_dims dimensions before whitening).
     vlad_words: int = 64
@@ -114,6 +114,8 @@ class SearchConfig:
     shortlist_words: int = 30
     #: Candidates verified per round (the fused shortlist is cut to this).
     verify_top: int = 40
+    #: When none of the first verify_top candidates verifies, keep going down the shortlist to this many.
+    verify_max: int = 80
     #: After a verified match, stop a round's verification after this many misses in a row.
     patience: int = 6
     #: hnswlib graph degree and search breadth: memory ~ M * 8 bytes per reference; ef >= shortlist.
@@ -124,8 +126,10 @@ class SearchConfig:
     ratio: float = 0.85
     #: RANSAC reprojection threshold in pixels of the photo at search size (1024 px).
     ransac_threshold: float = 8.0
-    #: A match needs this many one-to-one, spatially distinct inliers.
-    min_inliers: int = 14
+    #: A match needs this many one-to-one, spatially distinct inliers. With the plausibility checks
+    #: in verify.py, chance matches on photos without any reference stayed at 9 or fewer (a few
+    #: reached 8-9); 10 is the lowest count above that, and each step down to it found more logos.
+    min_inliers: int = 10
     #: ... spread over at least this fraction of the reference region (rejects clustered chance matches).
     min_inlier_spread: float = 0.04
     #: Objects returned per photo at most.
@@ -138,6 +142,7 @@ class SearchConfig:
         _check(self.shortlist_words >= 0, "search.shortlist_words", "must be >= 0")
         _check(self.shortlist_global + self.shortlist_words > 0, "search.shortlist_*", "one must be > 0")
         _check(self.verify_top >= 1, "search.verify_top", "must be >= 1")
+        _check(self.verify_max >= self.verify_top, "search.verify_max", "must be >= search.verify_top")
         _check(1 <= self.patience <= 1000, "search.patience", "must be in 1..1000")
         _check(2 <= self.hnsw_m <= 100, "search.hnsw_m", "must be in 2..100")
         _check(self.hnsw_ef >= self.shortlist_global, "search.hnsw_ef", "must be >= shortlist_global")

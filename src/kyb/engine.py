@@ -184,16 +184,18 @@ def search(
                 codebook_version=query.codebook_version,
             )
         limit = config.verify_top if round_number == 0 else max(8, config.verify_top // 4)
-        candidates = index.shortlist(probe, exclude=tried, limit=limit)
+        # Round 1 fetches verify_max candidates but goes past verify_top only while nothing has
+        # verified: a steeply tilted or partly hidden cover can rank low in both shortlists.
+        candidates = index.shortlist(probe, exclude=tried, limit=config.verify_max if round_number == 0 else limit)
         if not candidates:
             break
         order.extend(c.reference_id for c in candidates if c.reference_id not in order)
         verified: list[Verification] = []
         misses = 0
-        for candidate in candidates:
+        for position, candidate in enumerate(candidates):
             # Once something is verified, a run of misses means the rest of the shortlist is noise;
             # what it skips comes back in the next round's shortlist if the photo still supports it.
-            if verified and misses >= config.patience:
+            if verified and (misses >= config.patience or position >= limit):
                 break
             tried.add(candidate.reference_id)
             try:

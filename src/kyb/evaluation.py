@@ -30,7 +30,7 @@ __all__ = ["EvalReport", "GroundTruth", "evaluate", "index_dataset", "load_groun
 log = logging.getLogger(__name__)
 
 #: Bump when indexing changes in a way the cache key would not see.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 3
 
 
 @dataclass(frozen=True)

