@@ -53,11 +53,17 @@ def _nearest(centroids: np.ndarray, data: np.ndarray, *, exact_below: int = 512)
     return labels[:, 0].astype(np.int64)
 
 
-def _graph(centroids: np.ndarray, ef: int = 64) -> hnswlib.Index:
+def _graph(centroids: np.ndarray, ef: int = 32) -> hnswlib.Index:
+    """An hnswlib graph over the centroids for nearest-word assignment.
+
+    ef=32 suffices for k=1 (a near-tie between two words makes either a fine assignment); one
+    query thread, because requests already run in parallel and spare threads only contend.
+    """
     graph = hnswlib.Index(space="l2", dim=centroids.shape[1])
     graph.init_index(max_elements=centroids.shape[0], ef_construction=100, M=16, random_seed=1)
     graph.add_items(centroids, np.arange(centroids.shape[0]))
     graph.set_ef(ef)
+    graph.set_num_threads(1)
     return graph
 
 
