@@ -53,22 +53,7 @@ _INDEX_HEADERS = {"", "index", "unnamed: 0"}
 # metal_bands_2017 was scraped in 2017: a split year after that is a scrape artefact, not a fact.
 _MB2017_SCRAPE_YEAR = 2017
 
-_BAND_FIELDS = (
-    "band_id",
-    "name",
-    "country",
-    "location",
-    "status",
-    "formed_in",
-    "genre",
-    "themes",
-    "label",
-    "years_active",
-    "members",
-    "similar_artists",
-    "links",
-    "logo_url",
-)
+_BAND_FIELDS = Band.field_names()
 _BAND_LIST_FIELDS = frozenset(Band._LIST_FIELDS)
 _ALBUM_FIELDS = ("album_id", "band_id", "title", "year")
 _REFERENCE_FIELDS = ("image", "kind", "band_id", "album_id", "regions")

@@ -176,6 +176,11 @@ class Band(_Record):
         for name in self._LIST_FIELDS:
             object.__setattr__(self, name, _str_tuple(getattr(self, name), name))
 
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The band fields in schema order (catalog files' columns and the database's)."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
     @property
     def name_norm(self) -> str:
         """The folded name the catalog searches on (see :func:`normalize_name`)."""

@@ -36,22 +36,7 @@ __all__ = ["SQLiteCatalog", "load_migrations"]
 _MIGRATIONS_PACKAGE = __name__.rpartition(".")[0] + ".migrations"
 _MIGRATION_NAME_RE = re.compile(r"^(\d{4})_([A-Za-z0-9_]+)\.sql$")
 
-_BAND_COLUMNS = (
-    "band_id",
-    "name",
-    "country",
-    "location",
-    "status",
-    "formed_in",
-    "genre",
-    "themes",
-    "label",
-    "years_active",
-    "members",
-    "similar_artists",
-    "links",
-    "logo_url",
-)
+_BAND_COLUMNS = Band.field_names()
 _BAND_LIST_COLUMNS = frozenset(Band._LIST_FIELDS)
 _BAND_SELECT = ", ".join(_BAND_COLUMNS)
 _BAND_WRITE_COLUMNS = (*_BAND_COLUMNS, "name_norm", "updated_at")
