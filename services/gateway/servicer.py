@@ -287,10 +287,18 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         crop = box_from_proto(request.crop, name="crop") if request.HasField("crop") else None
         raw = decoded_to_proto(decoded)
         decoded_at = time.perf_counter()
+        # The whole photo is encoded while the detector looks for regions: when it finds none (or
+        # is down) that encoding is the answer's input, and detection adds no latency.
+        whole = self._submit(self._encode, raw, None, deadline, False) if crop is None else None
         boxes = self._regions(raw, crop, deadline)
         detected_at = time.perf_counter()
 
-        futures = [self._submit(self._encode, raw, box, deadline, False) for box in boxes]
+        if boxes == [None] and whole is not None:
+            futures = [whole]
+        else:
+            if whole is not None:
+                whole.cancel()
+            futures = [self._submit(self._encode, raw, box, deadline, False) for box in boxes]
         regions: list[_Region] = []
         for box, result in zip(boxes, self._gather(futures, deadline, "the encoder"), strict=True):
             if isinstance(result, BaseException):
