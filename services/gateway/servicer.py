@@ -5,7 +5,8 @@ Identify, step by step (every downstream call gets the caller's remaining deadli
 1. validate and decode the photo once (:func:`kyb.imageio.decode_image`, search size); the pixels
    travel on as :class:`RawImage`, so no stage decodes again;
 2. regions: the crop box when given, else the detector's boxes when a detector is configured, else
-   the whole photo;
+   the whole photo; the whole photo is encoded while the detector runs, so a detector that finds
+   nothing (or has no model yet) costs no latency;
 3. encode every region, in parallel;
 4. search every region on EVERY matcher shard, in parallel (scatter-gather); a shard that fails
    (after retries on UNAVAILABLE) makes the answer ``partial`` and is named in ``missing_shards``;
