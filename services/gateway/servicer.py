@@ -347,12 +347,48 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _search_regions(
         self, regions: list[_Region], width: int, height: int, deadline: Deadline
     ) -> tuple[list[ShardObject], list[str], list[str]]:
-        """Scatter every region to every shard, gather, merge: (objects, candidates, missing shards)."""
+        """Scatter every region to every shard, gather, merge: (objects, candidates, missing shards).
+
+        Shards are first asked to verify only their top candidates; only when no shard found anything
+        are they asked for their reserve (the next candidates), as the embedded engine does. Otherwise
+        every shard without the object would walk its whole reserve on every photo.
+        """
+        search = self._config.engine.search
         jobs: list[tuple[int, _Shard, Future[Any]]] = []
         for r, region in enumerate(regions):
-            request = matcher_pb2.SearchRequest(encoding=region.encoding, image_width=width, image_height=height)
+            request = matcher_pb2.SearchRequest(
+                encoding=region.encoding, image_width=width, image_height=height, skip_reserve=True
+            )
             jobs.extend((r, shard, self._submit(self._search, shard, request, deadline)) for shard in self._shards)
         results = self._gather([future for _, _, future in jobs], deadline, "the matcher shards")
+        if search.verify_max > search.verify_top and not any(
+            not isinstance(result, BaseException) and result.objects for result in results
+        ):
+            reserve_jobs = []
+            for (r, shard, _future), result in zip(jobs, results, strict=True):
+                if isinstance(result, BaseException):
+                    reserve_jobs.append((r, shard, None))
+                    continue
+                request = matcher_pb2.SearchRequest(
+                    encoding=regions[r].encoding,
+                    image_width=width,
+                    image_height=height,
+                    exclude_reference_ids=list(result.candidates),
+                    max_candidates=search.verify_max - search.verify_top,
+                )
+                reserve_jobs.append((r, shard, self._submit(self._search, shard, request, deadline)))
+            pending = [future for _, _, future in reserve_jobs if future is not None]
+            extra = iter(self._gather(pending, deadline, "the matcher shards"))
+            for i, (_, _, future) in enumerate(reserve_jobs):
+                if future is not None:
+                    second = next(extra)
+                    if isinstance(second, BaseException):
+                        results[i] = second
+                    else:  # keep the first pass's shortlist order in front of the reserve's
+                        order = [*results[i].candidates, *second.candidates]
+                        del second.candidates[:]
+                        second.candidates.extend(order)
+                        results[i] = second
         failures: dict[str, str] = {}
         answers: list[list[tuple[_Shard, Any]]] = [[] for _ in regions]
         for (r, shard, _future), result in zip(jobs, results, strict=True):
@@ -369,7 +405,6 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             log.warning("partial answer: %s did not answer: %s", name, why)
             if self._metrics is not None:
                 self._metrics.missing_shards.labels(name).inc()
-        search = self._config.engine.search
         per_region: list[list[ShardObject]] = []
         candidates: list[str] = []
         for region, shard_answers in zip(regions, answers, strict=True):

@@ -134,6 +134,8 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             index,
             self._config.engine.search,
             exclude=frozenset(request.exclude_reference_ids),
+            reserve=not request.skip_reserve,
+            max_candidates=int(request.max_candidates) or None,
         )
         objects = [
             matcher_pb2.VerifiedObject(

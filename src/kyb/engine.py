@@ -167,6 +167,8 @@ def search(
     config: SearchConfig,
     *,
     exclude: frozenset[str] = frozenset(),
+    reserve: bool = True,
+    max_candidates: int | None = None,
 ) -> tuple[list[FoundObject], list[str]]:
     """Finds every indexed reference visible in the photo described by ``query``.
 
@@ -175,10 +177,15 @@ def search(
     shelf of covers returns each cover once even when they crowd each other out of one shortlist.
     A verified reference whose inliers lie mostly inside an object already found is kept as an
     alternative explanation of that object, not as a new one. References in ``exclude`` are never
-    considered. Returns (objects, shortlist order).
+    considered. ``reserve=False`` stops round 1 after verify_top candidates even when none verified,
+    and ``max_candidates`` caps round 1 (both for sharded search, where the gateway asks for the
+    reserve only when no shard found anything). Returns (objects, shortlist order).
     """
+    first_round = config.verify_max if reserve else config.verify_top
+    if max_candidates:
+        first_round = min(first_round, max_candidates)
     with _one_blas_thread():
-        return _search(query, image_size, index, config, exclude)
+        return _search(query, image_size, index, config, exclude, first_round)
 
 
 def _search(
@@ -187,6 +194,7 @@ def _search(
     index: ReferenceIndex,
     config: SearchConfig,
     exclude: frozenset[str],
+    first_round: int,
 ) -> tuple[list[FoundObject], list[str]]:
     codebook = index.codebook
     projected = codebook.dequantize(query.descriptors)
@@ -212,10 +220,10 @@ def _search(
                 region_size=query.region_size,
                 codebook_version=query.codebook_version,
             )
-        limit = config.verify_top if round_number == 0 else max(8, config.verify_top // 4)
-        # Round 1 fetches verify_max candidates but goes past verify_top only while nothing has
-        # verified: a steeply tilted or partly hidden cover can rank low in both shortlists.
-        candidates = index.shortlist(probe, exclude=tried, limit=config.verify_max if round_number == 0 else limit)
+        limit = min(config.verify_top, first_round) if round_number == 0 else max(8, config.verify_top // 4)
+        # Round 1 fetches up to verify_max candidates but goes past verify_top only while nothing
+        # has verified: a steeply tilted or partly hidden cover can rank low in both shortlists.
+        candidates = index.shortlist(probe, exclude=tried, limit=first_round if round_number == 0 else limit)
         if not candidates:
             break
         order.extend(c.reference_id for c in candidates if c.reference_id not in order)

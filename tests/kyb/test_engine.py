@@ -193,3 +193,24 @@ def test_regions_index_only_the_box(library: Library, tmp_path) -> None:
     assert {o.status for o in engine.ingest(items)} == {"added"}
     photo_of_cover, _ = _photo(library, [sorted(library.covers)[0]], 51, scale=(0.5, 0.6), glare=0.0, occlusion=0.0)
     assert "band-a" not in _bands(engine.identify(photo_of_cover))
+
+
+def test_reserve_is_searched_only_when_nothing_verifies(library: Library) -> None:
+    """With nothing in the photo, round 1 walks on past verify_top into the reserve (verify_max);
+    sharded search can switch that off and ask for the reserve in a second pass."""
+    import dataclasses
+
+    from kyb.engine import search
+
+    engine = Engine(library.config)
+    config = dataclasses.replace(engine.config.search, verify_top=4, verify_max=10, patience=2)
+    rng = np.random.default_rng(77)
+    decoded = engine.decode_query(encode_jpeg(synth.draw_background(rng)))
+    query = engine.encoder.encode(decoded)
+    size = (decoded.width, decoded.height)
+    found, order = search(query, size, engine.index, config)
+    assert found == [] and 4 < len(order) <= 10
+    found, order = search(query, size, engine.index, config, reserve=False)
+    assert found == [] and len(order) <= 4
+    _, rest = search(query, size, engine.index, config, exclude=frozenset(order), max_candidates=6)
+    assert not set(rest) & set(order) and len(rest) <= 6

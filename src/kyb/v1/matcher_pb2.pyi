@@ -8,16 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SearchRequest(_message.Message):
-    __slots__ = ("encoding", "image_width", "image_height", "exclude_reference_ids")
+    __slots__ = ("encoding", "image_width", "image_height", "exclude_reference_ids", "skip_reserve", "max_candidates")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_REFERENCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_RESERVE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     encoding: _common_pb2.Encoding
     image_width: int
     image_height: int
     exclude_reference_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., exclude_reference_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    skip_reserve: bool
+    max_candidates: int
+    def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., exclude_reference_ids: _Optional[_Iterable[str]] = ..., skip_reserve: _Optional[bool] = ..., max_candidates: _Optional[int] = ...) -> None: ...
 
 class VerifiedMatch(_message.Message):
     __slots__ = ("reference_id", "inliers", "score", "outline", "inlier_rows", "tentative")
