@@ -21,6 +21,7 @@ never wait on other pool tasks, so a busy gateway queues instead of deadlocking.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import defaultdict, deque
@@ -354,10 +355,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         every shard without the object would walk its whole reserve on every photo.
         """
         search = self._config.engine.search
+        # Each shard holds about 1/N of the references, so about verify_top/N of the global shortlist:
+        # asking each for half as many again keeps the global top while a shard that does not hold
+        # the object stops early (verification is most of a shard's time).
+        shards = len(self._shards)
+        per_shard = search.verify_top if shards == 1 else max(8, math.ceil(1.5 * search.verify_top / shards))
         jobs: list[tuple[int, _Shard, Future[Any]]] = []
         for r, region in enumerate(regions):
             request = matcher_pb2.SearchRequest(
-                encoding=region.encoding, image_width=width, image_height=height, skip_reserve=True
+                encoding=region.encoding,
+                image_width=width,
+                image_height=height,
+                skip_reserve=True,
+                max_candidates=min(per_shard, search.verify_top),
             )
             jobs.extend((r, shard, self._submit(self._search, shard, request, deadline)) for shard in self._shards)
         results = self._gather([future for _, _, future in jobs], deadline, "the matcher shards")

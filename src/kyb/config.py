@@ -126,6 +126,9 @@ class SearchConfig:
     ratio: float = 0.85
     #: RANSAC reprojection threshold in pixels of the photo at search size (1024 px).
     ransac_threshold: float = 8.0
+    #: RANSAC iteration cap. A true match converges in far fewer (adaptive stopping); a candidate
+    #: that is not in the photo always runs to the cap, so the cap is most of its cost.
+    ransac_iterations: int = 2000
     #: A match needs this many one-to-one, spatially distinct inliers. With the plausibility checks
     #: in verify.py, chance matches on photos without any reference stayed at 9 or fewer (a few
     #: reached 8-9); 10 is the lowest count above that, and each step down to it found more logos.
@@ -148,6 +151,7 @@ class SearchConfig:
         _check(self.hnsw_ef >= self.shortlist_global, "search.hnsw_ef", "must be >= shortlist_global")
         _check(0.5 <= self.ratio <= 1.0, "search.ratio", "must be in 0.5..1.0")
         _check(0.5 <= self.ransac_threshold <= 50, "search.ransac_threshold", "must be in 0.5..50")
+        _check(50 <= self.ransac_iterations <= 100000, "search.ransac_iterations", "must be in 50..100000")
         _check(4 <= self.min_inliers <= 1000, "search.min_inliers", "must be in 4..1000")
         _check(0 <= self.min_inlier_spread < 1, "search.min_inlier_spread", "must be in 0..1")
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")

@@ -126,7 +126,7 @@ def verify(
     src = reference.xy[ri].astype(np.float32)
     dst = query.xy[qi].astype(np.float32)
     homography, _ = cv2.findHomography(
-        src, dst, cv2.USAC_MAGSAC, config.ransac_threshold, maxIters=2000, confidence=0.999
+        src, dst, cv2.USAC_MAGSAC, config.ransac_threshold, maxIters=config.ransac_iterations, confidence=0.999
     )
     if homography is None or not np.all(np.isfinite(homography)):
         return None
