@@ -366,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="TOML config file (also KYB_CONFIG)")
     common.add_argument("--index-dir", help="index folder (default .kyb/index)")
-    common.add_argument("--catalog", help="catalog: SQLite path or sqlite:///... (default .kyb/catalog.db)")
+    common.add_argument(
+        "--catalog", help="catalog: SQLite path, sqlite:///... or postgresql://... (default .kyb/catalog.db)"
+    )
     common.add_argument("--log-level", default=os.environ.get("KYB_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

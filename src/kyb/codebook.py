@@ -48,7 +48,7 @@ def _nearest(centroids: np.ndarray, data: np.ndarray, *, exact_below: int = 512)
             block = data[start : start + 16384]
             out[start : start + 16384] = np.argmin(c_sq[None, :] - 2.0 * block @ centroids.T, axis=1)
         return out
-    graph = _graph(centroids)
+    graph = _graph(centroids, ef=64)  # training: a more exact assignment than search needs
     labels, _ = graph.knn_query(data, k=1)
     return labels[:, 0].astype(np.int64)
 

@@ -19,6 +19,7 @@ from typing import Any
 from kyb.errors import ConfigError
 
 __all__ = [
+    "CacheConfig",
     "CodebookConfig",
     "EngineConfig",
     "FeatureConfig",
@@ -158,6 +159,22 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """Descriptor cache (kyb.cache): identifying the same photo again skips encoding."""
+
+    #: ``""``/``"none"`` (off), ``memory://`` (in-process LRU) or ``redis://host:port/db`` (shared).
+    url: str = "memory://"
+    #: Seconds a Redis entry lives (URL ``?ttl=`` wins).
+    ttl_s: int = 86400
+    #: Bound of the in-process cache in MiB (URL ``?max_mb=`` wins).
+    max_mb: float = 64.0
+
+    def __post_init__(self) -> None:
+        _check(self.ttl_s > 0, "cache.ttl_s", "must be > 0")
+        _check(self.max_mb > 0, "cache.max_mb", "must be > 0")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything the embedded engine needs; services add their own sections (issue 4)."""
 
@@ -171,6 +188,7 @@ class EngineConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
         _check(1 <= self.workers <= 64, "engine.workers", "must be in 1..64")
@@ -180,7 +198,7 @@ class EngineConfig:
         return dataclasses.replace(self, **changes)
 
 
-_SECTIONS = {"limits", "features", "codebook", "search"}
+_SECTIONS = {"limits", "features", "codebook", "search", "cache"}
 
 
 def _coerce(name: str, annotation: Any, value: Any) -> Any:

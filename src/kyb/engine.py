@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from kyb.cache import EncodingCache, cache_key, open_cache
 from kyb.catalog import Album, Band, Catalog, ReferenceImage, open_catalog
 from kyb.codebook import Codebook, train_codebook
 from kyb.config import EngineConfig, SearchConfig
@@ -116,14 +117,18 @@ class IdentifyResult:
     features: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     candidates: list[str] = field(default_factory=list)  # shortlist order, for retrieval metrics
+    cache: str = ""  # "hit" / "miss" from the descriptor cache, "" when none was asked
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "image": {"width": self.width, "height": self.height, "sha256": self.sha256},
             "features": self.features,
             "objects": [o.to_dict() for o in self.objects],
             "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
         }
+        if self.cache:
+            out["cache"] = self.cache
+        return out
 
 
 # ---------------------------------------------------------------------------- search
@@ -339,6 +344,8 @@ class Engine:
         self._catalog = catalog
         self._index: ReferenceIndex | None = None
         self._encoder: Encoder | None = None
+        self._cache: EncodingCache | None = None
+        self._cache_opened = False
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ parts
@@ -368,7 +375,19 @@ class Engine:
                 self._encoder = Encoder(self.index.codebook, self.config.features)
             return self._encoder
 
+    @property
+    def cache(self) -> EncodingCache | None:
+        """The descriptor cache ``config.cache`` names (``None`` when off), opened on first use."""
+        with self._lock:
+            if not self._cache_opened:
+                settings = self.config.cache
+                self._cache = open_cache(settings.url, ttl_s=settings.ttl_s, max_mb=settings.max_mb)
+                self._cache_opened = True
+            return self._cache
+
     def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
         if self._catalog is not None:
             self._catalog.close()
             self._catalog = None
@@ -389,7 +408,16 @@ class Engine:
         decoded = self.decode_query(data)
         decoded_at = time.perf_counter()
         search_box = None if box is None else tuple(v / decoded.scale for v in box)
-        encoding = self.encoder.encode(decoded, search_box)  # type: ignore[arg-type]
+        encoder, cache = self.encoder, self.cache
+        key = cache_key(decoded.sha256, f"{encoder.version}-x{self.config.limits.search_max_side}", search_box)
+        encoding = cache.get(key) if cache is not None else None
+        if encoding is not None and encoding.codebook_version != encoder.codebook.version:
+            encoding = None
+        hit = encoding is not None
+        if encoding is None:
+            encoding = encoder.encode(decoded, search_box)  # type: ignore[arg-type]
+            if cache is not None:
+                cache.put(key, encoding)
         encoded_at = time.perf_counter()
         result = self.identify_encoding(encoding, (decoded.width, decoded.height))
         finished = time.perf_counter()
@@ -404,6 +432,7 @@ class Engine:
             "search": (finished - encoded_at) * 1000,
             "total": (finished - started) * 1000,
         }
+        result.cache = "" if cache is None else "hit" if hit else "miss"
         return result
 
     def identify_encoding(self, encoding: Encoding, image_size: tuple[int, int]) -> IdentifyResult:

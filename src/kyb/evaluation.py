@@ -21,7 +21,7 @@ import numpy as np
 
 from kyb import __version__
 from kyb.catalog import Band
-from kyb.config import EngineConfig
+from kyb.config import CacheConfig, EngineConfig
 from kyb.engine import Engine, IngestItem, IngestOutcome
 from kyb.errors import InvalidRequest, KybError
 
@@ -30,7 +30,7 @@ __all__ = ["EvalReport", "GroundTruth", "evaluate", "index_dataset", "load_groun
 log = logging.getLogger(__name__)
 
 #: Bump when indexing changes in a way the cache key would not see.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,13 @@ def cache_key(gt: GroundTruth, config: EngineConfig) -> str:
     """Changes with the set's database, the indexing settings and the code version."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"db": gt.database, "boxes": gt.boxes, "labels": gt.labels}, sort_keys=True).encode())
+    # Only what changes the indexed references: query-side settings (query_features, query_min_side)
+    # and search settings are evaluated against the same cached index.
+    features = asdict(config.features)
+    for query_only in ("query_features", "query_min_side"):
+        features.pop(query_only)
     settings = {
-        "features": asdict(config.features),
+        "features": features,
         "codebook": asdict(config.codebook),
         "reference_max_side": config.limits.reference_max_side,
         "hnsw": [config.search.hnsw_m, config.search.hnsw_ef_construction],
@@ -114,7 +119,10 @@ def index_dataset(
 ) -> tuple[Engine, dict[str, str]]:
     """An engine over the set's database (built once, then reused); returns it and id -> path."""
     folder = Path(cache_root) / cache_key(gt, config)
-    config = config.replace(index_dir=folder / "index", catalog_url=str(folder / "catalog.db"))
+    # No descriptor cache: every query is timed as a first sighting, however often it is asked.
+    config = config.replace(
+        index_dir=folder / "index", catalog_url=str(folder / "catalog.db"), cache=CacheConfig(url="none")
+    )
     mapping_file = folder / "references.json"
     engine = Engine(config)
     if engine.has_index() and mapping_file.exists():

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
+import psycopg2
+import psycopg2.sql
 import pytest
 
 from kyb.catalog import (
@@ -22,6 +30,7 @@ from kyb.catalog import (
     CatalogError,
     CatalogUnavailable,
     ParsedCatalog,
+    PostgresCatalog,
     ReferenceEntry,
     ReferenceImage,
     RowError,
@@ -40,16 +49,58 @@ SHA_B = hashlib.sha256(b"image b").hexdigest()
 # -- fixtures ------------------------------------------------------------------------------------------
 
 
-def _open_backend(kind: str, tmp_path: Path) -> Catalog:
+#: The Postgres server the tests use (``/<dbname>`` is appended); the project's setup script starts it.
+PG_SERVER = os.environ.get("KYB_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
+
+
+@contextmanager
+def _scratch_database() -> Iterator[str]:
+    """Create an empty database ``kyb_test_<pid>_<random>``, yield its URL, drop it afterwards.
+
+    Fails (never skips) when the server cannot be reached: the Postgres backend must be tested.
+    """
+    name = f"kyb_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"Postgres not reachable at {PG_SERVER} (start it, or set KYB_TEST_PG_SERVER): {exc}")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(psycopg2.sql.SQL("CREATE DATABASE {}").format(psycopg2.sql.Identifier(name)))
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg2.sql.Identifier(name))
+            )
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a fresh, migrated Postgres database for this test session, dropped at the end."""
+    with _scratch_database() as url:
+        with open_catalog(url):
+            pass
+        yield url
+
+
+def _open_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Catalog:
     if kind == "sqlite":
         return open_catalog(f"sqlite://{tmp_path / 'catalog.db'}")
+    if kind == "postgres":
+        cat = open_catalog(request.getfixturevalue("pg_url"))
+        assert isinstance(cat, PostgresCatalog)
+        cat.truncate()
+        return cat
     raise AssertionError(f"unknown backend {kind}")
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def catalog(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Catalog]:
-    """A migrated, empty catalog of each backend (add "postgres" to params once it exists)."""
-    cat = _open_backend(request.param, tmp_path)
+    """A migrated, empty catalog of each backend (Postgres: the session database, truncated)."""
+    cat = _open_backend(request.param, request, tmp_path)
     try:
         yield cat
     finally:
@@ -293,6 +344,35 @@ def test_concurrent_writers(catalog: Catalog) -> None:
     assert len(catalog.list_ingestions(100)) == 20
 
 
+def test_batch_repeating_an_id_keeps_the_last_row(catalog: Catalog) -> None:
+    assert catalog.upsert_bands([_band("b1", "First"), _band("b2", "Other"), _band("b1", "Last")]) == 3
+    assert catalog.count_bands() == 2
+    band = catalog.get_band("b1")
+    assert band is not None and band.name == "Last"
+    catalog.upsert_albums([Album("a1", "b1", "One"), Album("a1", "b1", "Two")])
+    assert [a.title for a in catalog.list_albums("b1")] == ["Two"]
+
+
+def test_concurrent_overlapping_batches(catalog: Catalog) -> None:
+    errors: list[BaseException] = []
+
+    def write(worker: int) -> None:
+        ids = list(range(40)) if worker % 2 else list(reversed(range(40)))
+        try:
+            for _ in range(3):
+                catalog.upsert_bands(_band(f"s{i}", f"Shared {i} {worker}") for i in ids)
+        except BaseException as exc:  # collected, so a deadlock error fails the test instead of a thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert catalog.count_bands() == 40
+
+
 # -- factory and lifecycle ------------------------------------------------------------------------------
 
 
@@ -304,8 +384,6 @@ def test_open_catalog_urls(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "b.db").exists()
     with open_catalog(tmp_path / "a" / "b.db") as bare:  # same file, plain path
         assert bare.get_band("b1") is not None
-    with pytest.raises(CatalogError, match="postgres backend not available yet"):
-        open_catalog("postgresql://kyb@localhost/kyb")
     with pytest.raises(CatalogError, match="scheme"):
         open_catalog("mysql://x")
 
@@ -323,6 +401,136 @@ def test_unmigrated_closed_and_unreachable(tmp_path: Path) -> None:
     not_db = _write(tmp_path / "junk.db", "this is not a database" * 100)
     with pytest.raises(CatalogUnavailable):
         open_catalog(not_db)
+
+
+# -- Postgres specifics ---------------------------------------------------------------------------------
+
+
+def _schema_rows(url: str) -> list[tuple[int, str]]:
+    with psycopg2.connect(url, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute("SELECT version, name FROM schema_version ORDER BY version")
+        rows = [(int(version), str(name)) for version, name in cur.fetchall()]
+    conn.close()
+    return rows
+
+
+def test_postgres_open_catalog_urls(pg_url: str) -> None:
+    with open_catalog(pg_url) as cat:
+        assert isinstance(cat, PostgresCatalog)
+        assert "password" not in repr(cat) and cat.where.endswith(pg_url.rpartition("/")[2])
+    with open_catalog("postgres://" + pg_url.partition("://")[2], migrate=False) as short:
+        assert isinstance(short, PostgresCatalog) and short.migrate() >= 1
+
+
+def test_postgres_migrate_twice_and_concurrently() -> None:
+    expected = [(1, "0001_initial.sql")]
+    with _scratch_database() as url:
+        barrier = threading.Barrier(4)
+        versions: list[int] = []
+        errors: list[BaseException] = []
+
+        def migrate() -> None:
+            try:
+                with PostgresCatalog(url) as cat:
+                    barrier.wait(timeout=10)
+                    versions.append(cat.migrate())
+            except BaseException as exc:
+                errors.append(exc)
+
+        script = "import sys; from kyb.catalog import open_catalog; open_catalog(sys.argv[1]).close()"
+        procs = [subprocess.Popen([sys.executable, "-c", script, url]) for _ in range(2)]
+        threads = [threading.Thread(target=migrate) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [proc.wait(timeout=60) for proc in procs] == [0, 0]
+        assert errors == [] and versions == [1, 1, 1, 1]
+        with PostgresCatalog(url) as cat:
+            assert cat.migrate() == 1 and cat.migrate() == 1
+        assert _schema_rows(url)[: len(expected)] == expected
+        assert [version for version, _ in _schema_rows(url)] == [1]
+
+
+def test_postgres_fuzzy_search_finds_typos(pg_url: str) -> None:
+    with open_catalog(pg_url) as cat:
+        assert isinstance(cat, PostgresCatalog)
+        cat.truncate()
+        cat.upsert_bands(
+            [_band("m1", "Mortuary"), _band("m2", "Mortuary Drape"), _band("m3", "Motörhead"), _band("m4", "Cynic")]
+        )
+        assert [b.band_id for b in cat.find_bands("morturay")][:1] == ["m1"]
+        assert [b.band_id for b in cat.find_bands("MORTUARY")] == ["m1", "m2"]  # substring hits come first
+        assert [b.band_id for b in cat.find_bands("mortuary", limit=1)] == ["m1"]
+        assert "m4" not in [b.band_id for b in cat.find_bands("morturay")]
+
+
+def test_postgres_stores_lists_as_jsonb(pg_url: str) -> None:
+    with open_catalog(pg_url) as cat:
+        assert isinstance(cat, PostgresCatalog)
+        cat.truncate()
+        cat.upsert_band(_band("j1", "Motörhead", themes=("War", "Speed")))
+    with psycopg2.connect(pg_url, connect_timeout=5) as conn, conn.cursor() as cur:
+        cur.execute("SELECT jsonb_typeof(themes), themes ->> 1, name_norm FROM bands WHERE band_id = %s", ("j1",))
+        assert cur.fetchone() == ("array", "Speed", "motorhead")
+    conn.close()
+
+
+def test_postgres_unreachable_fails_fast_with_a_clear_message() -> None:
+    started = time.monotonic()
+    with pytest.raises(CatalogUnavailable) as closed_port:
+        open_catalog("postgresql://postgres@127.0.0.1:1/x")
+    assert time.monotonic() - started < 10
+    message = str(closed_port.value)
+    assert "\n" not in message and "127.0.0.1:1" in message and "refused" in message.lower()
+
+    with pytest.raises(CatalogUnavailable, match="does not exist"):
+        open_catalog(f"{PG_SERVER}/kyb_no_such_database_{secrets.token_hex(4)}")
+    with pytest.raises(CatalogUnavailable, match="invalid dsn"):
+        PostgresCatalog("this is = not a dsn =")
+
+
+def test_postgres_closed_and_unmigrated() -> None:
+    with _scratch_database() as url:
+        raw = PostgresCatalog(url)
+        with pytest.raises(CatalogError, match="migrate"):
+            raw.count_bands()
+        raw.close()
+        raw.close()
+        with pytest.raises(CatalogError, match="closed"):
+            raw.count_bands()
+
+
+def test_postgres_reads_survive_a_dropped_connection(pg_url: str) -> None:
+    with open_catalog(pg_url) as cat:
+        assert isinstance(cat, PostgresCatalog)
+        cat.truncate()
+        cat.upsert_band(_band("k1", "Kreator"))
+        with psycopg2.connect(pg_url, connect_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'kyb-catalog' AND datname = current_database()"
+            )
+            assert cur.fetchone()[0] >= 1
+        conn.close()
+        band = cat.get_band("k1")  # the dead pooled connection is replaced, the read retried
+        assert band is not None and band.name == "Kreator"
+        cat.upsert_band(_band("k2", "Sodom"))
+        assert cat.count_bands() == 2
+
+
+def test_cli_catalog_import_into_postgres(pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kyb.cli import main
+
+    with open_catalog(pg_url) as cat:
+        assert isinstance(cat, PostgresCatalog)
+        cat.truncate()
+    bands = _write(tmp_path / "bands.csv", "band_id,name,country\nc1,Mortuary,Argentina\nc2,Cynic,USA\n")
+    argv = ["catalog", "import", str(bands), "--catalog", pg_url, "--index-dir", str(tmp_path / "index")]
+    assert main(argv) == 0
+    assert "2 bands" in capsys.readouterr().out
+    with open_catalog(pg_url) as cat:
+        assert [b.band_id for b in cat.find_bands("morturay")] == ["c1"]
 
 
 # -- our JSON format ------------------------------------------------------------------------------------

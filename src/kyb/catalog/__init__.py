@@ -1,8 +1,9 @@
 """The band catalog: bands, albums, reference images and the ingestion log, behind one interface.
 
-Open one with :func:`open_catalog` (``sqlite:///path.db``, ``sqlite://:memory:`` or a bare path; Postgres
-comes later behind the same :class:`Catalog` interface). Load catalog files with
-:func:`parse_catalog_file` / :func:`import_catalog`; their formats are described in docs/catalog-format.md.
+Open one with :func:`open_catalog` (``sqlite:///path.db``, ``sqlite://:memory:``, a bare path, or
+``postgresql://user@host:port/db``; every backend implements the same :class:`Catalog` interface).
+Load catalog files with :func:`parse_catalog_file` / :func:`import_catalog`; their formats are described in
+docs/catalog-format.md.
 """
 
 from ._base import Catalog, open_catalog
@@ -23,6 +24,7 @@ from ._model import (
     normalize_name,
     validate_box,
 )
+from ._postgres import PostgresCatalog
 from ._sqlite import SQLiteCatalog
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "ImportReport",
     "IngestionRecord",
     "ParsedCatalog",
+    "PostgresCatalog",
     "ReferenceEntry",
     "ReferenceImage",
     "RowError",

@@ -246,24 +246,25 @@ def open_catalog(url: str | os.PathLike[str], *, migrate: bool = True) -> Catalo
 
     - ``sqlite:///abs/path.db`` (everything after ``sqlite://`` is the path, so ``sqlite://rel.db`` is
       relative), ``sqlite://:memory:`` (a private in-memory database), or a bare filesystem path -> SQLite;
-    - ``postgresql://...`` / ``postgres://...`` -> not available yet (:class:`CatalogError`).
+    - ``postgresql://...`` / ``postgres://...`` -> Postgres (a libpq URI, passed to :class:`PostgresCatalog`
+      as is; :class:`CatalogUnavailable` if the server cannot be reached).
     """
     text = os.fspath(url).strip()
     if not text:
         raise CatalogError("empty catalog URL")
     scheme, sep, rest = text.partition("://")
-    if not sep:
-        path = text
-    elif scheme.lower() == "sqlite":
-        path = unquote(rest) or ":memory:"
-    elif scheme.lower() in ("postgresql", "postgres"):
-        raise CatalogError("postgres backend not available yet")
+    backend = scheme.lower() if sep else ""
+    catalog: Catalog
+    if backend in ("postgresql", "postgres"):
+        from ._postgres import PostgresCatalog  # imported here: _postgres imports this module
+
+        catalog = PostgresCatalog(text)
+    elif backend in ("", "sqlite"):
+        from ._sqlite import SQLiteCatalog  # imported here: _sqlite imports this module
+
+        catalog = SQLiteCatalog((unquote(rest) or ":memory:") if sep else text)
     else:
-        raise CatalogError(f"unsupported catalog URL scheme {scheme!r}; use sqlite:// or a file path")
-
-    from ._sqlite import SQLiteCatalog  # imported here: _sqlite imports this module
-
-    catalog = SQLiteCatalog(path)
+        raise CatalogError(f"unsupported catalog URL scheme {scheme!r}; use sqlite://, postgresql:// or a file path")
     if migrate:
         try:
             catalog.migrate()

@@ -1,0 +1,1 @@
+"""Postgres schema migrations (package data, read with ``importlib.resources``)."""
