@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import unquote
 
 from ._model import (
@@ -228,6 +228,15 @@ class Catalog(abc.ABC):
         return "", entry
 
     # -- helpers for implementations -----------------------------------------------------------------
+    @staticmethod
+    def _reference_filter(band_id: str | None, kind: str | None, placeholder: str) -> tuple[str, list[Any]]:
+        """``WHERE ...`` (with a trailing space, or "") and its parameters for list_references."""
+        clauses = [(column, value) for column, value in (("band_id", band_id), ("kind", kind)) if value is not None]
+        if not clauses:
+            return "", []
+        where = " AND ".join(f"{column} = {placeholder}" for column, _ in clauses)
+        return f"WHERE {where} ", [value for _, value in clauses]
+
     @staticmethod
     def _check_kind(kind: str | None) -> None:
         """Raise :class:`CatalogError` for a kind filter that is not one of ``REFERENCE_KINDS``."""

@@ -465,15 +465,7 @@ class PostgresCatalog(Catalog):
     ) -> list[ReferenceImage]:
         self._check_kind(kind)
         self._check_page(limit, offset)
-        clauses: list[str] = []
-        params: list[Any] = []
-        if band_id is not None:
-            clauses.append("band_id = %s")
-            params.append(band_id)
-        if kind is not None:
-            clauses.append("kind = %s")
-            params.append(kind)
-        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        where, params = self._reference_filter(band_id, kind, "%s")
         sql = f"SELECT {_REF_SELECT} FROM reference_images {where}ORDER BY created_at, reference_id LIMIT %s OFFSET %s"
         with self._cursor() as cur:
             cur.execute(sql, (*params, limit, offset))

@@ -402,15 +402,7 @@ class SQLiteCatalog(Catalog):
     ) -> list[ReferenceImage]:
         self._check_kind(kind)
         self._check_page(limit, offset)
-        clauses: list[str] = []
-        params: list[Any] = []
-        if band_id is not None:
-            clauses.append("band_id = ?")
-            params.append(band_id)
-        if kind is not None:
-            clauses.append("kind = ?")
-            params.append(kind)
-        where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
+        where, params = self._reference_filter(band_id, kind, "?")
         sql = f"SELECT {_REF_SELECT} FROM reference_images {where}ORDER BY created_at, reference_id LIMIT ? OFFSET ?"
         with self._locked() as conn:
             rows = conn.execute(sql, (*params, limit, offset)).fetchall()
