@@ -1,4 +1,4 @@
-"""``kyb``: the embedded command line (ingest, identify, eval, demo, codebook, catalog, stats).
+"""``kyb``: the embedded command line (ingest, identify, eval, demo, codebook, catalog, db, reindex, stats).
 
 Every command works on one index folder and one catalog (``--index-dir``, ``--catalog`` or the config
 file / ``KYB_*`` variables). Exit codes: 0 ok, 1 some items failed, 2 bad usage, then one code per
@@ -359,6 +359,39 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from kyb.catalog import open_catalog
+
+    config = _config(args)
+    url = config.catalog_url
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+    with open_catalog(url, migrate=False) as catalog:
+        version = catalog.migrate()
+    print(f"catalog schema version {version}")
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    total = engine.catalog.count_references()
+    with _progress(total, "reindex") as bar:
+
+        def tick(outcome: Any) -> None:
+            if outcome.message:
+                bar.write(f"{outcome.status}: {outcome.reference_id} ({outcome.source}): {outcome.message}",
+                          file=sys.stderr)  # fmt: skip
+            bar.update(1)
+
+        report = engine.reindex(progress=tick)
+    where = f"generation {report['generation']}" if report["switched"] else "nothing rebuilt: the current index stays"
+    print(f"reindexed {report['references']} catalog references in {report['elapsed_s']:.1f} s: "
+          f"{report['rebuilt']} rebuilt, {report['kept']} kept from the previous generation, "
+          f"{report['failed']} failed, {report['dropped']} index entries without a catalog row dropped; "
+          f"{where} (codebook {report['codebook_version']})")  # fmt: skip
+    return 1 if report["failed"] or report["kept"] else 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kyb", description="Know Your Bands: identify band logos and album covers.")
@@ -425,6 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stats", parents=[common], help="index and catalog sizes")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("db", help="catalog database")
+    db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    d = db_sub.add_parser("migrate", parents=[common], help="bring the catalog schema up to date (idempotent)")
+    d.set_defaults(func=cmd_db_migrate)
+
+    p = sub.add_parser("reindex", parents=[common], help="rebuild the index from the catalog's reference images")
+    p.set_defaults(func=cmd_reindex)
 
     try:  # the gRPC services add `kyb serve ...` (issue 4)
         from kyb.rpc.cli import add_serve_commands

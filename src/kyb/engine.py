@@ -8,6 +8,7 @@ across process boundaries, so embedded and served answers are the same by constr
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -661,10 +662,11 @@ class Engine:
         index = self.index
         keys = [k for k in index.reference_ids() if k == reference_id or k.startswith(reference_id + "#")]
         removed = any([index.delete(k) for k in keys])
+        if removed:  # index first: a crash in between leaves a catalog row Identify never returns
+            index.save(self.config.index_dir)
         in_catalog = self.catalog.delete_reference(reference_id)
         if not removed and not in_catalog:
             raise NotFound(f"no reference {reference_id}")
-        index.save(self.config.index_dir)
 
     def upsert_metadata(self, bands: Sequence[Band], albums: Sequence[Album]) -> None:
         self.catalog.upsert_bands(bands)
@@ -715,6 +717,123 @@ class Engine:
             self._index = fresh
             self._encoder = None
         return codebook
+
+    def reindex(
+        self, progress: Callable[[IngestOutcome], None] | None = None, *, codebook_images: int = 4000
+    ) -> dict[str, Any]:
+        """Rebuilds the index from the catalog's reference rows into a new generation (one atomic switch).
+
+        Each row's source image is read again and encoded, with its regions, under the row's id; the
+        current codebook is kept (with no index yet, one is trained on the first ``codebook_images``
+        rows). A row whose source cannot be read or no longer has the catalog's sha256 keeps its
+        encoding from the current generation when there is one (``kept``), else it is left out
+        (``failed``); either way it gives one line in ``failures``, never an error. Index entries
+        without a catalog row are dropped. With nothing rebuilt or kept, the current index stays.
+        """
+        started = time.perf_counter()
+        old = self.index if self.has_index() else None
+        rows = self._catalog_rows()
+        failures: list[str] = []
+        counts = {"references": 0, "rebuilt": 0, "kept": 0, "failed": 0}
+
+        def report(outcome: IngestOutcome) -> None:
+            counts[outcome.status] += 1
+            if outcome.message:
+                failures.append(f"{outcome.reference_id} ({outcome.source}): {outcome.message}")
+            if progress:
+                progress(outcome)
+
+        prepared_rows = self._prepare_rows(rows)
+        head: list[tuple[ReferenceImage, _Prepared | str]] = []
+        if old is not None:
+            codebook = old.codebook
+        else:
+            for row, result in prepared_rows:
+                head.append((row, result))
+                if sum(isinstance(r, _Prepared) for _, r in head) >= codebook_images:
+                    break
+            usable = [r for _, r in head if isinstance(r, _Prepared)]
+            if len(usable) < 2:
+                raise NotReady(f"only {len(usable)} readable reference image(s) in the catalog: a codebook needs 2")
+            codebook = train_codebook(
+                [f.descriptors for p in usable for f, _ in p.features],
+                self.config.codebook,
+                pca_dims=self.config.features.pca_dims,
+            )
+        fresh = ReferenceIndex(codebook, self.config.search, self.config.index_dir)
+        encoder = Encoder(codebook, self.config.features)
+        pending: list[tuple[str, str, Encoding]] = []
+        for row, result in itertools.chain(head, prepared_rows):
+            counts["references"] += 1
+            if isinstance(result, _Prepared):
+                encodings = [encoder.encode_features(f, r, scale=result.decoded.scale) for f, r in result.features]
+                pending.extend((k, row.sha256, e) for k, e in zip(self._keys(result), encodings, strict=True))
+                report(IngestOutcome(row.source, "rebuilt", row.reference_id))
+            else:
+                keys = [] if old is None else self._index_keys(old, row.reference_id)
+                if keys and all(old.sha256_of(k) == row.sha256 for k in keys):  # type: ignore[union-attr]
+                    pending.extend((k, row.sha256, old.encoding(k)) for k in keys)  # type: ignore[union-attr]
+                    report(IngestOutcome(row.source, "kept", row.reference_id, result + "; kept its current encoding"))
+                else:
+                    report(IngestOutcome(row.source, "failed", row.reference_id, result))
+            if len(pending) >= 64:
+                fresh.add(pending)
+                pending.clear()
+        fresh.add(pending)
+        switched = old is None or counts["references"] == 0 or counts["rebuilt"] + counts["kept"] > 0
+        if switched:
+            fresh.save(self.config.index_dir)
+            with self._lock:
+                self._index = fresh
+                self._encoder = None
+        current = fresh if switched else old
+        assert current is not None
+        stale = 0 if old is None else sum(1 for k in old.reference_ids() if k not in fresh)
+        return {
+            **counts,
+            "dropped": stale if switched else 0,
+            "failures": failures,
+            "switched": switched,
+            "generation": current.generation,
+            "codebook_version": codebook.version,
+            "elapsed_s": round(time.perf_counter() - started, 3),
+        }
+
+    def _catalog_rows(self, page: int = 500) -> Iterator[ReferenceImage]:
+        offset = 0
+        while True:
+            rows = self.catalog.list_references(limit=page, offset=offset)
+            yield from rows
+            if len(rows) < page:
+                return
+            offset += len(rows)
+
+    def _prepare_rows(self, rows: Iterator[ReferenceImage]) -> Iterator[tuple[ReferenceImage, _Prepared | str]]:
+        """Each catalog row with its source re-read and extracted (in parallel), or why that failed."""
+
+        def prepare(row: ReferenceImage) -> _Prepared | str:
+            item = IngestItem(row.source, row.kind, row.band_id, row.album_id, tuple(row.regions))  # type: ignore[arg-type]
+            try:
+                prepared = self._prepare(item)
+            except KybError as exc:
+                return str(exc)
+            if prepared.decoded.sha256 != row.sha256:
+                return f"source changed since ingest (sha256 {prepared.decoded.sha256[:12]}, catalog {row.sha256[:12]})"
+            prepared.reference_id = row.reference_id  # the catalog's id, whatever the regions' rounding
+            return prepared
+
+        with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
+            yield from _map_ordered(pool, prepare, rows, self.config.workers * 4)
+
+    @staticmethod
+    def _index_keys(index: ReferenceIndex, reference_id: str) -> list[str]:
+        if reference_id in index:
+            return [reference_id]
+        keys, i = [], 0
+        while f"{reference_id}#{i}" in index:
+            keys.append(f"{reference_id}#{i}")
+            i += 1
+        return keys
 
 
 def _map_ordered(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Iterator[Any], window: int):
