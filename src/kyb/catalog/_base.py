@@ -250,6 +250,32 @@ class Catalog(abc.ABC):
             raise CatalogError(f"limit and offset must be >= 0, got limit={limit}, offset={offset}")
 
 
+def album_params(album: Album, now: float) -> tuple[Any, ...]:
+    """The row an album upsert writes (both backends use the same column order)."""
+    if not isinstance(album, Album):
+        raise TypeError(f"expected an Album, got {type(album).__name__}")
+    return (album.album_id, album.band_id, album.title, album.year, now)
+
+
+def reference_from_row(row: tuple[Any, ...], decode_regions: Callable[[Any], Any]) -> ReferenceImage:
+    """A ReferenceImage from a reference_images row; ``decode_regions`` reads the regions column
+    (JSON text in SQLite, JSONB already decoded in Postgres)."""
+    (reference_id, sha256, kind, band_id, album_id, source, width, height, size_bytes, regions, created) = row
+    return ReferenceImage(
+        reference_id=reference_id,
+        sha256=sha256,
+        kind=kind,
+        band_id=band_id,
+        album_id=album_id,
+        source=source,
+        width=width,
+        height=height,
+        size_bytes=size_bytes,
+        regions=tuple(tuple(box) for box in decode_regions(regions)),
+        created_at=created,
+    )
+
+
 def open_catalog(url: str | os.PathLike[str], *, migrate: bool = True) -> Catalog:
     """Open the catalog a URL names, migrated to the latest schema unless ``migrate=False``.
 

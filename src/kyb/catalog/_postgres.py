@@ -26,7 +26,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import psycopg2.pool
 
-from ._base import Catalog
+from ._base import Catalog, album_params, reference_from_row
 from ._model import (
     Album,
     Band,
@@ -149,29 +149,6 @@ def _band_params(band: Band, now: float) -> tuple[Any, ...]:
 
 def _band_from_row(row: tuple[Any, ...]) -> Band:
     return Band(**dict(zip(_BAND_COLUMNS, row, strict=True)))
-
-
-def _album_params(album: Album, now: float) -> tuple[Any, ...]:
-    if not isinstance(album, Album):
-        raise TypeError(f"expected an Album, got {type(album).__name__}")
-    return (album.album_id, album.band_id, album.title, album.year, now)
-
-
-def _ref_from_row(row: tuple[Any, ...]) -> ReferenceImage:
-    (reference_id, sha256, kind, band_id, album_id, source, width, height, size_bytes, regions, created) = row
-    return ReferenceImage(
-        reference_id=reference_id,
-        sha256=sha256,
-        kind=kind,
-        band_id=band_id,
-        album_id=album_id,
-        source=source,
-        width=width,
-        height=height,
-        size_bytes=size_bytes,
-        regions=tuple(tuple(box) for box in regions),
-        created_at=created,
-    )
 
 
 def _escape_like(text: str) -> str:
@@ -360,7 +337,7 @@ class PostgresCatalog(Catalog):
 
     def upsert_albums(self, albums: Iterable[Album]) -> int:
         now = time.time()
-        params = [_album_params(album, now) for album in albums]
+        params = [album_params(album, now) for album in albums]
         if not params:
             return 0
         unique = dict(zip((row[0] for row in params), params, strict=True))
@@ -436,7 +413,7 @@ class PostgresCatalog(Catalog):
         with self._cursor() as cur:
             cur.execute(f"SELECT {_REF_SELECT} FROM reference_images WHERE reference_id = %s", (reference_id,))
             row = cur.fetchone()
-        return _ref_from_row(row) if row else None
+        return reference_from_row(row, list) if row else None
 
     @_retry_read
     def get_reference_by_sha256(self, sha256: str) -> ReferenceImage | None:
@@ -447,7 +424,7 @@ class PostgresCatalog(Catalog):
                 (sha256.lower(),),
             )
             row = cur.fetchone()
-        return _ref_from_row(row) if row else None
+        return reference_from_row(row, list) if row else None
 
     def delete_reference(self, reference_id: str) -> bool:
         with self._cursor(transaction=True) as cur:
@@ -470,7 +447,7 @@ class PostgresCatalog(Catalog):
         with self._cursor() as cur:
             cur.execute(sql, (*params, limit, offset))
             rows = cur.fetchall()
-        return [_ref_from_row(row) for row in rows]
+        return [reference_from_row(row, list) for row in rows]
 
     @_retry_read
     def count_references(self) -> int:

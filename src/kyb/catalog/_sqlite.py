@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._base import Catalog
+from ._base import Catalog, album_params, reference_from_row
 from ._model import (
     Album,
     Band,
@@ -141,29 +141,6 @@ def _band_from_row(row: tuple[Any, ...]) -> Band:
         for col, value in zip(_BAND_COLUMNS, row, strict=True)
     }
     return Band(**data)
-
-
-def _album_params(album: Album, now: float) -> tuple[Any, ...]:
-    if not isinstance(album, Album):
-        raise TypeError(f"expected an Album, got {type(album).__name__}")
-    return (album.album_id, album.band_id, album.title, album.year, now)
-
-
-def _ref_from_row(row: tuple[Any, ...]) -> ReferenceImage:
-    (reference_id, sha256, kind, band_id, album_id, source, width, height, size_bytes, regions, created) = row
-    return ReferenceImage(
-        reference_id=reference_id,
-        sha256=sha256,
-        kind=kind,
-        band_id=band_id,
-        album_id=album_id,
-        source=source,
-        width=width,
-        height=height,
-        size_bytes=size_bytes,
-        regions=tuple(tuple(box) for box in json.loads(regions)),
-        created_at=created,
-    )
 
 
 class SQLiteCatalog(Catalog):
@@ -306,7 +283,7 @@ class SQLiteCatalog(Catalog):
 
     def upsert_albums(self, albums: Iterable[Album]) -> int:
         now = time.time()
-        params = [_album_params(album, now) for album in albums]
+        params = [album_params(album, now) for album in albums]
         if not params:
             return 0
         try:
@@ -376,7 +353,7 @@ class SQLiteCatalog(Catalog):
             row = conn.execute(
                 f"SELECT {_REF_SELECT} FROM reference_images WHERE reference_id = ?", (reference_id,)
             ).fetchone()
-        return _ref_from_row(row) if row else None
+        return reference_from_row(row, json.loads) if row else None
 
     def get_reference_by_sha256(self, sha256: str) -> ReferenceImage | None:
         with self._locked() as conn:
@@ -385,7 +362,7 @@ class SQLiteCatalog(Catalog):
                 "ORDER BY created_at, reference_id LIMIT 1",
                 (sha256.lower(),),
             ).fetchone()
-        return _ref_from_row(row) if row else None
+        return reference_from_row(row, json.loads) if row else None
 
     def delete_reference(self, reference_id: str) -> bool:
         with self._transaction() as conn:
@@ -406,7 +383,7 @@ class SQLiteCatalog(Catalog):
         sql = f"SELECT {_REF_SELECT} FROM reference_images {where}ORDER BY created_at, reference_id LIMIT ? OFFSET ?"
         with self._locked() as conn:
             rows = conn.execute(sql, (*params, limit, offset)).fetchall()
-        return [_ref_from_row(row) for row in rows]
+        return [reference_from_row(row, json.loads) for row in rows]
 
     def count_references(self) -> int:
         with self._locked() as conn:
