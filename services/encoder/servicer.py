@@ -5,6 +5,10 @@ default the engine's ``index_dir``), loaded in the background: health is NOT_SER
 encoder and every matcher shard must use the same codebook; matchers refuse other versions.
 Photos and references are encoded exactly as the embedded engine does (same decode size, same
 region scaling, references need 8 keypoints), so served and embedded encodings are identical.
+
+Photo (non-reference) encodings go through the descriptor cache ``engine.cache`` names, keyed exactly
+as :meth:`kyb.engine.Engine.identify` keys them, so the encoder and an embedded engine sharing one
+Redis reuse each other's encodings. The cache is an optimisation only: a Redis that is down is a miss.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 
 import grpc
 
-from kyb.encoder import Encoder
+from kyb.cache import EncodingCache, cache_key, open_cache
+from kyb.encoder import Encoder, Encoding
 from kyb.errors import InvalidRequest, KybError, Unavailable
 from kyb.imageio import DecodedImage, decode_image
 from kyb.index import load_codebook
@@ -40,6 +45,12 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self._encoder: Encoder | None = None
         self._stop = threading.Event()
         self._loader: threading.Thread | None = None
+        settings = config.engine.cache
+        self.cache: EncodingCache | None = open_cache(settings.url, ttl_s=settings.ttl_s, max_mb=settings.max_mb)
+
+    def cache_stats(self) -> dict[str, Any]:
+        """The descriptor cache's counters (hits, misses, errors, ...); empty when there is no cache."""
+        return self.cache.stats() if self.cache is not None else {}
 
     def start(self, on_ready: Callable[[bool], None]) -> None:
         """Loads the codebook in the background; ``on_ready(True)`` once it is loaded."""
@@ -67,6 +78,8 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         self._stop.set()
         if self._loader is not None:
             self._loader.join(timeout=5)
+        if self.cache is not None:
+            self.cache.close()
 
     @property
     def ready(self) -> bool:
@@ -97,7 +110,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
                 raise InvalidRequest(f"featureless {where}: fewer than 8 keypoints, nothing to match")
             encoding = encoder.encode_features(features, region, scale=image.scale)
         else:
-            encoding = encoder.encode(image, box)  # type: ignore[arg-type]
+            encoding = self._encode_photo(encoder, image, box)
         return encoder_pb2.EncodeResponse(
             encoding=encoding_to_proto(encoding),
             image_width=image.width,
@@ -108,3 +121,27 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             encoder_version=encoder.version,
             size_bytes=image.size_bytes,
         )
+
+    def _encode_photo(self, encoder: Encoder, image: DecodedImage, box: tuple[float, ...] | None) -> Encoding:
+        """``encoder.encode`` through the descriptor cache (same key recipe as ``Engine.identify``)."""
+        cache = self.cache
+        if cache is None or not image.sha256:
+            return encoder.encode(image, box)  # type: ignore[arg-type]
+        version = f"{encoder.version}-x{self._config.engine.limits.search_max_side}"
+        key = cache_key(image.sha256, version, box)
+        encoding = cache.get(key)
+        if encoding is not None and encoding.codebook_version != encoder.codebook.version:
+            log.debug(
+                "encoder: cached encoding %s has codebook %s, not %s",
+                key,
+                encoding.codebook_version,
+                encoder.codebook.version,
+            )
+            encoding = None
+        if encoding is not None:
+            log.debug("encoder: descriptor cache hit %s", key)
+            return encoding
+        log.debug("encoder: descriptor cache miss %s", key)
+        encoding = encoder.encode(image, box)  # type: ignore[arg-type]
+        cache.put(key, encoding)
+        return encoding
