@@ -7,6 +7,7 @@ across process boundaries, so embedded and served answers are the same by constr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -14,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from kyb.encoder import Box, Encoder, Encoding, extract_region
 from kyb.errors import InvalidRequest, KybError, NotFound, NotReady
 from kyb.features import LocalFeatures
 from kyb.imageio import DecodedImage, decode_image
-from kyb.index import ReferenceIndex, has_index
+from kyb.index import ReferenceIndex, current_generation, has_index, writer_lock
 from kyb.verify import QueryFeatures, Verification, verify
 
 __all__ = [
@@ -333,6 +335,17 @@ class _Prepared:
     encodings: list[Encoding] = field(default_factory=list)
 
 
+def _exclusive(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs an Engine method that writes the index under the folder's writer lock (see _writing)."""
+
+    @functools.wraps(method)
+    def locked(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        with self._writing():
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Engine:
     """Embedded engine over one index folder and one catalog.
 
@@ -368,6 +381,19 @@ class Engine:
 
     def has_index(self) -> bool:
         return self._index is not None or has_index(self.config.index_dir)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Takes the index folder's writer lock and, if another process saved since this engine
+        loaded the index, reloads it first, so no write is based on a stale generation."""
+        with writer_lock(self.config.index_dir):
+            with self._lock:
+                on_disk = current_generation(self.config.index_dir)
+                if self._index is not None and on_disk is not None and on_disk != self._index.generation:
+                    log.info("index %s changed on disk (generation %d): reloading", self.config.index_dir, on_disk)
+                    self._index = ReferenceIndex.load(self.config.index_dir, self.config.search)
+                    self._encoder = None
+            yield
 
     @property
     def encoder(self) -> Encoder:
@@ -498,6 +524,7 @@ class Engine:
             features.append((extracted, used))
         return _Prepared(item, decoded, reference_id, regions, features)
 
+    @_exclusive
     def ingest(
         self,
         items: Iterable[IngestItem],
@@ -657,6 +684,7 @@ class Engine:
         return iterator
 
     # ------------------------------------------------------------------ other operations
+    @_exclusive
     def delete_reference(self, reference_id: str) -> None:
         """Removes a reference from the index and the catalog (NotFound when it is in neither)."""
         index = self.index
@@ -672,6 +700,7 @@ class Engine:
         self.catalog.upsert_bands(bands)
         self.catalog.upsert_albums(albums)
 
+    @_exclusive
     def retrain_codebook(self, items: Sequence[IngestItem]) -> Codebook:
         """Trains a new codebook from ``items`` and re-encodes every indexed reference with it.
 
@@ -718,6 +747,7 @@ class Engine:
             self._encoder = None
         return codebook
 
+    @_exclusive
     def reindex(
         self, progress: Callable[[IngestOutcome], None] | None = None, *, codebook_images: int = 4000
     ) -> dict[str, Any]:

@@ -20,13 +20,15 @@ plus its global vector in the graph.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +40,15 @@ from kyb.config import SearchConfig
 from kyb.encoder import Encoding
 from kyb.errors import IndexCorrupt, InvalidRequest, NotReady
 
-__all__ = ["Candidate", "ReferenceFeatures", "ReferenceIndex", "has_index", "load_codebook"]
+__all__ = [
+    "Candidate",
+    "ReferenceFeatures",
+    "ReferenceIndex",
+    "current_generation",
+    "has_index",
+    "load_codebook",
+    "writer_lock",
+]
 
 log = logging.getLogger(__name__)
 
@@ -649,3 +659,32 @@ def load_codebook(path: Path) -> Codebook:
     if current is None:
         raise NotReady(f"no index at {path}: ingest references first (`kyb ingest`)")
     return Codebook.load(current[1] / "codebook.npz")
+
+
+def current_generation(path: Path) -> int | None:
+    """Number of the generation ``CURRENT`` names in the index folder ``path`` (None: no index)."""
+    found = _current_generation(Path(path))
+    return None if found is None else found[0]
+
+
+@contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Holds the index folder's writer lock: one writing process (or thread) at a time.
+
+    Two processes saving the same folder at once would pick the same next generation and delete
+    each other's staging folder, so every writer (ingest, delete, reindex, codebook training) takes
+    this ``flock`` first and waits for the other to finish. The kernel drops the lock when a process
+    dies, so a crash never leaves the folder locked. Readers never take it.
+    """
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".writer.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another writer of %s", root)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -72,3 +72,54 @@ def test_two_threads_ingesting_the_same_image_make_one_reference(library: Librar
     assert reloaded.sha256_of(reference_id) is not None
     with Engine(folder) as fresh:
         assert fresh.catalog.count_references() == catalog_before + 1
+
+
+CHILD = """
+import sys
+from kyb.config import load_config
+from kyb.engine import Engine, IngestItem
+
+root, source = sys.argv[1], sys.argv[2]
+config = load_config(overrides={"index_dir": root + "/index", "catalog_url": root + "/catalog.db"})
+items = [IngestItem(path, "album_cover", "band_0000") for path in source.split(",")]
+outcomes = Engine(config).ingest(items)
+print(",".join(o.status for o in outcomes))
+"""
+
+
+def test_two_processes_ingesting_into_one_folder_take_turns(library, tmp_path) -> None:
+    """Each writer process holds the folder's writer lock and reloads what the other saved."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import encode_jpeg, make_config
+
+    config = make_config(tmp_path)
+    engine = Engine(config)
+    library.seed_catalog(engine)
+    engine.ingest(library.items()[:3])
+    names = sorted(library.covers)[-4:]
+    paths = []
+    for name in names:
+        path = tmp_path / name
+        path.write_bytes(encode_jpeg(library.covers[name], 95))
+        paths.append(str(path))
+    repo = Path(__file__).resolve().parents[2]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(tmp_path), ",".join(chunk)],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for chunk in (paths[:2], paths[2:])
+    ]
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+        assert set(out.strip().split(",")) <= {"added", "unchanged"}
+    fresh = Engine(config)
+    assert len(fresh.index) == 3 + 4  # nothing one process saved was lost by the other
+    assert fresh.catalog.count_references() == 3 + 4
