@@ -536,6 +536,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 item = self._prepare_ingest(index, source, request, deadline)
             except (DeadlineExceeded, Unauthenticated):
                 raise
+            except Unavailable:
+                # The catalog (or the encoder) is down: every later item would fail the same way, so
+                # the call fails as a whole and the client retries it; items whose shard Add had not
+                # been sent have at most an invisible catalog row, which the retry completes.
+                raise
             except (KybError, ValueError) as exc:
                 results.append(self._ingest_failed(index, source, "", one_line(str(exc))))
                 continue

@@ -1,0 +1,66 @@
+"""The gateway over a real Postgres catalog that goes away: UNAVAILABLE, nothing half-written."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import psycopg2
+import pytest
+
+from kyb.v1 import gateway_pb2, gateway_pb2_grpc, matcher_pb2, matcher_pb2_grpc
+from services._local import start_local
+from tests.services.conftest import BANDS, empty_shards, service_config, wait_ready
+
+SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+def _admin(sql: str) -> None:
+    connection = psycopg2.connect(f"{SERVER}/postgres")
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+    finally:
+        connection.close()
+
+
+def _shard_references(stack) -> int:
+    total = 0
+    for server in stack.matchers:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stats = matcher_pb2_grpc.MatcherStub(channel).Stats(matcher_pb2.StatsRequest(), timeout=10)
+            total += stats.references
+    return total
+
+
+def test_catalog_down_fails_ingest_with_unavailable_and_writes_nothing(corpus, tmp_path) -> None:
+    database = f"kyb_test_down_{uuid.uuid4().hex[:8]}"
+    _admin(f"CREATE DATABASE {database}")
+    config = service_config(tmp_path, corpus.engine.config)
+    config = config.replace(engine=config.engine.replace(catalog_url=f"{SERVER}/{database}"))
+    empty_shards(corpus, config, 2)
+    stack = start_local(config, shards=2)
+    try:
+        wait_ready(stack)
+        with grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}") as channel:
+            gateway = gateway_pb2_grpc.GatewayStub(channel)
+            requests = corpus.ingest_requests()
+            first = gateway.Ingest(iter(requests[:2]), timeout=30)
+            assert [r.status for r in first.results] == ["added", "added"]
+            assert _shard_references(stack) == 2
+
+            _admin(f"DROP DATABASE {database} WITH (FORCE)")  # the catalog is gone, for real
+            with pytest.raises(grpc.RpcError) as info:
+                gateway.Ingest(iter(requests[2:BANDS]), timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "\n" not in info.value.details() and info.value.details()
+            assert _shard_references(stack) == 2  # nothing reached a shard without its catalog row
+
+            photo = corpus.photo([0], seed=3)
+            with pytest.raises(grpc.RpcError) as info:
+                gateway.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        stack.stop()
+        _admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
