@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
-from kyb.cache import EncodingCache, cache_key, open_cache
-from kyb.encoder import Encoder, Encoding
+from kyb.cache import EncodingCache, encode_photo, open_cache
+from kyb.encoder import Encoder, Encoding, extract_reference
 from kyb.errors import InvalidRequest, KybError, Unavailable
 from kyb.imageio import DecodedImage, decode_image
 from kyb.index import load_codebook
@@ -31,9 +31,6 @@ from kyb.v1 import encoder_pb2, encoder_pb2_grpc
 __all__ = ["EncoderServicer"]
 
 log = logging.getLogger(__name__)
-
-#: The embedded engine refuses references with fewer keypoints (too little to verify against).
-_MIN_REFERENCE_FEATURES = 8
 
 
 class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
@@ -104,10 +101,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         if request.HasField("box"):
             box = tuple(v / image.scale for v in box_from_proto(request.box))
         if request.is_reference:
-            features, region = encoder.extract(image, box, reference=True)  # type: ignore[arg-type]
-            if len(features) < _MIN_REFERENCE_FEATURES:
-                where = "image" if box is None else f"region {[round(v) for v in box]}"
-                raise InvalidRequest(f"featureless {where}: fewer than 8 keypoints, nothing to match")
+            features, region = extract_reference(image, box, encoder.features)  # type: ignore[arg-type]
             encoding = encoder.encode_features(features, region, scale=image.scale)
         else:
             encoding = self._encode_photo(encoder, image, box)
@@ -123,25 +117,13 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         )
 
     def _encode_photo(self, encoder: Encoder, image: DecodedImage, box: tuple[float, ...] | None) -> Encoding:
-        """``encoder.encode`` through the descriptor cache (same key recipe as ``Engine.identify``)."""
-        cache = self.cache
-        if cache is None or not image.sha256:
-            return encoder.encode(image, box)  # type: ignore[arg-type]
-        version = f"{encoder.version}-x{self._config.engine.limits.search_max_side}"
-        key = cache_key(image.sha256, version, box)
-        encoding = cache.get(key)
-        if encoding is not None and encoding.codebook_version != encoder.codebook.version:
-            log.debug(
-                "encoder: cached encoding %s has codebook %s, not %s",
-                key,
-                encoding.codebook_version,
-                encoder.codebook.version,
-            )
-            encoding = None
-        if encoding is not None:
-            log.debug("encoder: descriptor cache hit %s", key)
-            return encoding
-        log.debug("encoder: descriptor cache miss %s", key)
-        encoding = encoder.encode(image, box)  # type: ignore[arg-type]
-        cache.put(key, encoding)
+        """``encoder.encode`` through the descriptor cache (the key recipe of ``Engine.identify``)."""
+        encoding, hit = encode_photo(
+            self.cache,
+            encoder,
+            image,
+            box,  # type: ignore[arg-type]
+            search_max_side=self._config.engine.limits.search_max_side,
+        )
+        log.debug("encoder: descriptor cache %s", "hit" if hit else "miss")
         return encoding

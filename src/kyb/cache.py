@@ -46,8 +46,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from kyb.encoder import Encoding
+from kyb.encoder import Box, Encoder, Encoding
 from kyb.errors import ConfigError
+from kyb.imageio import DecodedImage
 
 __all__ = [
     "CacheFormatError",
@@ -55,6 +56,7 @@ __all__ = [
     "LocalLRUCache",
     "RedisCache",
     "cache_key",
+    "encode_photo",
     "open_cache",
     "pack_encoding",
     "unpack_encoding",
@@ -183,6 +185,31 @@ def cache_key(image_sha256: str, encoder_version: str, box: Sequence[float] | No
     region = "full" if box is None else ",".join(repr(float(v)) for v in box)
     digest = hashlib.sha256(f"{FORMAT_VERSION}|{encoder_version}|{region}".encode()).hexdigest()[:24]
     return f"enc:{image_sha256}:{digest}"
+
+
+def encode_photo(
+    cache: EncodingCache | None,
+    encoder: Encoder,
+    image: DecodedImage,
+    box: Box | None,
+    *,
+    search_max_side: int,
+) -> tuple[Encoding, bool]:
+    """``encoder.encode(image, box)`` through ``cache``; returns (encoding, whether it was a hit).
+
+    The one key recipe the embedded engine and the encoder service share: the photo's hash, the
+    encoder version plus the search size (it changes the pixels encoded) and the box. A cached
+    encoding made with another codebook is a miss and is overwritten.
+    """
+    if cache is None or not image.sha256:
+        return encoder.encode(image, box), False
+    key = cache_key(image.sha256, f"{encoder.version}-x{search_max_side}", box)
+    encoding = cache.get(key)
+    if encoding is not None and encoding.codebook_version == encoder.codebook.version:
+        return encoding, True
+    encoding = encoder.encode(image, box)
+    cache.put(key, encoding)
+    return encoding, False
 
 
 # ---------------------------------------------------------------------------- caches

@@ -16,9 +16,12 @@ from kyb.errors import InvalidImage, InvalidRequest
 from kyb.features import LocalFeatures, extract_rootsift
 from kyb.imageio import DecodedImage
 
-__all__ = ["Box", "Encoder", "Encoding", "extract_region"]
+__all__ = ["MIN_REFERENCE_FEATURES", "Box", "Encoder", "Encoding", "extract_reference", "extract_region"]
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels, x2 > x1, y2 > y1
+
+#: A reference (or region) with fewer keypoints has too little to verify a match against.
+MIN_REFERENCE_FEATURES = 8
 
 
 @dataclass(frozen=True)
@@ -137,4 +140,13 @@ def extract_region(
         contrast_threshold=features.contrast_threshold,
         upscale=upscale,
     )
+    return extracted, used
+
+
+def extract_reference(image: DecodedImage, box: Box | None, features: FeatureConfig) -> tuple[LocalFeatures, Box]:
+    """:func:`extract_region` for a reference; InvalidRequest when it is too featureless to index."""
+    extracted, used = extract_region(image, box, features, reference=True)
+    if len(extracted) < MIN_REFERENCE_FEATURES:
+        where = "image" if box is None else f"region {[round(v) for v in box]}"
+        raise InvalidRequest(f"featureless {where}: fewer than {MIN_REFERENCE_FEATURES} keypoints, nothing to match")
     return extracted, used

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from kyb.cache import EncodingCache, cache_key, open_cache
+from kyb.cache import EncodingCache, encode_photo, open_cache
 from kyb.catalog import Album, Band, Catalog, ReferenceImage, open_catalog
 from kyb.codebook import Codebook, train_codebook
 from kyb.config import EngineConfig, SearchConfig
-from kyb.encoder import Box, Encoder, Encoding, extract_region
+from kyb.encoder import Box, Encoder, Encoding, extract_reference
 from kyb.errors import InvalidRequest, KybError, NotFound, NotReady
 from kyb.features import LocalFeatures
 from kyb.imageio import DecodedImage, decode_image
@@ -435,16 +435,14 @@ class Engine:
         decoded = self.decode_query(data)
         decoded_at = time.perf_counter()
         search_box = None if box is None else tuple(v / decoded.scale for v in box)
-        encoder, cache = self.encoder, self.cache
-        key = cache_key(decoded.sha256, f"{encoder.version}-x{self.config.limits.search_max_side}", search_box)
-        encoding = cache.get(key) if cache is not None else None
-        if encoding is not None and encoding.codebook_version != encoder.codebook.version:
-            encoding = None
-        hit = encoding is not None
-        if encoding is None:
-            encoding = encoder.encode(decoded, search_box)  # type: ignore[arg-type]
-            if cache is not None:
-                cache.put(key, encoding)
+        cache = self.cache
+        encoding, hit = encode_photo(
+            cache,
+            self.encoder,
+            decoded,
+            search_box,  # type: ignore[arg-type]
+            search_max_side=self.config.limits.search_max_side,
+        )
         encoded_at = time.perf_counter()
         result = self.identify_encoding(encoding, (decoded.width, decoded.height))
         finished = time.perf_counter()
@@ -517,11 +515,7 @@ class Engine:
         features = []
         for region in regions:
             scaled = None if region is None else tuple(v / decoded.scale for v in region)
-            extracted, used = extract_region(decoded, scaled, self.config.features, reference=True)  # type: ignore[arg-type]
-            if len(extracted) < 8:
-                where = "image" if region is None else f"region {list(region)}"
-                raise InvalidRequest(f"featureless {where}: fewer than 8 keypoints, nothing to match")
-            features.append((extracted, used))
+            features.append(extract_reference(decoded, scaled, self.config.features))  # type: ignore[arg-type]
         return _Prepared(item, decoded, reference_id, regions, features)
 
     @_exclusive

@@ -257,6 +257,25 @@ def album_params(album: Album, now: float) -> tuple[Any, ...]:
     return (album.album_id, album.band_id, album.title, album.year, now)
 
 
+def reference_params(ref: ReferenceImage, encode_regions: Callable[[Any], Any]) -> tuple[Any, ...]:
+    """The row an add_reference writes; ``encode_regions`` stores the boxes (JSON text or JSONB)."""
+    if not isinstance(ref, ReferenceImage):
+        raise TypeError(f"expected a ReferenceImage, got {type(ref).__name__}")
+    return (
+        ref.reference_id,
+        ref.sha256,
+        ref.kind,
+        ref.band_id,
+        ref.album_id,
+        ref.source,
+        ref.width,
+        ref.height,
+        ref.size_bytes,
+        encode_regions(ref.regions),
+        ref.created_at,
+    )
+
+
 def reference_from_row(row: tuple[Any, ...], decode_regions: Callable[[Any], Any]) -> ReferenceImage:
     """A ReferenceImage from a reference_images row; ``decode_regions`` reads the regions column
     (JSON text in SQLite, JSONB already decoded in Postgres)."""

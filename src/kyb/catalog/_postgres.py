@@ -26,7 +26,7 @@ import psycopg2.extensions
 import psycopg2.extras
 import psycopg2.pool
 
-from ._base import Catalog, album_params, reference_from_row
+from ._base import Catalog, album_params, reference_from_row, reference_params
 from ._model import (
     Album,
     Band,
@@ -381,21 +381,7 @@ class PostgresCatalog(Catalog):
 
     # -- reference images ----------------------------------------------------------------------------
     def add_reference(self, ref: ReferenceImage) -> bool:
-        if not isinstance(ref, ReferenceImage):
-            raise TypeError(f"expected a ReferenceImage, got {type(ref).__name__}")
-        params = (
-            ref.reference_id,
-            ref.sha256,
-            ref.kind,
-            ref.band_id,
-            ref.album_id,
-            ref.source,
-            ref.width,
-            ref.height,
-            ref.size_bytes,
-            psycopg2.extras.Json([list(box) for box in ref.regions]),
-            ref.created_at,
-        )
+        params = reference_params(ref, lambda regions: psycopg2.extras.Json([list(box) for box in regions]))
         with self._cursor(transaction=True) as cur:
             if ref.band_id is not None:
                 cur.execute("SELECT 1 FROM bands WHERE band_id = %s", (ref.band_id,))

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._base import Catalog, album_params, reference_from_row
+from ._base import Catalog, album_params, reference_from_row, reference_params
 from ._model import (
     Album,
     Band,
@@ -320,21 +320,7 @@ class SQLiteCatalog(Catalog):
 
     # -- reference images ----------------------------------------------------------------------------
     def add_reference(self, ref: ReferenceImage) -> bool:
-        if not isinstance(ref, ReferenceImage):
-            raise TypeError(f"expected a ReferenceImage, got {type(ref).__name__}")
-        params = (
-            ref.reference_id,
-            ref.sha256,
-            ref.kind,
-            ref.band_id,
-            ref.album_id,
-            ref.source,
-            ref.width,
-            ref.height,
-            ref.size_bytes,
-            _dump_list(ref.regions),
-            ref.created_at,
-        )
+        params = reference_params(ref, _dump_list)
         with self._transaction() as conn:
             if ref.band_id is not None and not self._exists(conn, "bands", "band_id", ref.band_id):
                 raise CatalogError(f"reference {ref.reference_id!r}: unknown band_id {ref.band_id!r}")
