@@ -33,4 +33,13 @@ if command -v redis-cli >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 -p 6379 ping
     redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
         --dir /var/lib/redis --logfile /var/log/redis/ci.log || echo "setup: warning: could not start Redis" >&2
 fi
+# The catalog database the README's Postgres commands name (tests create and drop their own).
+KYB_PG_DATABASE=${KYB_PG_DATABASE:-kyb}
+if command -v psql >/dev/null 2>&1 && pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    if ! psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$KYB_PG_DATABASE'" \
+        | grep -q 1; then
+        echo "setup: creating Postgres database $KYB_PG_DATABASE"
+        createdb -h 127.0.0.1 -U postgres "$KYB_PG_DATABASE" || echo "setup: warning: could not create $KYB_PG_DATABASE" >&2
+    fi
+fi
 echo "setup: ready ($("$VENV/bin/python" --version), kyb $("$VENV/bin/kyb" --version | cut -d' ' -f2))"
