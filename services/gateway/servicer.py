@@ -21,7 +21,6 @@ never wait on other pool tasks, so a busy gateway queues instead of deadlocking.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import defaultdict, deque
@@ -36,7 +35,7 @@ import numpy as np
 
 from kyb.catalog import Catalog, ReferenceImage, open_catalog
 from kyb.encoder import Box
-from kyb.engine import reference_id_for
+from kyb.engine import reference_id_for, run_search
 from kyb.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -83,6 +82,7 @@ from kyb.v1 import (
     matcher_pb2_grpc,
 )
 from services.gateway.merge import Candidate, ShardObject, merge_objects, objects_from_response
+from services.gateway.sharded import FanOut, ShardedSource, objects_from_found
 
 __all__ = ["GatewayServicer"]
 
@@ -176,6 +176,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         ]
         self._pool = ThreadPoolExecutor(max_workers=gateway.parallel, thread_name_prefix="kyb-fanout")
         self._batch_pool = ThreadPoolExecutor(max_workers=gateway.batch_parallel, thread_name_prefix="kyb-batch")
+        self._region_pool = ThreadPoolExecutor(max_workers=gateway.parallel, thread_name_prefix="kyb-region")
         self._busy = 0
         self._busy_lock = threading.Lock()
         self._owns_catalog = catalog is None
@@ -202,6 +203,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def close(self) -> None:
         """Stops the pools, closes the channels and the catalog (the server's on_stop hook)."""
         self._batch_pool.shutdown(wait=False, cancel_futures=True)
+        self._region_pool.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
         for channel in self._channels:
             channel.close()
@@ -345,91 +347,70 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             response.timings_ms[key] = value * 1000.0
         return response
 
+    def _fan_out(self, deadline: Deadline) -> FanOut:
+        """Calls ``(shard, method, request)`` triples in parallel on the fan-out pool, within ``deadline``."""
+
+        def run(calls: Sequence[tuple[_Shard, str, Any]]) -> list[Any]:
+            futures = [
+                self._submit(self._call, getattr(shard.stub, method), request, deadline, shard.name, method)
+                for shard, method, request in calls
+            ]
+            return self._gather(futures, deadline, "the matcher shards")
+
+        return run
+
+    def _search_region(
+        self, region: _Region, width: int, height: int, deadline: Deadline
+    ) -> tuple[list[ShardObject], list[str], dict[str, str]]:
+        """One region across the shards: (objects, shortlist order, missing shard -> why).
+
+        One shard runs the whole search itself (Matcher.Search: one call, the embedded answer).
+        Several shards are searched in two phases by the embedded search loop run here
+        (:mod:`services.gateway.sharded`): merged shortlists, then each shard verifies only its keys
+        of the global shortlist, so all shards together verify what one index would.
+        """
+        search = self._config.engine.search
+        if len(self._shards) == 1:
+            shard = self._shards[0]
+            request = matcher_pb2.SearchRequest(encoding=region.encoding, image_width=width, image_height=height)
+            try:
+                answer = self._search(shard, request, deadline)
+            except (DeadlineExceeded, Unauthenticated):
+                raise
+            except KybError as exc:
+                raise Unavailable(f"no matcher shard answered ({shard.name}: {one_line(str(exc))})") from None
+            return objects_from_response(answer, region.feature_xy, shard.name), list(answer.candidates), {}
+        source = ShardedSource(
+            self._shards, self._fan_out(deadline), region.encoding, len(region.feature_xy), (width, height), search
+        )
+        found, order = run_search(source, region.feature_xy, search)
+        return objects_from_found(found, region.feature_xy, source.owner), order, source.missing
+
     def _search_regions(
         self, regions: list[_Region], width: int, height: int, deadline: Deadline
     ) -> tuple[list[ShardObject], list[str], list[str]]:
-        """Scatter every region to every shard, gather, merge: (objects, candidates, missing shards).
-
-        Shards are first asked to verify only their top candidates; only when no shard found anything
-        are they asked for their reserve (the next candidates), as the embedded engine does. Otherwise
-        every shard without the object would walk its whole reserve on every photo.
-        """
+        """Every region searched on every shard, merged: (objects, candidates, missing shards)."""
         search = self._config.engine.search
-        # Each shard holds about 1/N of the references, so about verify_top/N of the global shortlist:
-        # asking each for half as many again keeps the global top while a shard that does not hold
-        # the object stops early (verification is most of a shard's time).
-        shards = len(self._shards)
-        per_shard = search.verify_top if shards == 1 else max(8, math.ceil(1.5 * search.verify_top / shards))
-        jobs: list[tuple[int, _Shard, Future[Any]]] = []
-        for r, region in enumerate(regions):
-            request = matcher_pb2.SearchRequest(
-                encoding=region.encoding,
-                image_width=width,
-                image_height=height,
-                skip_reserve=True,
-                max_candidates=min(per_shard, search.verify_top),
-            )
-            jobs.extend((r, shard, self._submit(self._search, shard, request, deadline)) for shard in self._shards)
-        results = self._gather([future for _, _, future in jobs], deadline, "the matcher shards")
-        if search.verify_max > search.verify_top and not any(
-            not isinstance(result, BaseException) and result.objects for result in results
-        ):
-            reserve_jobs = []
-            for (r, shard, _future), result in zip(jobs, results, strict=True):
-                if isinstance(result, BaseException):
-                    reserve_jobs.append((r, shard, None))
-                    continue
-                request = matcher_pb2.SearchRequest(
-                    encoding=regions[r].encoding,
-                    image_width=width,
-                    image_height=height,
-                    exclude_reference_ids=list(result.candidates),
-                    max_candidates=search.verify_max - search.verify_top,
-                )
-                reserve_jobs.append((r, shard, self._submit(self._search, shard, request, deadline)))
-            pending = [future for _, _, future in reserve_jobs if future is not None]
-            extra = iter(self._gather(pending, deadline, "the matcher shards"))
-            for i, (_, _, future) in enumerate(reserve_jobs):
-                if future is not None:
-                    second = next(extra)
-                    if isinstance(second, BaseException):
-                        results[i] = second
-                    else:  # keep the first pass's shortlist order in front of the reserve's
-                        order = [*results[i].candidates, *second.candidates]
-                        del second.candidates[:]
-                        second.candidates.extend(order)
-                        results[i] = second
+        if len(regions) <= 1:
+            results: list[Any] = [self._search_region(r, width, height, deadline) for r in regions]
+        else:  # region searches wait on fan-out tasks, so they run on their own pool
+            futures = [self._region_pool.submit(self._search_region, r, width, height, deadline) for r in regions]
+            results = self._gather(futures, deadline, "the region searches")
         failures: dict[str, str] = {}
-        answers: list[list[tuple[_Shard, Any]]] = [[] for _ in regions]
-        for (r, shard, _future), result in zip(jobs, results, strict=True):
-            if isinstance(result, DeadlineExceeded | Unauthenticated):
-                raise result
+        per_region: list[list[ShardObject]] = []
+        candidates: list[str] = []
+        for result in results:
             if isinstance(result, BaseException):
-                failures.setdefault(shard.name, one_line(str(result)))
-                continue
-            answers[r].append((shard, result))
-        if regions and len(failures) == len(self._shards):
-            reasons = "; ".join(f"{name}: {why}" for name, why in failures.items())
-            raise Unavailable(f"no matcher shard answered ({reasons})")
+                raise result
+            objects, order, missing = result
+            per_region.append(objects)
+            candidates.extend(order)
+            for name, why in missing.items():
+                failures.setdefault(name, why)
         for name, why in failures.items():
             log.warning("partial answer: %s did not answer: %s", name, why)
             if self._metrics is not None:
                 self._metrics.missing_shards.labels(name).inc()
-        per_region: list[list[ShardObject]] = []
-        candidates: list[str] = []
-        for region, shard_answers in zip(regions, answers, strict=True):
-            streams = [objects_from_response(a, region.feature_xy, s.name) for s, a in shard_answers]
-            per_region.append(
-                merge_objects(
-                    streams,
-                    min_inliers=search.min_inliers,
-                    max_objects=search.max_objects,
-                    feature_xy=region.feature_xy,
-                )
-            )
-            orders = [list(a.candidates) for _, a in shard_answers]
-            for position in range(max((len(o) for o in orders), default=0)):
-                candidates.extend(o[position] for o in orders if position < len(o))
         if len(per_region) == 1:
             objects = per_region[0]
         else:

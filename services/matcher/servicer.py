@@ -5,6 +5,12 @@ loads in a background thread after the port opens, so health answers NOT_SERVING
 UNAVAILABLE) until it is in memory; a folder with no index yet is retried every ``matcher.reload_s``
 until one appears. Search runs :func:`kyb.engine.search`, the same code as the embedded engine, so
 a one-shard deployment answers exactly what ``kyb identify`` answers.
+
+Across several shards the gateway runs that same search loop itself (:func:`kyb.engine.run_search`)
+and asks the shards for its two steps: Shortlist (this shard's scored shortlist sources, merged by
+the gateway into the global shortlist) and Verify (the keys of that shortlist this shard holds), both
+answered by :class:`kyb.engine.IndexSource`, the code behind Search. So no shard verifies more than
+its part of what one index would verify.
 """
 
 from __future__ import annotations
@@ -17,12 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 
 from kyb.encoder import Encoding
-from kyb.engine import search
+from kyb.engine import NOT_INDEXED, IndexSource, one_blas_thread, search
 from kyb.errors import InvalidRequest, KybError, NotReady, Unavailable
 from kyb.index import ReferenceIndex
-from kyb.rpc import ServiceConfig, encoding_from_proto, outline_to_proto, pack_array, parse_shard, shard_name
+from kyb.rpc import (
+    ServiceConfig,
+    encoding_from_proto,
+    parse_shard,
+    ranked_to_proto,
+    rows_from_proto,
+    shard_name,
+    verification_to_proto,
+)
 from kyb.v1 import matcher_pb2, matcher_pb2_grpc
 
 __all__ = ["MatcherServicer"]
@@ -30,17 +45,9 @@ __all__ = ["MatcherServicer"]
 log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _verified(result: Any) -> matcher_pb2.VerifiedMatch:
-    return matcher_pb2.VerifiedMatch(
-        reference_id=result.reference_id,
-        inliers=int(result.inliers),
-        score=float(result.score),
-        outline=outline_to_proto(result.outline),
-        inlier_rows=pack_array(result.inlier_rows.astype("int32")),
-        tentative=int(result.tentative),
-    )
+#: Most keys one Verify may ask for, and the longest shortlist one Shortlist may ask for: far above
+#: what a search uses (verify_max), low enough that one request cannot occupy a shard for minutes.
+_MAX_KEYS = 1000
 
 
 class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
@@ -139,13 +146,53 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
         )
         objects = [
             matcher_pb2.VerifiedObject(
-                match=_verified(item.verification), alternatives=[_verified(a) for a in item.alternatives]
+                match=verification_to_proto(item.verification),
+                alternatives=[verification_to_proto(a) for a in item.alternatives],
             )
             for item in found
         ]
         return matcher_pb2.SearchResponse(
             objects=objects, candidates=order, shard=self.name, generation=index.generation
         )
+
+    def _query(self, index: ReferenceIndex, request: Any) -> tuple[Encoding, np.ndarray | None]:
+        """The request's encoding (checked against this shard's codebook) and its feature rows."""
+        encoding = encoding_from_proto(request.encoding)
+        self._check_encoding(index, encoding, "encoding")
+        rows = rows_from_proto(request.rows, len(encoding)) if request.HasField("rows") else None
+        return encoding, rows
+
+    def Shortlist(self, request: matcher_pb2.ShortlistRequest, context: grpc.ServicerContext) -> Any:
+        index = self._require_index()
+        encoding, rows = self._query(index, request)
+        limit = int(request.limit) or self._config.engine.search.verify_top
+        if not 0 < limit <= _MAX_KEYS:
+            raise InvalidRequest(f"limit must be in 1..{_MAX_KEYS}")
+        with one_blas_thread():
+            lists = IndexSource(encoding, index).ranked(rows, frozenset(request.exclude_reference_ids), limit)
+        global_list, words = ranked_to_proto(lists)
+        return matcher_pb2.ShortlistResponse(
+            global_list=global_list, words=words, shard=self.name, generation=index.generation
+        )
+
+    def Verify(self, request: matcher_pb2.VerifyRequest, context: grpc.ServicerContext) -> Any:
+        index = self._require_index()
+        encoding, rows = self._query(index, request)
+        if request.image_width <= 0 or request.image_height <= 0:
+            raise InvalidRequest("image_width and image_height must be > 0 (search pixels)")
+        keys = list(request.reference_ids)
+        if len(keys) > _MAX_KEYS:
+            raise InvalidRequest(f"at most {_MAX_KEYS} reference_ids per call")
+        source = IndexSource(encoding, index, (int(request.image_width), int(request.image_height)))
+        outcomes = []
+        with one_blas_thread():
+            every = np.arange(len(encoding)) if rows is None else rows
+            for key, result in zip(keys, source.verify(keys, every), strict=True):
+                outcome = matcher_pb2.VerifyOutcome(reference_id=key, indexed=result is not NOT_INDEXED)
+                if result is not None and result is not NOT_INDEXED:
+                    outcome.match.CopyFrom(verification_to_proto(result))  # type: ignore[arg-type]
+                outcomes.append(outcome)
+        return matcher_pb2.VerifyResponse(outcomes=outcomes, shard=self.name, generation=index.generation)
 
     def Add(self, request: matcher_pb2.AddRequest, context: grpc.ServicerContext) -> Any:
         index = self._require_index()

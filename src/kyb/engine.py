@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -31,18 +31,24 @@ from kyb.encoder import Box, Encoder, Encoding, extract_reference
 from kyb.errors import InvalidRequest, KybError, NotFound, NotReady
 from kyb.features import LocalFeatures
 from kyb.imageio import DecodedImage, decode_image
-from kyb.index import ReferenceIndex, current_generation, has_index, writer_lock
+from kyb.index import RankedLists, ReferenceIndex, current_generation, has_index, writer_lock
 from kyb.verify import QueryFeatures, Verification, verify
 
 __all__ = [
+    "NOT_INDEXED",
+    "CandidateSource",
     "Engine",
     "FoundObject",
     "IdentifiedObject",
     "IdentifyResult",
+    "IndexSource",
     "IngestItem",
     "IngestOutcome",
     "Match",
+    "one_blas_thread",
+    "probe_encoding",
     "reference_id_for",
+    "run_search",
     "search",
 ]
 
@@ -154,7 +160,7 @@ def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
 _BLAS: ThreadpoolController | None = None
 
 
-def _one_blas_thread() -> Any:
+def one_blas_thread() -> Any:
     """Limits BLAS to one thread while a search runs.
 
     The matrices of one verification are small (2,500 x 64 x 450): a second BLAS thread saves
@@ -168,6 +174,90 @@ def _one_blas_thread() -> Any:
     return _BLAS.limit(limits=1, user_api="blas")
 
 
+class CandidateSource(Protocol):
+    """Where :func:`run_search` gets shortlists and verifications from.
+
+    :class:`IndexSource` answers from one :class:`~kyb.index.ReferenceIndex` (embedded mode, one
+    matcher shard); the gateway's sharded source answers from every matcher shard, so the search
+    loop below is the one implementation of multi-object search either way.
+    """
+
+    def shortlist(self, rows: np.ndarray | None, exclude: set[str], limit: int) -> list[str]:
+        """Up to ``limit`` index keys, best first, for the photo's features ``rows`` (None = all)."""
+        ...
+
+    def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | _NotIndexed | None]:
+        """The verification of each key in order (None: not in the photo; :data:`NOT_INDEXED`: deleted
+        since it was shortlisted). Consumed lazily: the loop stops pulling when it has seen enough."""
+        ...
+
+
+class _NotIndexed:
+    def __repr__(self) -> str:
+        return "NOT_INDEXED"
+
+
+#: Yielded by :meth:`CandidateSource.verify` for a key that is no longer indexed (not a miss).
+NOT_INDEXED = _NotIndexed()
+
+
+def probe_encoding(query: Encoding, rows: np.ndarray, codebook: Codebook, projected: np.ndarray) -> Encoding:
+    """The photo's features ``rows`` as an encoding of their own (global vector recomputed), to
+    shortlist again with what is left once the objects found so far are masked out."""
+    return Encoding(
+        xy=query.xy[rows],
+        descriptors=query.descriptors[rows],
+        words=query.words[rows],
+        global_vector=codebook.global_vector(projected[rows]),
+        region_size=query.region_size,
+        codebook_version=query.codebook_version,
+    )
+
+
+class IndexSource:
+    """:class:`CandidateSource` over one index; the photo's features are prepared once, on first use.
+
+    ``image_size`` (search pixels) is needed to verify; a shard that only shortlists passes None.
+    """
+
+    def __init__(self, query: Encoding, index: ReferenceIndex, image_size: tuple[int, int] | None = None) -> None:
+        self.query = query
+        self.index = index
+        self.config = index.search_config
+        self.image_size = image_size
+
+    @functools.cached_property
+    def projected(self) -> np.ndarray:
+        return self.index.codebook.dequantize(self.query.descriptors)
+
+    @functools.cached_property
+    def photo(self) -> QueryFeatures:
+        if self.image_size is None:
+            raise ValueError("IndexSource needs image_size to verify")
+        xy = self.query.xy + np.asarray(self.query.origin, dtype=np.float32)
+        return QueryFeatures.build(xy, self.projected, self.image_size)
+
+    def probe(self, rows: np.ndarray | None) -> Encoding:
+        return self.query if rows is None else probe_encoding(self.query, rows, self.index.codebook, self.projected)
+
+    def ranked(self, rows: np.ndarray | None, exclude: set[str] | frozenset[str], limit: int) -> RankedLists:
+        """The shortlist's two lists before fusion (what a matcher shard sends the gateway)."""
+        return self.index.ranked(self.probe(rows), exclude=exclude, limit=limit)
+
+    def shortlist(self, rows: np.ndarray | None, exclude: set[str], limit: int) -> list[str]:
+        return [c.reference_id for c in self.index.shortlist(self.probe(rows), exclude=exclude, limit=limit)]
+
+    def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | _NotIndexed | None]:
+        codebook = self.index.codebook
+        for key in keys:
+            try:
+                reference = self.index.features(key)
+            except KeyError:  # deleted since the shortlist was made
+                yield NOT_INDEXED
+                continue
+            yield verify(self.photo, reference, codebook.dequantize(reference.descriptors), self.config, rows)
+
+
 def search(
     query: Encoding,
     image_size: tuple[int, int],
@@ -178,37 +268,40 @@ def search(
     reserve: bool = True,
     max_candidates: int | None = None,
 ) -> tuple[list[FoundObject], list[str]]:
-    """Finds every indexed reference visible in the photo described by ``query``.
+    """Finds every indexed reference visible in the photo described by ``query`` (see :func:`run_search`).
+
+    ``reserve=False`` stops round 1 after verify_top candidates even when none verified, and
+    ``max_candidates`` caps round 1 (kept for gateways that still search shards one by one).
+    Returns (objects, shortlist order).
+    """
+    first_round = config.verify_max if reserve else config.verify_top
+    if max_candidates:
+        first_round = min(first_round, max_candidates)
+    with one_blas_thread():
+        source = IndexSource(query, index, image_size)
+        return run_search(source, source.photo.xy, config, exclude=exclude, first_round=first_round)
+
+
+def run_search(
+    source: CandidateSource,
+    xy: np.ndarray,
+    config: SearchConfig,
+    *,
+    exclude: frozenset[str] = frozenset(),
+    first_round: int | None = None,
+) -> tuple[list[FoundObject], list[str]]:
+    """Multi-object search over ``source``; ``xy`` (N, 2) are the photo's feature positions.
 
     Round 1 shortlists and verifies with all the photo's features; each accepted object then removes
     the features inside its outline, and the next round shortlists again with what is left, so a
     shelf of covers returns each cover once even when they crowd each other out of one shortlist.
     A verified reference whose inliers lie mostly inside an object already found is kept as an
     alternative explanation of that object, not as a new one. References in ``exclude`` are never
-    considered. ``reserve=False`` stops round 1 after verify_top candidates even when none verified,
-    and ``max_candidates`` caps round 1 (both for sharded search, where the gateway asks for the
-    reserve only when no shard found anything). Returns (objects, shortlist order).
+    considered. Round 1 fetches up to ``first_round`` (default verify_max) candidates but goes past
+    verify_top only while nothing has verified. Returns (objects, shortlist order).
     """
-    first_round = config.verify_max if reserve else config.verify_top
-    if max_candidates:
-        first_round = min(first_round, max_candidates)
-    with _one_blas_thread():
-        return _search(query, image_size, index, config, exclude, first_round)
-
-
-def _search(
-    query: Encoding,
-    image_size: tuple[int, int],
-    index: ReferenceIndex,
-    config: SearchConfig,
-    exclude: frozenset[str],
-    first_round: int,
-) -> tuple[list[FoundObject], list[str]]:
-    codebook = index.codebook
-    projected = codebook.dequantize(query.descriptors)
-    xy = query.xy + np.asarray(query.origin, dtype=np.float32)
-    photo = QueryFeatures.build(xy, projected, image_size)
-    active = np.ones(len(query), dtype=bool)
+    first_round = config.verify_max if first_round is None else first_round
+    active = np.ones(len(xy), dtype=bool)
     tried: set[str] = set(exclude)
     found: list[FoundObject] = []
     order: list[str] = []
@@ -216,39 +309,26 @@ def _search(
         rows = np.flatnonzero(active)
         if rows.size < config.min_inliers:
             break
-        if round_number == 0:
-            probe = query
-        else:
-            sub = projected[rows]
-            probe = Encoding(
-                xy=query.xy[rows],
-                descriptors=query.descriptors[rows],
-                words=query.words[rows],
-                global_vector=codebook.global_vector(sub),
-                region_size=query.region_size,
-                codebook_version=query.codebook_version,
-            )
         limit = min(config.verify_top, first_round) if round_number == 0 else max(8, config.verify_top // 4)
-        # Round 1 fetches up to verify_max candidates but goes past verify_top only while nothing
+        # Round 1 fetches up to first_round candidates but goes past verify_top only while nothing
         # has verified: a steeply tilted or partly hidden cover can rank low in both shortlists.
-        candidates = index.shortlist(probe, exclude=tried, limit=first_round if round_number == 0 else limit)
-        if not candidates:
+        keys = source.shortlist(None if round_number == 0 else rows, tried, first_round if round_number == 0 else limit)
+        if not keys:
             break
-        order.extend(c.reference_id for c in candidates if c.reference_id not in order)
+        order.extend(key for key in keys if key not in order)
         verified: list[Verification] = []
         misses = 0
-        for position, candidate in enumerate(candidates):
+        results = iter(source.verify(keys, rows))
+        for position, key in enumerate(keys):
             # Once something is verified, a run of misses means the rest of the shortlist is noise;
             # what it skips comes back in the next round's shortlist if the photo still supports it.
             if verified and (misses >= config.patience or position >= limit):
                 break
-            tried.add(candidate.reference_id)
-            try:
-                reference = index.features(candidate.reference_id)
-            except KeyError:  # deleted since the shortlist was made
+            tried.add(key)
+            result = next(results)
+            if result is NOT_INDEXED:
                 continue
-            result = verify(photo, reference, codebook.dequantize(reference.descriptors), config, rows)
-            if result is not None:
+            if isinstance(result, Verification):
                 verified.append(result)
                 misses = 0
             else:
@@ -256,7 +336,7 @@ def _search(
         verified.sort(key=lambda v: (-v.inliers, v.reference_id))
         new_objects = 0
         for result in verified:
-            points = photo.xy[result.inlier_rows]
+            points = xy[result.inlier_rows]
             owner = None
             for item in found:
                 if _inside(points, item.verification.outline).mean() >= 0.3:
@@ -269,7 +349,7 @@ def _search(
                 continue
             found.append(FoundObject(result))
             new_objects += 1
-            active &= ~_inside(photo.xy, result.outline)
+            active &= ~_inside(xy, result.outline)
             if len(found) >= config.max_objects:
                 break
         if new_objects == 0 or len(found) >= config.max_objects:

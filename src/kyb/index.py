@@ -42,11 +42,14 @@ from kyb.errors import IndexCorrupt, InvalidRequest, NotReady
 
 __all__ = [
     "Candidate",
+    "RankedLists",
     "ReferenceFeatures",
     "ReferenceIndex",
     "current_generation",
+    "fuse_ranked",
     "has_index",
     "load_codebook",
+    "merge_ranked",
     "writer_lock",
 ]
 
@@ -194,6 +197,50 @@ class _Segment:
 #: covers, the inverted file ranks the right reference higher than VLAD does (recall@10 0.99 vs 0.95),
 #: so VLAD mostly adds candidates the word vote missed rather than reordering the top.
 _GLOBAL_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class RankedLists:
+    """A shortlist before fusion: (reference id, score) pairs, best first, of each source.
+
+    ``global_list``: hnswlib neighbours of the global vector with their inner product;
+    ``words``: inverted-file votes with their idf-weighted score.
+    """
+
+    global_list: list[tuple[str, float]]
+    words: list[tuple[str, float]]
+
+
+def _depths(config: SearchConfig, limit: int) -> tuple[int, int]:
+    """How deep each list goes for a shortlist of ``limit``: more than verify_top deepens both."""
+    depth = max(1.0, limit / config.verify_top)
+    return round(config.shortlist_global * depth), round(config.shortlist_words * depth)
+
+
+def merge_ranked(lists: Sequence[RankedLists], config: SearchConfig, limit: int) -> RankedLists:
+    """The lists of several indexes (matcher shards) as one index would rank them: by score, cut at
+    the depth a shortlist of ``limit`` uses. Global similarities compare exactly across shards; word
+    scores use each shard's own idf, which agrees with the whole index's as far as the shards' word
+    statistics agree (references are spread over shards by a hash, so they do, up to sampling)."""
+    depth_global, depth_words = _depths(config, limit)
+    # sorted() is stable: equal scores keep shard order, as equal scores keep segment order in one index.
+    merged_global = sorted((item for part in lists for item in part.global_list), key=lambda item: -item[1])
+    merged_words = sorted((item for part in lists for item in part.words), key=lambda item: -item[1])
+    return RankedLists(merged_global[:depth_global], merged_words[:depth_words])
+
+
+def fuse_ranked(lists: RankedLists, config: SearchConfig, limit: int) -> list[tuple[str, float, float, float]]:
+    """Weighted reciprocal-rank fusion of both lists: (reference id, global similarity, word score,
+    fused score), best first, at most ``limit``."""
+    by_ref: dict[str, list[float]] = {}
+    for rank, (reference_id, similarity) in enumerate(lists.global_list):
+        by_ref[reference_id] = [similarity, 0.0, _GLOBAL_WEIGHT / (20 + rank)]
+    for rank, (reference_id, score) in enumerate(lists.words):
+        entry = by_ref.setdefault(reference_id, [0.0, 0.0, 0.0])
+        entry[1] = score
+        entry[2] += 1.0 / (20 + rank)
+    ranked = sorted(by_ref.items(), key=lambda item: -item[1][2])[:limit]
+    return [(reference_id, values[0], values[1], values[2]) for reference_id, values in ranked]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -384,55 +431,54 @@ class ReferenceIndex:
     ) -> list[Candidate]:
         """References most likely to appear in ``query``, best first (not yet verified).
 
-        Two lists are fused by reciprocal rank: the hnswlib neighbours of the global vector (strong
-        when the object fills the photo) and the inverted-file vote of idf-weighted shared visual
-        words (strong for a small logo in clutter, where the global vector is mostly clutter).
+        Two lists are fused by reciprocal rank (:func:`fuse_ranked`): the hnswlib neighbours of the
+        global vector (strong when the object fills the photo) and the inverted-file vote of
+        idf-weighted shared visual words (strong for a small logo in clutter, where the global vector
+        is mostly clutter).
+        """
+        limit = limit or self.search_config.verify_top
+        fused = fuse_ranked(self.ranked(query, exclude=exclude, limit=limit), self.search_config, limit)
+        candidates = []
+        for reference_id, similarity, word_score, score in fused:
+            where = self._where.get(reference_id)
+            if where is not None:
+                ordinal = int(where[0].ordinals[where[1]])
+                candidates.append(Candidate(reference_id, ordinal, similarity, word_score, score))
+        return candidates
+
+    def ranked(
+        self,
+        query: Encoding,
+        *,
+        exclude: set[str] | frozenset[str] = frozenset(),
+        limit: int | None = None,
+    ) -> RankedLists:
+        """The two lists :meth:`shortlist` fuses, each as deep as a shortlist of ``limit`` needs.
+
+        A matcher shard answers with these (cheap: no verification), so the gateway can merge every
+        shard's lists into the global ones and fuse them exactly as one index would.
         """
         config = self.search_config
-        limit = limit or config.verify_top
-        segments = self._segments
+        depth_global, depth_words = _depths(config, limit or config.verify_top)
         alive = len(self._where)
         if alive == 0 or len(query) == 0:
-            return []
-        by_ref: dict[str, list[float]] = {}
-        # Asking for more than verify_top candidates deepens both lists in proportion.
-        depth = max(1.0, limit / config.verify_top)
-        depth_global = round(config.shortlist_global * depth)
-        depth_words = round(config.shortlist_words * depth)
+            return RankedLists([], [])
+        global_list: list[tuple[str, float]] = []
         if depth_global and float(np.abs(query.global_vector).sum()) > 0:
             k = min(depth_global + len(exclude), alive)
             try:
                 labels, distances = self._graph.knn_query(query.global_vector[None, :], k=k)
             except RuntimeError:  # hnswlib cannot fill k with too many deletions: ask for fewer
                 labels, distances = self._graph.knn_query(query.global_vector[None, :], k=max(1, k // 2))
-            rank = 0
             for label, distance in zip(labels[0], distances[0], strict=True):
                 reference_id = self._ordinal_ref.get(int(label))
                 if reference_id is None or reference_id in exclude:
                     continue
-                by_ref[reference_id] = [1.0 - float(distance), 0.0, _GLOBAL_WEIGHT / (20 + rank)]
-                rank += 1
-                if rank >= depth_global:
+                global_list.append((reference_id, 1.0 - float(distance)))
+                if len(global_list) >= depth_global:
                     break
-        if depth_words:
-            for rank, (reference_id, score) in enumerate(self._word_votes(query, segments, exclude, depth_words)):
-                if rank >= depth_words:
-                    break
-                entry = by_ref.setdefault(reference_id, [0.0, 0.0, 0.0])
-                entry[1] = score
-                entry[2] += 1.0 / (20 + rank)
-        ranked = sorted(by_ref.items(), key=lambda item: -item[1][2])[:limit]
-        return [
-            Candidate(
-                reference_id=reference_id,
-                ordinal=int(self._where[reference_id][0].ordinals[self._where[reference_id][1]]),
-                global_similarity=values[0],
-                word_score=values[1],
-                fused=values[2],
-            )
-            for reference_id, values in ranked
-            if reference_id in self._where
-        ]
+        words = self._word_votes(query, self._segments, exclude, depth_words)[:depth_words] if depth_words else []
+        return RankedLists(global_list, words)
 
     def _word_votes(
         self, query: Encoding, segments: Sequence[_Segment], exclude: set[str] | frozenset[str], depth: int

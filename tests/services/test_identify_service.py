@@ -67,8 +67,9 @@ def test_killed_shard_gives_partial_answer_naming_it(corpus, make_stack):
     assert "shard-0" in failure.value.details() and "shard-1" in failure.value.details()
 
 
-def test_deadline_exceeded_mid_fan_out_leaves_nothing_running(corpus, make_stack, monkeypatch):
-    original = MatcherServicer.Search
+@pytest.mark.parametrize("method", ["Shortlist", "Verify"])
+def test_deadline_exceeded_mid_fan_out_leaves_nothing_running(corpus, make_stack, monkeypatch, method):
+    original = getattr(MatcherServicer, method)
 
     def slow_on_shard_1(self, request, context):
         if self.name == "shard-1":
@@ -77,7 +78,8 @@ def test_deadline_exceeded_mid_fan_out_leaves_nothing_running(corpus, make_stack
                 time.sleep(0.01)
         return original(self, request, context)
 
-    monkeypatch.setattr(MatcherServicer, "Search", slow_on_shard_1)
+    # Across 2 shards the gateway shortlists on every shard, then asks each to verify its keys.
+    monkeypatch.setattr(MatcherServicer, method, slow_on_shard_1)
     stack, stub = make_stack(2)
     gateway = stack.gateway
     photo = corpus.photo([0, 1], seed=3)

@@ -36,8 +36,13 @@ from kyb.rpc._convert import (
     outline_from_proto,
     outline_to_proto,
     pack_array,
+    ranked_from_proto,
+    ranked_to_proto,
     reference_to_proto,
+    rows_from_proto,
     unpack_array,
+    verification_from_proto,
+    verification_to_proto,
 )
 from kyb.rpc._errors import error_from_rpc, one_line, status_for
 from kyb.rpc._metrics import Metrics
@@ -81,12 +86,17 @@ __all__ = [
     "outline_to_proto",
     "pack_array",
     "parse_shard",
+    "ranked_from_proto",
+    "ranked_to_proto",
     "reference_to_proto",
+    "rows_from_proto",
     "serve",
     "shard_for",
     "shard_name",
     "split_index",
     "status_for",
     "unpack_array",
+    "verification_from_proto",
+    "verification_to_proto",
     "wait_until_serving",
 ]

@@ -16,7 +16,9 @@ from kyb.catalog import Album, Band, ReferenceImage
 from kyb.encoder import Box, Encoding
 from kyb.errors import InvalidRequest
 from kyb.imageio import DecodedImage
-from kyb.v1 import common_pb2
+from kyb.index import RankedLists
+from kyb.v1 import common_pb2, matcher_pb2
+from kyb.verify import Verification
 
 __all__ = [
     "album_from_proto",
@@ -34,8 +36,13 @@ __all__ = [
     "outline_from_proto",
     "outline_to_proto",
     "pack_array",
+    "ranked_from_proto",
+    "ranked_to_proto",
     "reference_to_proto",
+    "rows_from_proto",
     "unpack_array",
+    "verification_from_proto",
+    "verification_to_proto",
 ]
 
 #: dtypes allowed on the wire; anything else is refused before numpy sees the bytes.
@@ -268,4 +275,67 @@ def reference_to_proto(reference: ReferenceImage, shard: str = "") -> common_pb2
         regions=[box_to_proto(box) for box in reference.regions],
         created_at=reference.created_at,
         shard=shard,
+    )
+
+
+def rows_from_proto(message: common_pb2.PackedArray, count: int, *, name: str = "rows") -> np.ndarray:
+    """(K,) int64 feature rows, each in 0..count-1, strictly increasing (a subset, never repeats)."""
+    rows = unpack_array(message, name=name, dtype="int32", ndim=1).astype(np.int64)
+    if rows.size and (int(rows[0]) < 0 or int(rows[-1]) >= count or bool(np.any(np.diff(rows) <= 0))):
+        raise InvalidRequest(f"{name}: must be increasing feature rows in 0..{count - 1}")
+    return rows
+
+
+def verification_to_proto(result: Verification) -> matcher_pb2.VerifiedMatch:
+    """A verified reference as a matcher sends it (outline and homography in search pixels)."""
+    return matcher_pb2.VerifiedMatch(
+        reference_id=result.reference_id,
+        inliers=int(result.inliers),
+        score=float(result.score),
+        outline=outline_to_proto(result.outline),
+        inlier_rows=pack_array(np.asarray(result.inlier_rows).astype("int32")),
+        tentative=int(result.tentative),
+        homography=pack_array(np.asarray(result.homography, dtype=np.float64)),
+        spread=float(result.spread),
+    )
+
+
+def verification_from_proto(message: matcher_pb2.VerifiedMatch, count: int, *, name: str = "match") -> Verification:
+    """A :class:`Verification` from a matcher's answer; its inlier rows must index ``count`` features."""
+    rows = unpack_array(message.inlier_rows, name=f"{name}.inlier_rows", dtype="int32", ndim=1).astype(np.int64)
+    if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= count):
+        raise InvalidRequest(f"{name}.inlier_rows: rows outside the {count} features searched")
+    outline = outline_from_proto(message.outline)
+    if outline.shape != (4, 2):
+        raise InvalidRequest(f"{name}.outline: expected 4 points, got {len(message.outline.points)}")
+    homography = (
+        unpack_array(message.homography, name=f"{name}.homography", dtype="float64", ndim=2)
+        if message.HasField("homography")
+        else np.full((3, 3), np.nan)
+    )
+    return Verification(
+        reference_id=message.reference_id,
+        inliers=int(message.inliers),
+        tentative=int(message.tentative),
+        homography=homography,
+        outline=outline,
+        inlier_rows=rows,
+        spread=float(message.spread),
+        score=float(message.score),
+    )
+
+
+def ranked_to_proto(lists: RankedLists) -> tuple[list[matcher_pb2.ScoredKey], list[matcher_pb2.ScoredKey]]:
+    """The global and word lists of a shortlist as ScoredKey messages (ShortlistResponse fields)."""
+    return (
+        [matcher_pb2.ScoredKey(reference_id=key, score=score) for key, score in lists.global_list],
+        [matcher_pb2.ScoredKey(reference_id=key, score=score) for key, score in lists.words],
+    )
+
+
+def ranked_from_proto(response: matcher_pb2.ShortlistResponse) -> RankedLists:
+    """A shard's :class:`RankedLists` from its ShortlistResponse."""
+    return RankedLists(
+        [(item.reference_id, float(item.score)) for item in response.global_list],
+        [(item.reference_id, float(item.score)) for item in response.words],
     )

@@ -24,20 +24,24 @@ class SearchRequest(_message.Message):
     def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., exclude_reference_ids: _Optional[_Iterable[str]] = ..., skip_reserve: _Optional[bool] = ..., max_candidates: _Optional[int] = ...) -> None: ...
 
 class VerifiedMatch(_message.Message):
-    __slots__ = ("reference_id", "inliers", "score", "outline", "inlier_rows", "tentative")
+    __slots__ = ("reference_id", "inliers", "score", "outline", "inlier_rows", "tentative", "homography", "spread")
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     INLIERS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     OUTLINE_FIELD_NUMBER: _ClassVar[int]
     INLIER_ROWS_FIELD_NUMBER: _ClassVar[int]
     TENTATIVE_FIELD_NUMBER: _ClassVar[int]
+    HOMOGRAPHY_FIELD_NUMBER: _ClassVar[int]
+    SPREAD_FIELD_NUMBER: _ClassVar[int]
     reference_id: str
     inliers: int
     score: float
     outline: _common_pb2.Outline
     inlier_rows: _common_pb2.PackedArray
     tentative: int
-    def __init__(self, reference_id: _Optional[str] = ..., inliers: _Optional[int] = ..., score: _Optional[float] = ..., outline: _Optional[_Union[_common_pb2.Outline, _Mapping]] = ..., inlier_rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., tentative: _Optional[int] = ...) -> None: ...
+    homography: _common_pb2.PackedArray
+    spread: float
+    def __init__(self, reference_id: _Optional[str] = ..., inliers: _Optional[int] = ..., score: _Optional[float] = ..., outline: _Optional[_Union[_common_pb2.Outline, _Mapping]] = ..., inlier_rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., tentative: _Optional[int] = ..., homography: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., spread: _Optional[float] = ...) -> None: ...
 
 class VerifiedObject(_message.Message):
     __slots__ = ("match", "alternatives")
@@ -58,6 +62,72 @@ class SearchResponse(_message.Message):
     shard: str
     generation: int
     def __init__(self, objects: _Optional[_Iterable[_Union[VerifiedObject, _Mapping]]] = ..., candidates: _Optional[_Iterable[str]] = ..., shard: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class ShortlistRequest(_message.Message):
+    __slots__ = ("encoding", "rows", "exclude_reference_ids", "limit")
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_REFERENCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    encoding: _common_pb2.Encoding
+    rows: _common_pb2.PackedArray
+    exclude_reference_ids: _containers.RepeatedScalarFieldContainer[str]
+    limit: int
+    def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., exclude_reference_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ScoredKey(_message.Message):
+    __slots__ = ("reference_id", "score")
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    reference_id: str
+    score: float
+    def __init__(self, reference_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class ShortlistResponse(_message.Message):
+    __slots__ = ("global_list", "words", "shard", "generation")
+    GLOBAL_LIST_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    global_list: _containers.RepeatedCompositeFieldContainer[ScoredKey]
+    words: _containers.RepeatedCompositeFieldContainer[ScoredKey]
+    shard: str
+    generation: int
+    def __init__(self, global_list: _Optional[_Iterable[_Union[ScoredKey, _Mapping]]] = ..., words: _Optional[_Iterable[_Union[ScoredKey, _Mapping]]] = ..., shard: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class VerifyRequest(_message.Message):
+    __slots__ = ("encoding", "image_width", "image_height", "rows", "reference_ids")
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    encoding: _common_pb2.Encoding
+    image_width: int
+    image_height: int
+    rows: _common_pb2.PackedArray
+    reference_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., reference_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class VerifyOutcome(_message.Message):
+    __slots__ = ("reference_id", "indexed", "match")
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    reference_id: str
+    indexed: bool
+    match: VerifiedMatch
+    def __init__(self, reference_id: _Optional[str] = ..., indexed: _Optional[bool] = ..., match: _Optional[_Union[VerifiedMatch, _Mapping]] = ...) -> None: ...
+
+class VerifyResponse(_message.Message):
+    __slots__ = ("outcomes", "shard", "generation")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[VerifyOutcome]
+    shard: str
+    generation: int
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[VerifyOutcome, _Mapping]]] = ..., shard: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class AddItem(_message.Message):
     __slots__ = ("reference_id", "sha256", "encoding")

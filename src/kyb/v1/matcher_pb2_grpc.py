@@ -40,6 +40,16 @@ class MatcherStub:
                 request_serializer=kyb_dot_v1_dot_matcher__pb2.SearchRequest.SerializeToString,
                 response_deserializer=kyb_dot_v1_dot_matcher__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Shortlist = channel.unary_unary(
+                '/kyb.v1.Matcher/Shortlist',
+                request_serializer=kyb_dot_v1_dot_matcher__pb2.ShortlistRequest.SerializeToString,
+                response_deserializer=kyb_dot_v1_dot_matcher__pb2.ShortlistResponse.FromString,
+                _registered_method=True)
+        self.Verify = channel.unary_unary(
+                '/kyb.v1.Matcher/Verify',
+                request_serializer=kyb_dot_v1_dot_matcher__pb2.VerifyRequest.SerializeToString,
+                response_deserializer=kyb_dot_v1_dot_matcher__pb2.VerifyResponse.FromString,
+                _registered_method=True)
         self.Add = channel.unary_unary(
                 '/kyb.v1.Matcher/Add',
                 request_serializer=kyb_dot_v1_dot_matcher__pb2.AddRequest.SerializeToString,
@@ -62,7 +72,24 @@ class MatcherServicer:
     """
 
     def Search(self, request, context):
-        """Every reference of this shard verified in the photo. Idempotent.
+        """Every reference of this shard verified in the photo (the whole multi-object search on this
+        shard alone: what a one-shard deployment uses). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Shortlist(self, request, context):
+        """Phase 1 of a search across shards: this shard's two shortlist sources with their scores, no
+        verification (cheap). The gateway merges every shard's lists into the global shortlist.
+        Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Verify(self, request, context):
+        """Phase 2: verifies the given keys of this shard (its part of the global shortlist). Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -96,6 +123,16 @@ def add_MatcherServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=kyb_dot_v1_dot_matcher__pb2.SearchRequest.FromString,
                     response_serializer=kyb_dot_v1_dot_matcher__pb2.SearchResponse.SerializeToString,
+            ),
+            'Shortlist': grpc.unary_unary_rpc_method_handler(
+                    servicer.Shortlist,
+                    request_deserializer=kyb_dot_v1_dot_matcher__pb2.ShortlistRequest.FromString,
+                    response_serializer=kyb_dot_v1_dot_matcher__pb2.ShortlistResponse.SerializeToString,
+            ),
+            'Verify': grpc.unary_unary_rpc_method_handler(
+                    servicer.Verify,
+                    request_deserializer=kyb_dot_v1_dot_matcher__pb2.VerifyRequest.FromString,
+                    response_serializer=kyb_dot_v1_dot_matcher__pb2.VerifyResponse.SerializeToString,
             ),
             'Add': grpc.unary_unary_rpc_method_handler(
                     servicer.Add,
@@ -141,6 +178,60 @@ class Matcher:
             '/kyb.v1.Matcher/Search',
             kyb_dot_v1_dot_matcher__pb2.SearchRequest.SerializeToString,
             kyb_dot_v1_dot_matcher__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Shortlist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyb.v1.Matcher/Shortlist',
+            kyb_dot_v1_dot_matcher__pb2.ShortlistRequest.SerializeToString,
+            kyb_dot_v1_dot_matcher__pb2.ShortlistResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Verify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyb.v1.Matcher/Verify',
+            kyb_dot_v1_dot_matcher__pb2.VerifyRequest.SerializeToString,
+            kyb_dot_v1_dot_matcher__pb2.VerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,
