@@ -90,6 +90,8 @@ log = logging.getLogger(__name__)
 
 #: Page size of ListReferences when the caller gives none, and the largest it may ask for.
 _DEFAULT_PAGE, _MAX_PAGE = 100, 1000
+#: SearchBands: default and largest number of bands, longest query.
+_DEFAULT_BANDS, _MAX_BANDS, _MAX_QUERY = 20, 100, 200
 
 
 @dataclass(frozen=True)
@@ -633,6 +635,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             raise NotFound(f"no band {band_id}")
         albums = self._catalog.list_albums(band_id)
         return gateway_pb2.GetBandResponse(band=band_to_proto(band), albums=[album_to_proto(a) for a in albums])
+
+    def SearchBands(self, request: gateway_pb2.SearchBandsRequest, context: grpc.ServicerContext) -> Any:
+        query = request.query.strip()
+        if not 0 < len(query) <= _MAX_QUERY:
+            raise InvalidRequest(f"query must have 1..{_MAX_QUERY} characters")
+        limit = request.limit or _DEFAULT_BANDS
+        if not 0 < limit <= _MAX_BANDS:
+            raise InvalidRequest(f"limit must be in 1..{_MAX_BANDS}")
+        bands = self._catalog.find_bands(query, limit=limit)
+        return gateway_pb2.SearchBandsResponse(bands=[band_to_proto(b) for b in bands])
 
     def ListReferences(self, request: gateway_pb2.ListReferencesRequest, context: grpc.ServicerContext) -> Any:
         size = request.page_size or _DEFAULT_PAGE

@@ -221,6 +221,12 @@ class GatewayClient:
             "albums": [album_from_proto(a).to_dict() for a in response.albums],
         }
 
+    def search_bands(self, query: str, *, limit: int = 20, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Bands whose name matches ``query`` (case/accent-insensitive, prefix, fuzzy on Postgres), best first."""
+        request = gateway_pb2.SearchBandsRequest(query=query, limit=limit)
+        response = self._call(self._stub.SearchBands, request, timeout)
+        return [band_from_proto(b).to_dict() for b in response.bands]
+
     def list_references(
         self, *, band_id: str | None = None, kind: str | None = None, page_size: int = 100
     ) -> Iterator[dict[str, Any]]:

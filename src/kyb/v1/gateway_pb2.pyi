@@ -132,6 +132,20 @@ class GetBandResponse(_message.Message):
     albums: _containers.RepeatedCompositeFieldContainer[_common_pb2.Album]
     def __init__(self, band: _Optional[_Union[_common_pb2.Band, _Mapping]] = ..., albums: _Optional[_Iterable[_Union[_common_pb2.Album, _Mapping]]] = ...) -> None: ...
 
+class SearchBandsRequest(_message.Message):
+    __slots__ = ("query", "limit")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    limit: int
+    def __init__(self, query: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SearchBandsResponse(_message.Message):
+    __slots__ = ("bands",)
+    BANDS_FIELD_NUMBER: _ClassVar[int]
+    bands: _containers.RepeatedCompositeFieldContainer[_common_pb2.Band]
+    def __init__(self, bands: _Optional[_Iterable[_Union[_common_pb2.Band, _Mapping]]] = ...) -> None: ...
+
 class ListReferencesRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "band_id", "kind")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]

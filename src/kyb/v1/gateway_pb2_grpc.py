@@ -65,6 +65,11 @@ class GatewayStub:
                 request_serializer=kyb_dot_v1_dot_gateway__pb2.DeleteReferenceRequest.SerializeToString,
                 response_deserializer=kyb_dot_v1_dot_gateway__pb2.DeleteReferenceResponse.FromString,
                 _registered_method=True)
+        self.SearchBands = channel.unary_unary(
+                '/kyb.v1.Gateway/SearchBands',
+                request_serializer=kyb_dot_v1_dot_gateway__pb2.SearchBandsRequest.SerializeToString,
+                response_deserializer=kyb_dot_v1_dot_gateway__pb2.SearchBandsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServicer:
@@ -115,6 +120,14 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBands(self, request, context):
+        """Bands whose name matches a query: case- and accent-insensitive; exact names first, then
+        prefixes, words inside the name and (Postgres) close spellings. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +160,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.DeleteReference,
                     request_deserializer=kyb_dot_v1_dot_gateway__pb2.DeleteReferenceRequest.FromString,
                     response_serializer=kyb_dot_v1_dot_gateway__pb2.DeleteReferenceResponse.SerializeToString,
+            ),
+            'SearchBands': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchBands,
+                    request_deserializer=kyb_dot_v1_dot_gateway__pb2.SearchBandsRequest.FromString,
+                    response_serializer=kyb_dot_v1_dot_gateway__pb2.SearchBandsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +330,33 @@ class Gateway:
             '/kyb.v1.Gateway/DeleteReference',
             kyb_dot_v1_dot_gateway__pb2.DeleteReferenceRequest.SerializeToString,
             kyb_dot_v1_dot_gateway__pb2.DeleteReferenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBands(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyb.v1.Gateway/SearchBands',
+            kyb_dot_v1_dot_gateway__pb2.SearchBandsRequest.SerializeToString,
+            kyb_dot_v1_dot_gateway__pb2.SearchBandsResponse.FromString,
             options,
             channel_credentials,
             insecure,
