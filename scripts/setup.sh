@@ -22,6 +22,17 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
+# Headless Chromium for the web page's browser tests (Debian's build; Playwright downloads nothing).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "setup: installing chromium and chromium-driver (apt)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+            || echo "setup: warning: could not install chromium; the browser tests will fail" >&2
+    else
+        echo "setup: warning: no /usr/bin/chromium: run 'apt-get install chromium chromium-driver' as root" >&2
+    fi
+fi
+
 # Local services (the tests use real servers). Start them only when they are down.
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
     echo "setup: starting PostgreSQL"

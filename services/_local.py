@@ -1,6 +1,7 @@
 """The whole topology on one machine: in one process (``kyb serve all``) or as separate local
 processes (``kyb serve stack``), wired exactly as a deployment is: gateway -> detector, encoder and
-N matcher shards, each shard with its own index folder.
+N matcher shards, each shard with its own index folder; with ``web`` the HTTP front and its page on
+``web.port``, calling that gateway.
 
 With N > 1 and no shard folders yet, the embedded index (``index_dir``) is split into them with
 :func:`kyb.rpc.split_index`, so an index built with ``kyb ingest`` can be served sharded at once.
@@ -17,6 +18,9 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +80,8 @@ class LocalStack:
     detector: ServiceServer | None
     config: ServiceConfig
     servers: list[ServiceServer] = field(default_factory=list)
+    #: The web front (a :class:`services.web.server.WebServer`) when asked for.
+    web: Any = None
 
     @property
     def gateway_servicer(self) -> Any:
@@ -100,9 +106,11 @@ def start_local(
     detector: bool = True,
     metrics: Metrics | None = None,
     start: bool = True,
+    web: bool = False,
 ) -> LocalStack:
     """Builds (and by default starts) detector, encoder, ``shards`` matchers and the gateway in this
-    process; internal servers take free loopback ports, the gateway ``gateway.port``."""
+    process; internal servers take free loopback ports, the gateway ``gateway.port`` and, with
+    ``web``, the web front ``web.port``."""
     metrics = metrics if metrics is not None else Metrics()
     folders = prepare_shards(config, shards)
     internal = _internal(config)
@@ -129,6 +137,12 @@ def start_local(
     )
     gateway_config = config.replace(gateway=gateway_section)
     gateway_server, gateway_port = create_gateway(gateway_config, metrics=metrics)
+    web_server = None
+    if web:
+        from services.web.server import create_server as create_web  # only this path needs the HTTP stack
+
+        web_section = dataclasses.replace(config.web, gateway_address=f"{_LOOPBACK}:{gateway_port}")
+        web_server, _web_port = create_web(config.replace(web=web_section))
     stack = LocalStack(
         gateway=gateway_server,
         gateway_port=gateway_port,
@@ -136,17 +150,37 @@ def start_local(
         encoder=encoder_server,
         detector=detector_server,
         config=gateway_config,
-        servers=[s for s in (detector_server, encoder_server, *matchers, gateway_server) if s is not None],
+        servers=[s for s in (detector_server, encoder_server, *matchers, gateway_server, web_server) if s is not None],
+        web=web_server,
     )
     if start:
         stack.start()
     return stack
 
 
-def serve_local(config: ServiceConfig, *, shards: int) -> int:
-    """``kyb serve all``: the whole topology in this process until SIGTERM/SIGINT."""
-    stack = start_local(config, shards=shards, start=False)
+def serve_local(
+    config: ServiceConfig, *, shards: int, web: bool = False, announce: Callable[[str], None] | None = None
+) -> int:
+    """``kyb serve all``: the whole topology in this process until SIGTERM/SIGINT.
+
+    With ``web``, ``announce`` (default: the log) gets the page's address once the encoder and every
+    shard are SERVING, so whoever opens it gets answers, not "service down".
+    """
+    stack = start_local(config, shards=shards, start=False, web=web)
     log.info("gateway listening on port %d (%d matcher shard(s) in this process)", stack.gateway_port, shards)
+    if stack.web is not None:
+        url = stack.web.url
+
+        def ready() -> None:
+            try:
+                for server in [stack.encoder, *stack.matchers]:
+                    wait_until_serving(f"{_LOOPBACK}:{server.port}", config.rpc, timeout_s=120)
+            except Unavailable as exc:
+                log.error("the page will answer 'service down': %s", exc)
+                return
+            (announce or (lambda text: log.info("web page: %s", text)))(url)
+
+        threading.Thread(target=ready, name="kyb-announce", daemon=True).start()
     serve(stack.servers)
     return 0
 
@@ -157,7 +191,22 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float = 120.0) -> int:
+def wait_for_http(url: str, *, timeout_s: float) -> None:
+    """Polls ``url`` until it answers 200; Unavailable after ``timeout_s`` seconds."""
+    limit = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > limit:
+            raise Unavailable(f"{url} did not answer within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float = 120.0, web: bool = False) -> int:
     """``kyb serve stack``: one process per service (``python -m services.<name>``), configured only
     through the ``KYB_*`` variables a Kubernetes manifest would set; stops them all on SIGTERM/SIGINT
     or when one of them exits. Returns 0 after a requested stop, 1 when a service died."""
@@ -195,6 +244,8 @@ def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float 
         )
         plans.append((f"matcher shard-{k}", "services.matcher", variables, "kyb.v1.Matcher"))
     plans.append(("gateway", "services.gateway", {}, "kyb.v1.Gateway"))
+    if web:
+        plans.append(("web", "services.web", {"KYB_WEB__GATEWAY_ADDRESS": f"localhost:{config.gateway.port}"}, ""))
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     stopping = threading.Event()
 
@@ -210,9 +261,13 @@ def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float 
             "encoder": f"{_LOOPBACK}:{ports['encoder']}",
             **{f"matcher shard-{k}": f"{_LOOPBACK}:{p}" for k, p in enumerate(matcher_ports)},
             "gateway": f"localhost:{config.gateway.port}",
+            "web": f"http://localhost:{config.web.port}/",
         }
         for name, _module, _variables, service in plans:
-            wait_until_serving(addresses[name], config.rpc, service=service, timeout_s=ready_timeout_s)
+            if name == "web":
+                wait_for_http(f"{addresses[name]}healthz", timeout_s=ready_timeout_s)
+            else:
+                wait_until_serving(addresses[name], config.rpc, service=service, timeout_s=ready_timeout_s)
             log.info("%s SERVING on %s", name, addresses[name])
         log.info(
             "stack ready: gateway on port %d, %d matcher shard(s); Ctrl-C stops it",

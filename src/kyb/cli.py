@@ -64,13 +64,12 @@ def _slug(text: str) -> str:
 
 
 def _parse_box(text: str) -> tuple[float, float, float, float]:
+    from kyb.encoder import parse_box
+
     try:
-        values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"box must be x1,y1,x2,y2 numbers, got {text!r}") from None
-    if len(values) != 4 or values[2] <= values[0] or values[3] <= values[1]:
-        raise argparse.ArgumentTypeError(f"box must be x1,y1,x2,y2 with x2>x1 and y2>y1, got {text!r}")
-    return values  # type: ignore[return-value]
+        return parse_box(text)
+    except InvalidRequest as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------- ingest
@@ -296,7 +295,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(report.table())
     print(f"\nTry it yourself: kyb identify {folder / gt.queries[0]['query']} --index-dir {config.index_dir} "
           f"--catalog {config.catalog_url} --draw /tmp/kyb-drawn.jpg")  # fmt: skip
-    return 0
+    engine.close()
+    engine_eval.close()
+    if not args.serve:
+        print("In a browser: kyb demo --serve  (serves this catalog with the web page on http://localhost:8080/)")
+        return 0
+    return _serve_demo(config, args, folder)
+
+
+def _serve_demo(config: Any, args: argparse.Namespace, folder: Path) -> int:
+    """The sample catalog behind a gateway and the web page, in this process, until Ctrl-C."""
+    from kyb.rpc import GatewayConfig, RpcConfig, ServiceConfig, WebConfig
+    from services._local import serve_local
+
+    service = ServiceConfig(
+        rpc=RpcConfig(host=args.host, grace_s=1.0),
+        gateway=GatewayConfig(port=0),
+        web=WebConfig(port=args.port),
+        engine=config,
+    )
+
+    def announce(url: str) -> None:
+        print(f"\nThe page is ready: {url}  (try the photos in {folder / 'photos'}; Ctrl-C stops it)", flush=True)
+
+    return serve_local(service, shards=1, web=True, announce=announce)
 
 
 # ---------------------------------------------------------------------------- codebook / catalog / misc
@@ -434,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--regenerate", action="store_true", help="draw the sample set again")
     p.add_argument("--draw", action="store_true", help="also write annotated photos to DIR/drawn/")
+    p.add_argument("--serve", action="store_true", help="then serve the catalog with the web page until Ctrl-C")
+    p.add_argument("--port", type=int, default=8080, help="web page port with --serve (default 8080, 0 = any)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to serve on with --serve (0.0.0.0: phones on this network)"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("codebook", help="visual codebook")

@@ -16,9 +16,29 @@ from kyb.errors import InvalidImage, InvalidRequest
 from kyb.features import LocalFeatures, extract_rootsift
 from kyb.imageio import DecodedImage
 
-__all__ = ["MIN_REFERENCE_FEATURES", "Box", "Encoder", "Encoding", "extract_reference", "extract_region"]
+__all__ = [
+    "MIN_REFERENCE_FEATURES",
+    "Box",
+    "Encoder",
+    "Encoding",
+    "extract_reference",
+    "extract_region",
+    "parse_box",
+]
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels, x2 > x1, y2 > y1
+
+
+def parse_box(text: str) -> Box:
+    """``"x1,y1,x2,y2"`` (commas or spaces) as a :data:`Box`; InvalidRequest naming the problem."""
+    try:
+        values = tuple(float(v) for v in text.replace(" ", ",").split(",") if v)
+    except ValueError:
+        raise InvalidRequest(f"box must be x1,y1,x2,y2 numbers, got {text!r}") from None
+    if len(values) != 4 or not all(np.isfinite(values)) or values[2] <= values[0] or values[3] <= values[1]:
+        raise InvalidRequest(f"box must be x1,y1,x2,y2 with x2>x1 and y2>y1, got {text!r}")
+    return values  # type: ignore[return-value]
+
 
 #: A reference (or region) with fewer keypoints has too little to verify a match against.
 MIN_REFERENCE_FEATURES = 8

@@ -1,7 +1,8 @@
 """One error root for the whole project and the one table that maps errors to gRPC statuses.
 
 Every layer raises a subclass of :class:`KybError`; the services translate with :data:`GRPC_STATUS`
-(Pastec keeps its result codes in one enum for the same reason) and the CLI with :data:`EXIT_CODES`.
+(Pastec keeps its result codes in one enum for the same reason), the web front with :data:`HTTP_STATUS`
+and the CLI with :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "EXIT_CODES",
     "GRPC_STATUS",
+    "HTTP_STATUS",
     "ConfigError",
     "DeadlineExceeded",
     "ImageTooLarge",
@@ -80,6 +82,21 @@ GRPC_STATUS: dict[type[KybError], str] = {
     Unauthenticated: "UNAUTHENTICATED",
     IndexCorrupt: "DATA_LOSS",
     KybError: "INTERNAL",
+}
+
+# HTTP status codes of the web front (services/web), from the same error families.
+HTTP_STATUS: dict[type[KybError], int] = {
+    InvalidImage: 400,
+    InvalidRequest: 400,
+    ConfigError: 400,
+    Unauthenticated: 401,
+    NotFound: 404,
+    ImageTooLarge: 413,
+    NotReady: 503,
+    Unavailable: 503,
+    DeadlineExceeded: 504,
+    IndexCorrupt: 500,
+    KybError: 500,
 }
 
 # CLI exit codes: 0 ok, 1 some items failed, then one code per error family.

@@ -32,7 +32,9 @@ from kyb.rpc import (
     wait_until_serving,
 )
 from kyb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from services._local import LocalStack, start_local
+from services._local import LocalStack, start_local, wait_for_http
+from services.web.server import WebServer
+from services.web.server import create_server as create_web
 
 BANDS = 6
 
@@ -173,32 +175,81 @@ def wait_ready(stack: LocalStack) -> None:
 StackFactory = Callable[..., tuple[LocalStack, gateway_pb2_grpc.GatewayStub]]
 
 
+def start_stack(
+    corpus: Corpus,
+    root: Path,
+    shards: int = 2,
+    *,
+    ingest: bool = True,
+    tokens: tuple[str, ...] = (),
+    **rpc: object,
+) -> tuple[LocalStack, grpc.Channel]:
+    """A started stack with ``shards`` empty shards under ``root``, the corpus ingested through the
+    gateway (unless ``ingest=False``), and an open channel to its gateway; the caller stops both."""
+    config = service_config(root, corpus.engine.config, tokens=tokens, **rpc)
+    empty_shards(corpus, config, shards)
+    stack = start_local(config, shards=shards)
+    wait_ready(stack)
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}")
+    if ingest:
+        metadata = (("authorization", f"Bearer {tokens[0]}"),) if tokens else ()
+        reply = gateway_pb2_grpc.GatewayStub(channel).Ingest(
+            iter(corpus.ingest_requests()), timeout=20, metadata=metadata
+        )
+        assert [r.status for r in reply.results] == ["added"] * BANDS, reply
+    return stack, channel
+
+
 @pytest.fixture
 def make_stack(corpus: Corpus, tmp_path: Path) -> Iterator[StackFactory]:
-    """Starts a stack with ``shards`` empty shards, ingests the corpus through the gateway (unless
-    ``ingest=False``) and returns it with a gateway stub; everything stops at the end of the test."""
-    stacks: list[LocalStack] = []
-    channels: list[grpc.Channel] = []
+    """Starts a stack with :func:`start_stack` and returns it with a gateway stub; everything stops at
+    the end of the test."""
+    started: list[tuple[LocalStack, grpc.Channel]] = []
 
     def factory(
         shards: int = 2, *, ingest: bool = True, tokens: tuple[str, ...] = (), **rpc: object
     ) -> tuple[LocalStack, gateway_pb2_grpc.GatewayStub]:
-        config = service_config(tmp_path, corpus.engine.config, tokens=tokens, **rpc)
-        empty_shards(corpus, config, shards)
-        stack = start_local(config, shards=shards)
-        stacks.append(stack)
-        wait_ready(stack)
-        channel = grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}")
-        channels.append(channel)
-        stub = gateway_pb2_grpc.GatewayStub(channel)
-        if ingest:
-            metadata = (("authorization", f"Bearer {tokens[0]}"),) if tokens else ()
-            reply = stub.Ingest(iter(corpus.ingest_requests()), timeout=20, metadata=metadata)
-            assert [r.status for r in reply.results] == ["added"] * BANDS, reply
-        return stack, stub
+        stack, channel = start_stack(corpus, tmp_path, shards, ingest=ingest, tokens=tokens, **rpc)
+        started.append((stack, channel))
+        return stack, gateway_pb2_grpc.GatewayStub(channel)
 
     yield factory
-    for channel in channels:
+    for stack, channel in started:
         channel.close()
-    for stack in stacks:
         stack.stop()
+
+
+def start_web(config: ServiceConfig, gateway_address: str, **web: object) -> WebServer:
+    """A started web front over ``gateway_address`` on a free port (``web`` overrides its fields)."""
+    section = dataclasses.replace(config.web, port=0, gateway_address=gateway_address, **web)  # type: ignore[arg-type]
+    server, _port = create_web(config.replace(web=section))
+    server.start()
+    wait_for_http(f"http://127.0.0.1:{server.port}/healthz", timeout_s=10)
+    return server
+
+
+@dataclass
+class WebFront:
+    """A stack with the corpus ingested (one shard) and a web front over its gateway."""
+
+    stack: LocalStack
+    server: WebServer
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    @property
+    def gateway_address(self) -> str:
+        return f"127.0.0.1:{self.stack.gateway_port}"
+
+
+@pytest.fixture(scope="module")
+def web_front(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebFront]:
+    stack, channel = start_stack(corpus, tmp_path_factory.mktemp("web"), shards=1)
+    server = start_web(stack.config, f"127.0.0.1:{stack.gateway_port}")
+    yield WebFront(stack, server)
+    server.stop()
+    server.wait_for_termination(10)
+    channel.close()
+    stack.stop()

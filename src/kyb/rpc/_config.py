@@ -7,6 +7,7 @@ manifest; the environment wins over the file, flags win over both):
   keepalive, grace period, bearer tokens, TLS files, default deadline and retries, metrics port.
 * ``[gateway]``, ``[encoder]``, ``[matcher]``, ``[detector]`` (``KYB_GATEWAY__PORT``,
   ``KYB_MATCHER__SHARD=2/4``, ...): what each service listens on and where it finds its peers.
+* ``[web]`` (``KYB_WEB__PORT``, ``KYB_WEB__GATEWAY_ADDRESS``): the HTTP/JSON front and its page.
 * Everything else (``index_dir``, ``catalog_url``, ``[limits]``, ``[search]``, ...) is the engine's
   :class:`~kyb.config.EngineConfig`, read by :func:`kyb.config.load_config`.
 
@@ -38,6 +39,7 @@ __all__ = [
     "MatcherConfig",
     "RpcConfig",
     "ServiceConfig",
+    "WebConfig",
     "load_service_config",
     "parse_shard",
 ]
@@ -244,6 +246,26 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The HTTP/JSON front and the page (``kyb serve web``): a thin client of one gateway.
+
+    It accepts the same bearer tokens as the gRPC services (``rpc.tokens``), sends the gateway
+    ``rpc.outgoing_token`` and refuses photos over ``limits.max_bytes`` before forwarding them.
+    """
+
+    port: int = 8080
+    #: The gateway it forwards to (TLS when ``rpc.tls_ca`` is set).
+    gateway_address: str = "localhost:50051"
+    #: Deadline of each gateway call, in seconds; past it the request answers 504.
+    deadline_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check_port(self.port, "web.port")
+        _check(bool(self.gateway_address.strip()), "web.gateway_address", "must not be empty")
+        _check(0 < self.deadline_s <= 3600, "web.deadline_s", "must be in (0, 3600]")
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Everything a service process needs; each service reads its own section plus ``rpc``."""
 
@@ -252,6 +274,7 @@ class ServiceConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
     def replace(self, **sections: Any) -> ServiceConfig:
@@ -278,6 +301,7 @@ _SECTIONS: dict[str, type] = {
     "encoder": EncoderConfig,
     "matcher": MatcherConfig,
     "detector": DetectorConfig,
+    "web": WebConfig,
 }
 
 

@@ -6,6 +6,8 @@
     kyb serve gateway --matchers h0:50053,h1:50053 --encoder h:50052
     kyb serve stack --shards 2                                  one local process per service
     kyb serve all --shards 2                                    every service in this process
+    kyb serve web --gateway h:50051 --port 8080                 the HTTP/JSON front and the page
+    kyb serve all --web                                         ... with the web front on web.port
 
 Flags override ``--config`` (a TOML file, default ``$KYB_CONFIG``), which the ``KYB_*`` variables
 override in turn; the names are those of :mod:`kyb.rpc._config`, the same a manifest sets.
@@ -30,6 +32,7 @@ _ROLES = {
     "detector": "logo / album-cover regions (no model until issue 6: whole photo)",
     "encoder": "image -> features with the index's codebook",
     "matcher": "one shard of the reference index",
+    "web": "the HTTP/JSON front and the page people use (over a gateway)",
     "stack": "the whole topology as separate local processes",
     "all": "the whole topology in this process",
 }
@@ -73,8 +76,12 @@ def add_serve_commands(subparsers: Any) -> None:
             parser.add_argument("--encoder", help="encoder address host:port")
             parser.add_argument("--detector", help="detector address (empty = no detector)")
             parser.add_argument("--matchers", help="shard addresses in shard order, comma-separated")
+        if role == "web":
+            parser.add_argument("--gateway", help="gateway address host:port (web.gateway_address)")
         if role in ("stack", "all"):
             parser.add_argument("--shards", type=int, default=1, help="matcher shards N (default 1)")
+            parser.add_argument("--web", action="store_true", help="also serve the web front (web.port)")
+            parser.add_argument("--web-port", type=int, help="web front port (web.port, default 8080)")
         parser.set_defaults(func=run_serve)
 
 
@@ -91,6 +98,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
     if role == "matcher":
         values.update({"matcher.shard": args.shard, "matcher.index_dir": args.shard_dir})
+    if role == "web":
+        values["web.gateway_address"] = args.gateway
+    if role in ("stack", "all"):
+        values["web.port"] = args.web_port
     if role == "gateway":
         values.update(
             {
@@ -123,22 +134,24 @@ def run_serve(args: argparse.Namespace) -> int:
 
             if args.config:
                 os.environ["KYB_CONFIG"] = args.config  # the child processes read the same file
-            return run_processes(config, shards=args.shards)
+            return run_processes(config, shards=args.shards, web=args.web)
         if role == "all":
             from services._local import serve_local
 
-            return serve_local(config, shards=args.shards)
+            return serve_local(config, shards=args.shards, web=args.web)
         if role == "gateway":
             from services.gateway.server import create_server
         elif role == "detector":
             from services.detector.server import create_server
         elif role == "encoder":
             from services.encoder.server import create_server
+        elif role == "web":
+            from services.web.server import create_server
         else:
             from services.matcher.server import create_server
         server, _port = create_server(config)
     except KybError as exc:
         log.error("cannot start %s: %s", role, exc)
         return int(lookup(EXIT_CODES, exc))  # type: ignore[call-overload]
-    serve([server])
+    serve([server])  # type: ignore[list-item]
     return 0

@@ -1,0 +1,26 @@
+"""``python -m services.web``: serves the web front, configured by KYB_CONFIG and KYB_* variables."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from kyb.errors import EXIT_CODES, KybError, lookup
+from kyb.rpc import from_environ, serve
+from kyb.rpc.cli import setup_logging
+from services.web.server import create_server
+
+
+def main() -> int:
+    setup_logging()
+    try:
+        server, _port = create_server(from_environ())
+    except KybError as exc:
+        logging.getLogger("services.web").error("cannot start: %s", exc)
+        return int(lookup(EXIT_CODES, exc))  # type: ignore[arg-type, call-overload]
+    serve([server])  # type: ignore[list-item]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
