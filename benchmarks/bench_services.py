@@ -3,17 +3,21 @@
 Usage::
 
     python benchmarks/bench_services.py ../shared/datasets/covers [--photos 40] [--concurrency 1 4 16]
-        [--shards 2] [--encoders 1 2] [--cache ~/.cache/kyb/eval] [--json out.json]
+        [--shards 2] [--encoders 1 2] [--rounds 1] [--baseline-root DIR] [--encoder-only]
+        [--cache ~/.cache/kyb/eval] [--json out.json]
 
 The set's database is indexed once (:func:`kyb.evaluation.index_dataset`, cached), then the same
-``--photos`` query photos are identified:
+``--photos`` query photos are identified by every mode:
 
 1. ``embedded``: :meth:`kyb.engine.Engine.identify` in this process, from a pool of C threads;
 2. ``stack``: ``kyb serve stack --shards N`` started as a child process (it runs
    :func:`services._local.run_processes`: detector, encoder, N matcher shards split from the same
    index by :func:`services._local.prepare_shards`, gateway, each its own process on loopback), called
    through :class:`kyb.client.GatewayClient` from C threads;
-3. ``stack, K encoders`` (each K > 1 in ``--encoders``): ``kyb serve stack`` starts one encoder and
+3. ``stack (baseline)`` with ``--baseline-root DIR``: the same, with the code of another checkout
+   (e.g. ``git worktree add /tmp/base main~3``), so a change is measured against what it replaces
+   in the same run, under the same machine load;
+4. ``stack, K encoders`` (each K > 1 in ``--encoders``): ``kyb serve stack`` starts one encoder and
    the gateway takes ONE encoder target (``gateway.encoder_address``). Several encoders are reached
    only as several addresses behind that one target, which the gateway's channels balance
    round-robin (what a Kubernetes Service in front of encoder replicas gives). So K-1 more encoder
@@ -21,10 +25,21 @@ The set's database is indexed once (:func:`kyb.evaluation.index_dataset`, cached
    (``python -m services.gateway``) whose encoder target is ``ipv4:<encoder 1>,<encoder 2>,...`` and
    whose detector and shards are the stack's are started next to the stack.
 
-Latency is measured by the caller around each call; photos/s is photos / wall time of the whole
-pass. Bytes per stage are the protobuf sizes (``ByteSize()``, without gRPC/HTTP2 framing) of the
-requests the gateway sends, replayed by calling each stage's stub with the same inputs, and of the
-answers. The stack's answers are checked against the embedded ones (same top reference per photo).
+Every service is started before anything is measured, and the modes take turns, so a machine whose
+load changes (shared cores) changes every mode alike: at concurrency 1 each photo is identified by
+every mode in turn (a rotating order) and "split adds" is the median of the per-photo differences;
+at higher concurrency the modes' passes alternate, ``--rounds`` times each.
+Latency is measured by the caller around each call; photos/s is photos / wall time of a pass (at
+concurrency 1: photos / summed latency). Where the time goes: the mean of the stages each answer
+reports (``timings_ms``) at concurrency 1. Bytes per stage are the gateway's own counters of the
+protobuf payloads it sends and receives per target and method (``kyb_rpc_client_bytes``, read from
+its /metrics before and after identifying the first photos once more).
+
+``--encoder-only`` adds the encoder alone, the one stage more processes should speed up: Encoder.Encode
+of the photo bytes, photos/s with 1 encoder process vs K (round-robin over them), at each concurrency.
+These encoders are started for it, encoder k pinned to core k (mod the cores there are), so adding an
+encoder process adds a core as adding a pod does; on a machine shared with other work the cores are
+not free, so compare the rows of one run.
 
 Every process started here runs in its own process group and is stopped at the end, on an error or
 on Ctrl-C/SIGTERM (SIGTERM to the group leader, SIGKILL to the group after a timeout).
@@ -60,25 +75,19 @@ from kyb.config import load_config
 from kyb.engine import Engine
 from kyb.errors import Unavailable
 from kyb.evaluation import GroundTruth, index_dataset, load_ground_truth
-from kyb.imageio import decode_image
 from kyb.rpc import (
     ServiceConfig,
     bearer_metadata,
-    decoded_to_proto,
     environment,
     load_service_config,
     open_channel,
     wait_until_serving,
 )
 from kyb.v1 import (
-    detector_pb2,
-    detector_pb2_grpc,
     encoder_pb2,
     encoder_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
-    matcher_pb2,
-    matcher_pb2_grpc,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +106,7 @@ _ADDRESS = re.compile(r"\b(detector|encoder|gateway|matcher shard-\d+) SERVING o
 # ---------------------------------------------------------------------- measuring
 @dataclass
 class Run:
-    """One pass over the photos: per-photo latency (NaN = failed) and top reference, wall time."""
+    """One pass over the photos: per-photo latency (NaN = failed), top reference and stage timings."""
 
     mode: str
     concurrency: int
@@ -105,6 +114,7 @@ class Run:
     tops: list[str | None]
     wall_s: float
     errors: list[str] = field(default_factory=list)
+    timings: list[dict[str, float]] = field(default_factory=list)
 
     def _ok(self) -> list[float]:
         return [v for v in self.latencies_ms if not math.isnan(v)]
@@ -116,6 +126,14 @@ class Run:
     @property
     def photos_per_s(self) -> float:
         return len(self._ok()) / self.wall_s if self.wall_s > 0 else math.nan
+
+    def extend(self, other: Run) -> None:
+        """Pools another pass of the same mode and concurrency into this one."""
+        self.latencies_ms += other.latencies_ms
+        self.tops += other.tops
+        self.wall_s += other.wall_s
+        self.errors += other.errors
+        self.timings += other.timings
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -131,20 +149,35 @@ class Run:
         }
 
 
-def measure(mode: str, top: Callable[[bytes], str | None], photos: Sequence[tuple[str, bytes]], threads: int) -> Run:
+#: Identifies one photo: (top reference or None, stage timings in ms).
+Top = Callable[[bytes], tuple[str | None, dict[str, float]]]
+
+
+def _timed(top: Top, name: str, data: bytes) -> tuple[float, str | None, dict[str, float], str]:
+    """(latency ms or NaN, top, timings, error) of one call."""
+    started = time.perf_counter()
+    try:
+        answer, timings = top(data)
+    except Exception as exc:  # a failed photo is reported, not fatal
+        return math.nan, FAILED, {}, f"{name}: {type(exc).__name__}: {exc}"
+    return (time.perf_counter() - started) * 1000.0, answer, timings, ""
+
+
+def _progress(run: Run, photos: int) -> None:
+    print(
+        f"  {run.mode:<22} c={run.concurrency:<3} {photos} photos in {run.wall_s:6.1f} s "
+        f"p50 {run.percentile(50):7.0f} ms  {len(run.errors)} failed",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def measure(mode: str, top: Top, photos: Sequence[tuple[str, bytes]], threads: int) -> Run:
     """Identifies every photo once with ``threads`` calls in flight; ``top`` returns the top reference."""
-    latencies = [math.nan] * len(photos)
-    tops: list[str | None] = [FAILED] * len(photos)
-    errors: list[str] = []
+    results: list[tuple[float, str | None, dict[str, float], str]] = [(math.nan, FAILED, {}, "")] * len(photos)
 
     def one(i: int) -> None:
-        started = time.perf_counter()
-        try:
-            tops[i] = top(photos[i][1])
-        except Exception as exc:  # a failed photo is reported, not fatal
-            errors.append(f"{photos[i][0]}: {type(exc).__name__}: {exc}")
-            return
-        latencies[i] = (time.perf_counter() - started) * 1000.0
+        results[i] = _timed(top, photos[i][0], photos[i][1])
 
     pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench")
     started = time.perf_counter()
@@ -152,29 +185,58 @@ def measure(mode: str, top: Callable[[bytes], str | None], photos: Sequence[tupl
         list(pool.map(one, range(len(photos))))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-    run = Run(mode, threads, latencies, tops, time.perf_counter() - started, errors)
-    print(
-        f"  {mode:<22} c={threads:<3} {len(photos)} photos in {run.wall_s:6.1f} s "
-        f"p50 {run.percentile(50):7.0f} ms  {len(errors)} failed",
-        file=sys.stderr,
-        flush=True,
-    )
+    wall = time.perf_counter() - started
+    run = Run(mode, threads, [r[0] for r in results], [r[1] for r in results], wall, [r[3] for r in results if r[3]])
+    run.timings = [r[2] for r in results if r[2]]
+    _progress(run, len(photos))
     return run
 
 
-def embedded_top(engine: Engine) -> Callable[[bytes], str | None]:
-    def top(data: bytes) -> str | None:
+def measure_paired(modes: dict[str, Top], photos: Sequence[tuple[str, bytes]]) -> list[Run]:
+    """Concurrency 1, photo by photo: each photo is identified by every mode in turn (the order
+    rotates), so a change in machine load between photos hits every mode alike."""
+    names = list(modes)
+    runs = {name: Run(name, 1, [], [], 0.0) for name in names}
+    for i, (path, data) in enumerate(photos):
+        for k in range(len(names)):
+            name = names[(i + k) % len(names)]
+            latency, answer, timings, error = _timed(modes[name], path, data)
+            run = runs[name]
+            run.latencies_ms.append(latency)
+            run.tops.append(answer)
+            if error:
+                run.errors.append(error)
+            else:
+                run.wall_s += latency / 1000.0
+                run.timings.append(timings)
+    for run in runs.values():
+        _progress(run, len(photos))
+    return list(runs.values())
+
+
+def embedded_top(engine: Engine) -> Top:
+    def top(data: bytes) -> tuple[str | None, dict[str, float]]:
         result = engine.identify(data)
-        return result.objects[0].matches[0].reference_id if result.objects else None
+        return (result.objects[0].matches[0].reference_id if result.objects else None), result.timings_ms
 
     return top
 
 
-def stack_top(client: GatewayClient) -> Callable[[bytes], str | None]:
-    def top(data: bytes) -> str | None:
+def stack_top(client: GatewayClient) -> Top:
+    def top(data: bytes) -> tuple[str | None, dict[str, float]]:
         answer = client.identify(data)
         objects = answer["objects"]
-        return str(objects[0]["matches"][0]["reference_id"]) if objects else None
+        return (str(objects[0]["matches"][0]["reference_id"]) if objects else None), dict(answer["timings_ms"])
+
+    return top
+
+
+def encoder_top(stub: encoder_pb2_grpc.EncoderStub, metadata: Sequence[tuple[str, str]]) -> Top:
+    """Encoder.Encode of the photo bytes (what the gateway sends for a whole photo); no top reference."""
+
+    def top(data: bytes) -> tuple[str | None, dict[str, float]]:
+        stub.Encode(encoder_pb2.EncodeRequest(image=data), timeout=CALL_TIMEOUT_S, metadata=tuple(metadata))
+        return None, {}
 
     return top
 
@@ -187,10 +249,13 @@ def pick_photos(gt: GroundTruth, count: int) -> list[tuple[str, bytes]]:
 
 # ---------------------------------------------------------------------- child processes
 def _child_env(*layers: dict[str, str]) -> dict[str, str]:
-    """This process's environment plus ``layers``, with the repository root on PYTHONPATH."""
+    """This process's environment plus ``layers``, the descriptor cache off, the repository root on PYTHONPATH."""
     env = dict(os.environ)
     for layer in layers:
         env.update(layer)
+    # Every photo is timed as a first sighting (as embedded, which runs uncached): the services'
+    # descriptor cache would otherwise answer repeated photos of later passes without encoding.
+    env["KYB_CACHE__URL"] = "none"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -221,13 +286,13 @@ class Children:
         self.log_dir = log_dir
         self.items: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Child:
+    def start(self, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path = REPO) -> Child:
         log = self.log_dir / (re.sub(r"[^a-z0-9]+", "-", name.lower()) + ".log")
         with log.open("wb") as handle:
             process = subprocess.Popen(
                 list(argv),
                 env=env,
-                cwd=REPO,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
@@ -283,17 +348,31 @@ def wait_for_service(child: Child, address: str, service: str, config: ServiceCo
     raise RuntimeError(f"{child.name} not SERVING on {address} after {timeout_s:g} s:\n{_tail(child.log)}")
 
 
-def start_stack(children: Children, config: ServiceConfig, shards: int, timeout_s: float) -> dict[str, str]:
-    """``kyb serve stack --shards N`` on a free loopback port; the addresses of its services."""
+def start_stack(
+    children: Children,
+    config: ServiceConfig,
+    shards: int,
+    timeout_s: float,
+    *,
+    root: Path = REPO,
+    name: str = "kyb serve stack",
+    metrics_port: int = -1,
+) -> dict[str, str]:
+    """``kyb serve stack --shards N`` (the code under ``root``) on a free loopback port; the addresses
+    of its services (and its gateway's /metrics URL under "metrics" when ``metrics_port`` >= 0)."""
     port = _free_port()
     argv = [sys.executable, "-m", "kyb.cli", "serve", "stack", "--shards", str(shards), "--host", LOOPBACK]
-    argv += ["--port", str(port), "--metrics-port", "-1", "--log-level", "INFO"]
+    argv += ["--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "INFO"]
     argv += ["--index-dir", str(config.engine.index_dir), "--catalog", str(config.engine.catalog_url)]
     # Services log warnings only; the stack itself logs INFO (its "X SERVING on ADDRESS" lines).
     env = _child_env({"KYB_LOG_LEVEL": "WARNING", "KYB_RPC__GRACE_S": str(config.rpc.grace_s)})
-    child = children.start("kyb serve stack", argv, env)
+    if root != REPO:  # another checkout's code, and only its code
+        env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "src")])
+    child = children.start(name, argv, env, cwd=root)
     addresses = wait_for_stack(child, timeout_s)
     addresses["gateway"] = f"{LOOPBACK}:{port}"
+    if metrics_port >= 0:
+        addresses["metrics"] = f"http://{LOOPBACK}:{metrics_port}/metrics"
     expected = {"detector", "encoder", *(f"matcher shard-{k}" for k in range(shards))}
     if not expected <= addresses.keys():
         raise RuntimeError(f"stack log names {sorted(addresses)}, expected {sorted(expected)}:\n{_tail(child.log)}")
@@ -306,30 +385,47 @@ class ExtraGateway:
 
     address: str
     metrics_urls: list[str]  # /metrics of the encoders started here
+    encoder_addresses: list[str]  # the stack's encoder first
+
+
+def _service_env(config: ServiceConfig) -> dict[str, str]:
+    return _child_env(
+        environment(config),  # the KYB_* variables a manifest would set
+        {"KYB_LOG_LEVEL": "WARNING", "KYB_RPC__HOST": LOOPBACK, "KYB_RPC__METRICS_PORT": "-1"},
+    )
+
+
+def start_encoder(
+    children: Children, config: ServiceConfig, name: str, core: int | None = None
+) -> tuple[Child, str, str]:
+    """One more encoder process (same codebook as the stack's), pinned to ``core`` when given;
+    (child, address, /metrics URL). Wait for it with :func:`wait_for_service`."""
+    port, metrics_port = _free_port(), _free_port()
+    env = {
+        **_service_env(config),
+        "KYB_ENCODER__PORT": str(port),
+        "KYB_ENCODER__INDEX_DIR": str(config.encoder_index_dir()),  # the codebook the stack's encoder loads
+        "KYB_RPC__METRICS_PORT": str(metrics_port),
+    }
+    argv = [sys.executable, "-m", "services.encoder"]
+    if core is not None:  # one core of its own: OpenCV then runs one thread too
+        argv = ["taskset", "-c", str(core), *argv]
+    child = children.start(name, argv, env)
+    return child, f"{LOOPBACK}:{port}", f"http://{LOOPBACK}:{metrics_port}/metrics"
 
 
 def start_encoders_gateway(
     children: Children, config: ServiceConfig, stack: dict[str, str], shards: int, encoders: int, timeout_s: float
 ) -> ExtraGateway:
-    base = _child_env(
-        environment(config),  # the KYB_* variables a manifest would set
-        {"KYB_LOG_LEVEL": "WARNING", "KYB_RPC__HOST": LOOPBACK, "KYB_RPC__METRICS_PORT": "-1"},
-    )
+    base = _service_env(config)
     encoder_addresses = [stack["encoder"]]
     metrics_urls: list[str] = []
     started: list[tuple[Child, str]] = []
     for k in range(1, encoders):
-        port, metrics_port = _free_port(), _free_port()
-        env = {
-            **base,
-            "KYB_ENCODER__PORT": str(port),
-            "KYB_ENCODER__INDEX_DIR": str(config.encoder_index_dir()),  # the codebook the stack's encoder loads
-            "KYB_RPC__METRICS_PORT": str(metrics_port),
-        }
-        child = children.start(f"encoder {k + 1} of {encoders}", [sys.executable, "-m", "services.encoder"], env)
-        started.append((child, f"{LOOPBACK}:{port}"))
-        encoder_addresses.append(f"{LOOPBACK}:{port}")
-        metrics_urls.append(f"http://{LOOPBACK}:{metrics_port}/metrics")
+        child, address, metrics_url = start_encoder(children, config, f"encoder {k + 1} of {encoders}")
+        started.append((child, address))
+        encoder_addresses.append(address)
+        metrics_urls.append(metrics_url)
     for child, address in started:
         wait_for_service(child, address, "kyb.v1.Encoder", config, timeout_s)
     port = _free_port()
@@ -343,7 +439,7 @@ def start_encoders_gateway(
     }
     child = children.start(f"gateway over {encoders} encoders", [sys.executable, "-m", "services.gateway"], env)
     wait_for_service(child, f"{LOOPBACK}:{port}", "kyb.v1.Gateway", config, timeout_s)
-    return ExtraGateway(f"{LOOPBACK}:{port}", metrics_urls)
+    return ExtraGateway(f"{LOOPBACK}:{port}", metrics_urls, encoder_addresses)
 
 
 def encode_calls(metrics_url: str) -> float:
@@ -360,60 +456,58 @@ def encode_calls(metrics_url: str) -> float:
 # ---------------------------------------------------------------------- bytes per stage
 @dataclass
 class StageBytes:
-    calls: int = 0
-    request: int = 0
-    response: int = 0
+    calls: float = 0
+    request: float = 0
+    response: float = 0
+
+
+_CLIENT_SAMPLE = re.compile(r"^kyb_rpc_client_(bytes|calls)_total\{([^}]*)\}\s+(\S+)$", re.MULTILINE)
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
+def _stage(target: str, method: str) -> str:
+    service = "Matcher" if target.startswith("shard-") else target.capitalize()
+    return f"{service}.{method}"
+
+
+def gateway_counters(metrics_url: str) -> dict[str, StageBytes]:
+    """The gateway's downstream calls and payload bytes so far, per stage ("Encoder.Encode", ...)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    stages: dict[str, StageBytes] = {}
+    for kind, labels, value in _CLIENT_SAMPLE.findall(text):
+        label = dict(_LABEL.findall(labels))
+        counted = stages.setdefault(_stage(label["target"], label["method"]), StageBytes())
+        if kind == "calls":
+            counted.calls += float(value)
+        elif label.get("direction") == "sent":
+            counted.request += float(value)
+        else:
+            counted.response += float(value)
+    return stages
 
 
 def stage_bytes(
-    config: ServiceConfig, stack: dict[str, str], shards: int, photos: Sequence[tuple[str, bytes]]
+    config: ServiceConfig, stack: dict[str, str], photos: Sequence[tuple[str, bytes]]
 ) -> dict[str, StageBytes]:
-    """Replays what the gateway sends each stage for ``photos`` and sums the message sizes."""
+    """Identifies ``photos`` once more and takes what the gateway sent and received meanwhile."""
     metadata = bearer_metadata(config.rpc.outgoing_token)
-    limits, detector, gateway = config.engine.limits, config.detector, config.gateway
-    stages = {
-        name: StageBytes() for name in ("Gateway.Identify", "Detector.Detect", "Encoder.Encode", "Matcher.Search")
-    }
-    channels = [open_channel(stack["gateway"], config.rpc), open_channel(stack["detector"], config.rpc)]
-    channels.append(open_channel(stack["encoder"], config.rpc))
-    channels += [open_channel(stack[f"matcher shard-{k}"], config.rpc) for k in range(shards)]
-    try:
-        gateway_stub = gateway_pb2_grpc.GatewayStub(channels[0])
-        detector_stub = detector_pb2_grpc.DetectorStub(channels[1])
-        encoder_stub = encoder_pb2_grpc.EncoderStub(channels[2])
-        matcher_stubs = [matcher_pb2_grpc.MatcherStub(c) for c in channels[3:]]
-
-        def record(stage: str, request: Any, response: Any) -> None:
-            stages[stage].calls += 1
-            stages[stage].request += request.ByteSize()
-            stages[stage].response += response.ByteSize()
-
+    stages = {"Gateway.Identify": StageBytes()}
+    before = gateway_counters(stack["metrics"])
+    with open_channel(stack["gateway"], config.rpc) as channel:
+        stub = gateway_pb2_grpc.GatewayStub(channel)
         for _path, data in photos:
-            call: dict[str, Any] = {"timeout": CALL_TIMEOUT_S, "metadata": metadata}
-            identify = gateway_pb2.IdentifyRequest(image=data)
-            record("Gateway.Identify", identify, gateway_stub.Identify(identify, **call))
-            # What the gateway's _identify does: decode once, send pixels to the detector, encode
-            # each region (the whole photo when there are no boxes), search each on every shard.
-            decoded = decode_image(data, limits, max_side=limits.search_max_side)
-            raw = decoded_to_proto(decoded)
-            detect = detector_pb2.DetectRequest(decoded=raw, min_score=detector.min_score, max_boxes=detector.max_boxes)
-            detections = detector_stub.Detect(detect, **call)
-            record("Detector.Detect", detect, detections)
-            boxes = [d.box for d in sorted(detections.detections, key=lambda d: -d.score)[: gateway.max_regions]]
-            for box in boxes or [None]:
-                encode = encoder_pb2.EncodeRequest(decoded=raw, is_reference=False)
-                if box is not None:
-                    encode.box.CopyFrom(box)
-                encoded = encoder_stub.Encode(encode, **call)
-                record("Encoder.Encode", encode, encoded)
-                search = matcher_pb2.SearchRequest(
-                    encoding=encoded.encoding, image_width=decoded.width, image_height=decoded.height
-                )
-                for stub in matcher_stubs:
-                    record("Matcher.Search", search, stub.Search(search, **call))
-    finally:
-        for channel in channels:
-            channel.close()
+            request = gateway_pb2.IdentifyRequest(image=data)
+            answer = stub.Identify(request, timeout=CALL_TIMEOUT_S, metadata=metadata)
+            stages["Gateway.Identify"].calls += 1
+            stages["Gateway.Identify"].request += request.ByteSize()
+            stages["Gateway.Identify"].response += answer.ByteSize()
+    after = gateway_counters(stack["metrics"])
+    for stage, counted in sorted(after.items()):
+        old = before.get(stage, StageBytes())
+        stages[stage] = StageBytes(
+            counted.calls - old.calls, counted.request - old.request, counted.response - old.response
+        )
     return stages
 
 
@@ -447,26 +541,41 @@ def report(
             f"| {run.mode}{failed} | {run.concurrency} | {_fmt(run.percentile(50))} | {_fmt(run.percentile(95))} "
             f"| {_fmt(run.photos_per_s, 2)} |"
         )
-    lines += ["", f"Bytes each stage sends per photo (protobuf payloads, mean of {bytes_photos} photos):", ""]
-    lines += [
-        "| stage | calls/photo | request B/call | response B/call | B/photo (both ways) |",
-        "|---|---|---|---|---|",
-    ]
-    for stage, counted in bytes_table.items():
-        calls = max(1, counted.calls)
-        lines.append(
-            f"| {stage} | {counted.calls / bytes_photos:.1f} | {counted.request / calls:,.0f} "
-            f"| {counted.response / calls:,.0f} | {(counted.request + counted.response) / bytes_photos:,.0f} |"
-        )
-    internal = sum(c.request + c.response for stage, c in bytes_table.items() if stage != "Gateway.Identify")
-    sent = bytes_table["Gateway.Identify"].request if "Gateway.Identify" in bytes_table else 0
-    if sent:
-        lines.append(
-            f"\nbehind the gateway: {internal / bytes_photos:,.0f} B per photo, "
-            f"{internal / sent:.1f}x the photo bytes the client sends"
-        )
+    timed = [run for run in runs if run.concurrency == 1 and run.timings]
+    if timed:
+        keys = list(dict.fromkeys(key for run in timed for t in run.timings for key in t))
+        lines += ["", "Where the time goes at concurrency 1 (mean ms of the stages each answer reports):", ""]
+        lines += ["| mode | " + " | ".join(keys) + " | caller's latency |", "|---" * (len(keys) + 2) + "|"]
+        for run in timed:
+            means = [
+                np.mean([t[key] for t in run.timings if key in t]) if any(key in t for t in run.timings) else math.nan
+                for key in keys
+            ]
+            latency = float(np.nanmean(run.latencies_ms)) if run.latencies_ms else math.nan
+            lines.append(f"| {run.mode} | " + " | ".join(_fmt(m, 1) for m in means) + f" | {_fmt(latency, 1)} |")
+    if bytes_table:
+        lines += ["", f"Bytes each stage sends per photo (protobuf payloads, {bytes_photos} photos):", ""]
+        lines += [
+            "| stage | calls/photo | request B/call | response B/call | B/photo (both ways) |",
+            "|---|---|---|---|---|",
+        ]
+        for stage, counted in bytes_table.items():
+            calls = max(1.0, counted.calls)
+            lines.append(
+                f"| {stage} | {counted.calls / bytes_photos:.1f} | {counted.request / calls:,.0f} "
+                f"| {counted.response / calls:,.0f} | {(counted.request + counted.response) / bytes_photos:,.0f} |"
+            )
+        internal = sum(c.request + c.response for stage, c in bytes_table.items() if stage != "Gateway.Identify")
+        sent = bytes_table["Gateway.Identify"].request if "Gateway.Identify" in bytes_table else 0
+        if sent:
+            lines.append(
+                f"\nbehind the gateway: {internal / bytes_photos:,.0f} B per photo, "
+                f"{internal / sent:.1f}x the photo bytes the client sends"
+            )
     lines.append("")
     for mode, check in checks.items():
+        if mode.startswith("encoder"):
+            continue
         against = f"embedded at concurrency {runs[0].concurrency}" if mode == runs[0].mode else "embedded"
         lines.append(f"answers, {mode} vs {against}: {check['same']}/{check['photos']} photos, same top reference")
         for difference in check["differences"]:
@@ -478,31 +587,41 @@ def report(
 
 
 def summary(runs: list[Run], encoder_modes: dict[int, str]) -> tuple[list[str], dict[str, Any]]:
-    """The "split adds X ms" line and the throughput change with more encoders."""
+    """The "split adds X ms" lines (median of per-photo differences at concurrency 1) and the
+    throughput change with more encoders."""
     by = {(run.mode, run.concurrency): run for run in runs}
     levels = sorted({run.concurrency for run in runs})
     lines: list[str] = []
     numbers: dict[str, Any] = {}
-    if levels:
-        low = levels[0]
-        embedded, stack = by.get(("embedded", low)), by.get(("stack", low))
-        if embedded is not None and stack is not None:
-            added = stack.percentile(50) - embedded.percentile(50)
-            numbers["split_adds_p50_ms"] = {"concurrency": low, "ms": added}
-            lines.append(f"split adds {_fmt(added)} ms p50 at concurrency {low}")
+    embedded = by.get(("embedded", 1))
+    for mode in dict.fromkeys(run.mode for run in runs):
+        stack = by.get((mode, 1))
+        if embedded is None or stack is None or not mode.startswith("stack") or "encoders" in mode:
+            continue
+        pairs = [
+            s - e for s, e in zip(stack.latencies_ms, embedded.latencies_ms, strict=False) if not math.isnan(s + e)
+        ]
+        added = float(np.median(pairs)) if pairs else math.nan
+        numbers.setdefault("split_adds_p50_ms", {})[mode] = added
+        lines.append(
+            f"{mode}: split adds {_fmt(added)} ms at concurrency 1 (median of {len(pairs)} per-photo differences; "
+            f"p50 {_fmt(stack.percentile(50))} vs embedded {_fmt(embedded.percentile(50))} ms)"
+        )
     for count, mode in encoder_modes.items():
-        changes = []
-        for level in levels:
-            one, more = by.get(("stack", level)), by.get((mode, level))
-            if one is None or more is None:
-                continue
-            change = (more.photos_per_s / one.photos_per_s - 1.0) * 100.0 if one.photos_per_s else math.nan
-            numbers.setdefault("encoder_throughput_change_pct", {}).setdefault(str(count), {})[str(level)] = change
-            changes.append(
-                f"c={level}: {_fmt(one.photos_per_s, 2)} -> {_fmt(more.photos_per_s, 2)} photos/s ({change:+.0f}%)"
-            )
-        if changes:
-            lines.append(f"{count} encoders vs 1: " + "; ".join(changes))
+        for base in ("stack", "encoder x1"):
+            more_mode = mode if base == "stack" else f"encoder x{count}"
+            changes = []
+            for level in levels:
+                one, more = by.get((base, level)), by.get((more_mode, level))
+                if one is None or more is None:
+                    continue
+                change = (more.photos_per_s / one.photos_per_s - 1.0) * 100.0 if one.photos_per_s else math.nan
+                numbers.setdefault("throughput_change_pct", {}).setdefault(more_mode, {})[str(level)] = change
+                changes.append(
+                    f"c={level}: {_fmt(one.photos_per_s, 2)} -> {_fmt(more.photos_per_s, 2)} photos/s ({change:+.0f}%)"
+                )
+            if changes:
+                lines.append(f"{more_mode} vs {base}: " + "; ".join(changes))
     return lines, numbers
 
 
@@ -528,12 +647,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16], help="calls in flight")
     parser.add_argument("--shards", type=int, default=2, help="matcher shards of the stack (default 2)")
     parser.add_argument("--encoders", type=int, nargs="+", default=[1, 2], help="encoder processes to measure")
+    parser.add_argument("--rounds", type=int, default=1, help="passes per mode at concurrency > 1, alternating")
+    parser.add_argument("--baseline-root", type=Path, help="also measure the stack of this checkout")
+    parser.add_argument("--encoder-only", action="store_true", help="also measure Encoder.Encode alone")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("KYB_EVAL_CACHE") or "~/.cache/kyb/eval"))
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the services to start")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
-    if args.photos < 1 or args.shards < 1 or min(args.concurrency) < 1 or min(args.encoders) < 1:
-        parser.error("--photos, --shards, --concurrency and --encoders must be >= 1")
+    if args.photos < 1 or args.shards < 1 or min(args.concurrency) < 1 or min(args.encoders) < 1 or args.rounds < 1:
+        parser.error("--photos, --shards, --concurrency, --encoders and --rounds must be >= 1")
+    if args.baseline_root is not None and not (args.baseline_root / "src" / "kyb").is_dir():
+        parser.error(f"--baseline-root {args.baseline_root}: no src/kyb there (a checkout of this repository?)")
     levels = sorted(set(args.concurrency))
 
     config_file = os.environ.get("KYB_CONFIG") or None
@@ -560,37 +684,78 @@ def main(argv: list[str] | None = None) -> int:
     encoder_modes = {count: f"stack, {count} encoders" for count in sorted(set(args.encoders)) if count > 1}
     bytes_table: dict[str, StageBytes] = {}
     sample = photos[:BYTES_PHOTOS]
-    with tempfile.TemporaryDirectory(prefix="kyb-bench-") as logs, sigterm_as_interrupt():
+    token = config.rpc.outgoing_token or None
+    metadata = bearer_metadata(config.rpc.outgoing_token)
+    with (
+        tempfile.TemporaryDirectory(prefix="kyb-bench-") as logs,
+        sigterm_as_interrupt(),
+        contextlib.ExitStack() as open_,
+    ):
         children = Children(Path(logs))
-        try:
-            print("embedded", file=sys.stderr, flush=True)
-            embedded_top(engine)(photos[0][1])  # warm-up: loads the index
-            runs += [measure("embedded", embedded_top(engine), photos, level) for level in levels]
+        open_.callback(engine.close)
+        open_.callback(children.stop)
+        open_.callback(lambda: print("stopping the services", file=sys.stderr, flush=True))
+        # Everything starts first, so the modes can take turns under the same machine load.
+        print(f"starting the stack ({args.shards} matcher shards)", file=sys.stderr, flush=True)
+        stack = start_stack(children, config, args.shards, args.ready_timeout, metrics_port=_free_port())
+        modes: dict[str, Top] = {"embedded": embedded_top(engine)}
+        modes["stack"] = stack_top(open_.enter_context(GatewayClient(stack["gateway"], token, timeout=CALL_TIMEOUT_S)))
+        if args.baseline_root is not None:
+            print(f"starting the baseline stack from {args.baseline_root}", file=sys.stderr, flush=True)
+            base = start_stack(
+                children, config, args.shards, args.ready_timeout, root=args.baseline_root.resolve(), name="baseline"
+            )
+            client = open_.enter_context(GatewayClient(base["gateway"], token, timeout=CALL_TIMEOUT_S))
+            modes["stack (baseline)"] = stack_top(client)
+        extras: dict[int, ExtraGateway] = {}
+        for count, mode in encoder_modes.items():
+            print(f"starting {count - 1} more encoder(s) and a gateway over {count}", file=sys.stderr, flush=True)
+            extras[count] = start_encoders_gateway(children, config, stack, args.shards, count, args.ready_timeout)
+            client = open_.enter_context(GatewayClient(extras[count].address, token, timeout=CALL_TIMEOUT_S))
+            modes[mode] = stack_top(client)
+        encoder_modes_only: dict[str, Top] = {}
+        if args.encoder_only:
+            # Encoders of their own, each pinned to one core (encoder k to core k mod cores): adding
+            # an encoder process then adds a core, what a node pool does, even on a small machine.
+            cores = len(os.sched_getaffinity(0))
+            pinned = [
+                start_encoder(children, config, f"pinned encoder {k + 1}", core=k % cores)
+                for k in range(max(args.encoders))
+            ]
+            for child, address, _url in pinned:
+                wait_for_service(child, address, "kyb.v1.Encoder", config, args.ready_timeout)
+            for count in sorted({1, *args.encoders}):
+                target = "ipv4:" + ",".join(address for _child, address, _url in pinned[:count])
+                channel = open_.enter_context(open_channel(target, config.rpc))
+                encoder_modes_only[f"encoder x{count}"] = encoder_top(encoder_pb2_grpc.EncoderStub(channel), metadata)
+            notes.append(f"encoder xK: K encoder processes, encoder k pinned to core k mod {cores} (taskset)")
+        for name, top in [*modes.items(), *encoder_modes_only.items()]:  # warm-up (round-robin: once per encoder)
+            for _ in range(max(args.encoders) if name != "embedded" else 1):
+                top(photos[0][1])
 
-            print(f"stack: {args.shards} matcher shard(s)", file=sys.stderr, flush=True)
-            stack = start_stack(children, config, args.shards, args.ready_timeout)
-            token = config.rpc.outgoing_token or None
-            with GatewayClient(stack["gateway"], token, timeout=CALL_TIMEOUT_S) as client:
-                stack_top(client)(photos[0][1])
-                runs += [measure("stack", stack_top(client), photos, level) for level in levels]
-            bytes_table = stage_bytes(config, stack, args.shards, sample)
-
-            for count, mode in encoder_modes.items():
-                print(f"stack with {count} encoders", file=sys.stderr, flush=True)
-                extra = start_encoders_gateway(children, config, stack, args.shards, count, args.ready_timeout)
-                with GatewayClient(extra.address, token, timeout=CALL_TIMEOUT_S) as client:
-                    for _ in range(count):  # one warm-up per encoder: round-robin reaches each
-                        stack_top(client)(photos[0][1])
-                    before = sum(encode_calls(url) for url in extra.metrics_urls)
-                    mode_runs = [measure(mode, stack_top(client), photos, level) for level in levels]
-                    after = sum(encode_calls(url) for url in extra.metrics_urls)
-                runs += mode_runs
-                calls = len(photos) * len(levels)
-                notes.append(f"{mode}: the started encoder(s) served {_fmt(after - before)} of {calls} Encode calls")
-        finally:
-            print("stopping the services", file=sys.stderr, flush=True)
-            children.stop()
-            engine.close()
+        by: dict[tuple[str, int], Run] = {}
+        for level in levels:
+            print(f"concurrency {level}", file=sys.stderr, flush=True)
+            if level == 1:
+                for run in measure_paired(modes, photos):
+                    by[(run.mode, 1)] = run
+            for r in range(args.rounds if level > 1 else 0):
+                names = list(modes)
+                for k in range(len(names)):
+                    name = names[(r + k) % len(names)]
+                    run = measure(name, modes[name], photos, level)
+                    if (name, level) in by:
+                        by[(name, level)].extend(run)
+                    else:
+                        by[(name, level)] = run
+            for name, top in encoder_modes_only.items():
+                by[(name, level)] = measure(name, top, photos, level)
+        order = [*modes, *encoder_modes_only]
+        runs = [by[(name, level)] for name in order for level in levels if (name, level) in by]
+        for count in encoder_modes:
+            before = sum(encode_calls(url) for url in extras[count].metrics_urls)
+            notes.append(f"stack, {count} encoders: the started encoder(s) served {_fmt(before)} Encode calls in all")
+        bytes_table = stage_bytes(config, stack, sample)
 
     reference = runs[0]
     checks = {

@@ -21,6 +21,7 @@ never wait on other pool tasks, so a busy gateway queues instead of deadlocking.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import defaultdict, deque
@@ -44,7 +45,7 @@ from kyb.errors import (
     Unauthenticated,
     Unavailable,
 )
-from kyb.imageio import decode_image
+from kyb.imageio import DecodedImage, decode_image, read_header
 from kyb.rpc import (
     Deadline,
     Metrics,
@@ -181,6 +182,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._region_pool = ThreadPoolExecutor(max_workers=gateway.parallel, thread_name_prefix="kyb-region")
         self._busy = 0
         self._busy_lock = threading.Lock()
+        # (model_version, when) of the detector's last answer; "" = no model (-inf: never asked).
+        self._detector_model: tuple[str, float] = ("", -math.inf)
         self._owns_catalog = catalog is None
         if catalog is None:
             url = config.engine.catalog_url
@@ -252,9 +255,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
 
     def _encode(
-        self, image: common_pb2.RawImage, box: Box | None, deadline: Deadline, reference: bool
+        self, image: bytes | common_pb2.RawImage, box: Box | None, deadline: Deadline, reference: bool
     ) -> encoder_pb2.EncodeResponse:
-        request = encoder_pb2.EncodeRequest(decoded=image, is_reference=reference)
+        """Encodes ``image`` (the caller's bytes, or pixels decoded here) or its ``box`` (original pixels)."""
+        request = encoder_pb2.EncodeRequest(is_reference=reference)
+        if isinstance(image, bytes):
+            request.image = image
+        else:
+            request.decoded.CopyFrom(image)
         if box is not None:
             request.box.CopyFrom(box_to_proto(box))
         return self._call(self._encoder.Encode, request, deadline, "encoder", "Encode")
@@ -266,11 +274,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def Identify(self, request: gateway_pb2.IdentifyRequest, context: grpc.ServicerContext) -> Any:
         return self._identify(request, Deadline.from_context(context, self._config.rpc.deadline_s))
 
-    def _regions(self, raw: common_pb2.RawImage, crop: Box | None, deadline: Deadline) -> list[Box | None]:
-        if crop is not None:
-            return [crop]
+    def _detector_may_find(self) -> bool:
+        """False while the detector's last answer (under ``gateway.detector_recheck_s`` ago) said it has
+        no model: a model-less detector finds nothing, so the photo need not be decoded and sent."""
         if self._detector is None:
-            return [None]
+            return False
+        version, asked_at = self._detector_model
+        return version != "" or time.monotonic() - asked_at >= self._config.gateway.detector_recheck_s
+
+    def _regions(self, raw: common_pb2.RawImage, deadline: Deadline) -> list[Box | None]:
+        """The detector's boxes, best first (or [None]: the whole photo)."""
+        assert self._detector is not None
         detector = self._config.detector
         request = detector_pb2.DetectRequest(decoded=raw, min_score=detector.min_score, max_boxes=detector.max_boxes)
         try:
@@ -280,6 +294,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             # on cluttered photos, never wrong), so a detector outage does not fail the call.
             log.warning("detector unavailable, searching the whole photo: %s", exc)
             return [None]
+        # A detector that found boxes has a model whatever version it reports.
+        version = response.model_version or ("unnamed" if response.detections else "")
+        if (version == "") != (self._detector_model[0] == ""):
+            log.info("detector model: %s", version or "none (whole photo = one region)")
+        self._detector_model = (version, time.monotonic())
         boxes: list[Box | None] = [
             box_from_proto(d.box, name="detector box")
             for d in sorted(response.detections, key=lambda d: -d.score)[: self._config.gateway.max_regions]
@@ -289,29 +308,40 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _identify(self, request: gateway_pb2.IdentifyRequest, deadline: Deadline) -> gateway_pb2.IdentifyResponse:
         started = time.perf_counter()
         limits = self._config.engine.limits
-        decoded = decode_image(request.image, limits, max_side=limits.search_max_side)
+        read_header(request.image, limits)  # bad input is refused before anything is sent on
         crop = box_from_proto(request.crop, name="crop") if request.HasField("crop") else None
-        raw = decoded_to_proto(decoded)
-        decoded_at = time.perf_counter()
-        # The whole photo is encoded while the detector looks for regions: when it finds none (or
-        # is down) that encoding is the answer's input, and detection adds no latency.
-        whole = self._submit(self._encode, raw, None, deadline, False) if crop is None else None
-        boxes = self._regions(raw, crop, deadline)
+        # The whole photo (or the crop) goes to the encoder as the caller's compressed bytes, ~15x
+        # smaller than its pixels; the encoder decodes them once, exactly as the embedded engine does.
+        # It is encoded while the detector looks for regions: when it finds none (or is down, or has
+        # no model) that encoding is the answer's input, and detection adds no latency.
+        whole = self._submit(self._encode, request.image, crop, deadline, False)
+        decoded: DecodedImage | None = None
+        raw: common_pb2.RawImage | None = None
+        boxes: list[Box | None] = [crop]
+        if crop is None and self._detector_may_find():
+            decoded = decode_image(request.image, limits, max_side=limits.search_max_side)
+            raw = decoded_to_proto(decoded)  # the detector and its regions work on these pixels
+            decoded_at = time.perf_counter()
+            boxes = self._regions(raw, deadline)
+        else:
+            decoded_at = time.perf_counter()
         detected_at = time.perf_counter()
 
-        if boxes == [None] and whole is not None:
+        if boxes == [crop]:
             futures = [whole]
         else:
-            if whole is not None:
-                whole.cancel()
+            whole.cancel()
+            assert raw is not None  # boxes come from the detector, which was sent these pixels
             futures = [self._submit(self._encode, raw, box, deadline, False) for box in boxes]
         regions: list[_Region] = []
+        encoded: encoder_pb2.EncodeResponse | None = None
         for box, result in zip(boxes, self._gather(futures, deadline, "the encoder"), strict=True):
             if isinstance(result, BaseException):
                 if isinstance(result, InvalidRequest) and len(boxes) > 1:
                     log.debug("region %s skipped: %s", box, result)  # a featureless detector box
                     continue
                 raise result
+            encoded = encoded or result
             encoding = encoding_from_proto(result.encoding)
             regions.append(
                 _Region(
@@ -322,15 +352,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 )
             )
         encoded_at = time.perf_counter()
+        if encoded is not None:  # the encoder's decode: search size, upright original size, hash
+            width, height, scale = encoded.image_width, encoded.image_height, regions[0].scale
+            info = gateway_pb2.ImageInfo(
+                width=encoded.original_width, height=encoded.original_height, sha256=encoded.sha256
+            )
+        else:  # every detector region was featureless (so the photo was decoded here)
+            assert decoded is not None
+            width, height, scale = decoded.width, decoded.height, decoded.scale
+            info = gateway_pb2.ImageInfo(
+                width=decoded.original_width, height=decoded.original_height, sha256=decoded.sha256
+            )
 
-        objects, candidates, missing = self._search_regions(regions, decoded.width, decoded.height, deadline)
+        objects, candidates, missing = self._search_regions(regions, width, height, deadline)
         searched_at = time.perf_counter()
-        scale = regions[0].scale if regions else decoded.scale
         described = _Described(self._catalog)
         response = gateway_pb2.IdentifyResponse(
-            image=gateway_pb2.ImageInfo(
-                width=decoded.original_width, height=decoded.original_height, sha256=decoded.sha256
-            ),
+            image=info,
             features=sum(len(r.feature_xy) for r in regions),
             objects=[self._describe(item, scale, described) for item in objects],
             partial=bool(missing),

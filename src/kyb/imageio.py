@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from kyb.config import ImageLimits
 from kyb.errors import ImageTooLarge, InvalidImage
 
-__all__ = ["SUPPORTED_FORMATS", "DecodedImage", "decode_image", "resize_longest"]
+__all__ = ["SUPPORTED_FORMATS", "DecodedImage", "ImageHeader", "decode_image", "read_header", "resize_longest"]
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 
@@ -78,45 +80,25 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def decode_image(data: bytes, limits: ImageLimits, *, max_side: int | None = None) -> DecodedImage:
-    """Decodes ``data`` into an upright RGB image whose longest side is at most ``max_side``.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What :func:`read_header` learns without decoding a pixel: enough to validate and route."""
 
-    Raises :class:`InvalidImage` (empty, not an image, unsupported type, corrupt, truncated, too small)
-    or :class:`ImageTooLarge` (over ``limits.max_bytes`` or ``limits.max_pixels``), each with one line
-    saying why. JPEGs are decoded at a reduced DCT scale when that is enough for ``max_side``.
-    """
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise InvalidImage(f"expected image bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if not data:
-        raise InvalidImage("empty file: 0 bytes")
-    if len(data) > limits.max_bytes:
-        raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
-    digest = hashlib.sha256(data).hexdigest()
+    sha256: str
+    format: str
+    original_width: int  # upright (EXIF orientation applied)
+    original_height: int
+    size_bytes: int
+
+
+@contextmanager
+def _pillow_errors() -> Iterator[None]:
+    """Pillow's failures as one-line :class:`InvalidImage` / :class:`ImageTooLarge` errors."""
     try:
         with warnings.catch_warnings():
-            # Our own pixel limit applies below; Pillow's global bomb warning would only be noise.
+            # Our own pixel limit applies (see _open); Pillow's global bomb warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=None)
-            fmt = image.format or "unknown"
-            if fmt not in SUPPORTED_FORMATS:
-                raise InvalidImage(f"unsupported image type {fmt}; send JPEG, PNG or WebP")
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise ImageTooLarge(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
-                )
-            if min(width, height) < limits.min_side:
-                raise InvalidImage(f"image is {width}x{height}; both sides must be >= {limits.min_side} px")
-            if max_side is not None and fmt == "JPEG":
-                # Decode at 1/2, 1/4 or 1/8 scale when the result is still >= max_side: much faster.
-                image.draft("RGB", (max_side, max_side))
-            image.load()
-            # EXIF orientations 5..8 rotate by 90 degrees: the upright frame swaps width and height.
-            orientation = image.getexif().get(0x0112, 1)
-            upright_w, upright_h = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-            image = ImageOps.exif_transpose(image)
-            rgb_image = _to_rgb(image)
+            yield
     except (InvalidImage, ImageTooLarge):
         raise
     except Image.DecompressionBombError as exc:
@@ -126,6 +108,66 @@ def decode_image(data: bytes, limits: ImageLimits, *, max_side: int | None = Non
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidImage(f"corrupt or truncated image: {reason}") from None
+
+
+def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str, str]:
+    """(lazily opened image, format, sha256) once the header passes ``limits``; no pixel decoded yet.
+
+    Call inside :func:`_pillow_errors`.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidImage(f"expected image bytes, got {type(data).__name__}")
+    if not data:
+        raise InvalidImage("empty file: 0 bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+    digest = hashlib.sha256(data).hexdigest()
+    image = Image.open(io.BytesIO(data), formats=None)
+    fmt = image.format or "unknown"
+    if fmt not in SUPPORTED_FORMATS:
+        raise InvalidImage(f"unsupported image type {fmt}; send JPEG, PNG or WebP")
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}")
+    if min(width, height) < limits.min_side:
+        raise InvalidImage(f"image is {width}x{height}; both sides must be >= {limits.min_side} px")
+    return image, fmt, digest
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    # EXIF orientations 5..8 rotate by 90 degrees: the upright frame swaps width and height.
+    width, height = image.size
+    return (height, width) if image.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
+
+
+def read_header(data: bytes, limits: ImageLimits) -> ImageHeader:
+    """Validates ``data`` as far as its header goes (type, bytes, pixels, sides) without decoding it.
+
+    Raises what :func:`decode_image` raises for those checks; a body that is corrupt or truncated
+    is found only by decoding. Costs a hash and a header parse (well under a millisecond).
+    """
+    with _pillow_errors():
+        image, fmt, digest = _open(data, limits)
+        width, height = _upright_size(image)
+    return ImageHeader(digest, fmt, int(width), int(height), len(data))
+
+
+def decode_image(data: bytes, limits: ImageLimits, *, max_side: int | None = None) -> DecodedImage:
+    """Decodes ``data`` into an upright RGB image whose longest side is at most ``max_side``.
+
+    Raises :class:`InvalidImage` (empty, not an image, unsupported type, corrupt, truncated, too small)
+    or :class:`ImageTooLarge` (over ``limits.max_bytes`` or ``limits.max_pixels``), each with one line
+    saying why. JPEGs are decoded at a reduced DCT scale when that is enough for ``max_side``.
+    """
+    with _pillow_errors():
+        image, fmt, digest = _open(data, limits)
+        if max_side is not None and fmt == "JPEG":
+            # Decode at 1/2, 1/4 or 1/8 scale when the result is still >= max_side: much faster.
+            image.draft("RGB", (max_side, max_side))
+        image.load()
+        upright_w, upright_h = _upright_size(image)
+        image = ImageOps.exif_transpose(image)
+        rgb_image = _to_rgb(image)
     rgb = np.asarray(rgb_image, dtype=np.uint8)
     scale = upright_w / rgb.shape[1]
     if max_side is not None and max(rgb.shape[:2]) > max_side:

@@ -119,22 +119,22 @@ def test_bad_image_is_invalid_argument(make_stack, image, words):
     assert "\n" not in failure.value.details()
 
 
-def test_twenty_concurrent_identify_calls_are_all_answered(corpus, make_stack):
+def test_fifty_concurrent_identify_calls_are_all_answered(corpus, make_stack):
     _stack, stub = make_stack(2)
-    # One cover per photo keeps the 20 calls' CPU cost small on a shared 2-core machine.
-    photos = [corpus.photo([i % 6], seed=10 + i, size=(400, 300)) for i in range(20)]
+    # One small cover per photo keeps the 50 calls' CPU cost small on a shared 2-core machine.
+    photos = [corpus.photo([i % 6], seed=10 + i, size=(400, 300)) for i in range(50)]
 
     def identify(photo: bytes) -> list[str]:
-        reply = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=30)
+        reply = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=60)
         return sorted(o.band.band_id for o in reply.objects)
 
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=20) as pool:
+    with ThreadPoolExecutor(max_workers=50) as pool:
         answers = list(pool.map(identify, photos))
     elapsed = time.monotonic() - started
     for i, bands in enumerate(answers):
         assert bands == [f"band-{i % 6}"]
-    print(f"20 concurrent Identify calls: {elapsed:.2f} s")
+    print(f"50 concurrent Identify calls: {elapsed:.2f} s")
 
 
 def test_identify_batch_answers_in_order_and_fails_items_alone(corpus, make_stack):
@@ -179,3 +179,37 @@ def test_detector_regions_are_searched_and_merged(corpus, make_stack, monkeypatc
     assert sorted(o.band.band_id for o in reply.objects) == ["band-0", "band-3"]
     assert sorted(o["band"]["band_id"] for o in embedded["objects"]) == ["band-0", "band-3"]
     assert reply.timings_ms["detect"] >= 0
+
+
+def test_detector_without_a_model_is_skipped_until_the_recheck(corpus, make_stack, monkeypatch):
+    asked: list[str] = []
+    model = {"version": ""}
+    original = DetectorServicer.Detect
+
+    def counting(self, request, context):
+        asked.append(request.WhichOneof("source"))
+        if model["version"]:  # a detector that gained a model: boxes of the two halves
+            width, height = request.decoded.original_width, request.decoded.original_height
+            halves = [(0, 0, width / 2, height), (width / 2, 0, width, height)]
+            return detector_pb2.DetectResponse(
+                detections=[detector_pb2.Detection(box=box_to_proto(b), kind=2, score=0.9) for b in halves],
+                model_version=model["version"],
+            )
+        return original(self, request, context)
+
+    monkeypatch.setattr(DetectorServicer, "Detect", counting)
+    stack, stub = make_stack(2)
+    photo = corpus.photo([0, 3], seed=8)
+    first = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10)
+    second = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10)
+    assert asked == ["decoded"]  # "no model" was remembered: the second photo was not sent to it
+    assert _essence(identify_response_to_dict(first)) == _essence(identify_response_to_dict(second))
+    model["version"] = "test-1"
+    servicer = stack.gateway_servicer
+    version, _when = servicer._detector_model
+    servicer._detector_model = (version, time.monotonic() - stack.config.gateway.detector_recheck_s)
+    third = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10)
+    fourth = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10)
+    assert asked == ["decoded"] * 3  # asked again after the recheck period, then on every photo
+    assert sorted(o.band.band_id for o in third.objects) == ["band-0", "band-3"]
+    assert sorted(o.band.band_id for o in fourth.objects) == ["band-0", "band-3"]

@@ -120,7 +120,7 @@ def call_unary(
     while True:
         remaining = deadline.check(f"{target} {name}".strip())
         try:
-            return method(request, timeout=remaining, metadata=tuple(metadata))
+            response = method(request, timeout=remaining, metadata=tuple(metadata))
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             if code == grpc.StatusCode.UNAVAILABLE and policy is not None and attempt + 1 < attempts:
@@ -132,6 +132,13 @@ def call_unary(
                     attempt += 1
                     continue
             raise error_from_rpc(exc, target=target) from None
+        finally:
+            if metrics is not None:
+                metrics.client_calls.labels(target, name).inc()
+                metrics.client_bytes.labels(target, name, "sent").inc(request.ByteSize())
+        if metrics is not None:
+            metrics.client_bytes.labels(target, name, "received").inc(response.ByteSize())
+        return response
 
 
 def wait_until_serving(

@@ -155,6 +155,9 @@ class GatewayConfig:
     batch_parallel: int = 4
     #: Ingested references sent to a shard in one Add (each Add is one durable index save).
     ingest_batch: int = 32
+    #: Seconds the gateway trusts a detector's "no model" answer and skips Detect (a model-less
+    #: detector finds nothing); after that one call asks again, so a detector that gains a model is used.
+    detector_recheck_s: float = 30.0
 
     def __post_init__(self) -> None:
         _check_port(self.port, "gateway.port")
@@ -171,6 +174,7 @@ class GatewayConfig:
         _check(1 <= self.max_regions <= 64, "gateway.max_regions", "must be in 1..64")
         _check(1 <= self.batch_parallel <= 64, "gateway.batch_parallel", "must be in 1..64")
         _check(1 <= self.ingest_batch <= 1024, "gateway.ingest_batch", "must be in 1..1024")
+        _check(0 <= self.detector_recheck_s <= 3600, "gateway.detector_recheck_s", "must be in 0..3600")
 
     def shard_addresses(self) -> list[str]:
         """One address per shard, in shard order."""

@@ -59,6 +59,18 @@ class Metrics:
             ["target", "method"],
             registry=self.registry,
         )
+        self.client_calls = Counter(
+            "kyb_rpc_client_calls",
+            "Downstream calls made (each attempt), by target (encoder, detector, shard-K) and method.",
+            ["target", "method"],
+            registry=self.registry,
+        )
+        self.client_bytes = Counter(
+            "kyb_rpc_client_bytes",
+            "Protobuf payload bytes of downstream calls, by target, method and direction (sent, received).",
+            ["target", "method", "direction"],
+            registry=self.registry,
+        )
         self.missing_shards = Counter(
             "kyb_gateway_missing_shard",
             "Identify answers marked partial because this matcher shard did not answer.",
