@@ -270,9 +270,10 @@ def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float 
                 wait_until_serving(addresses[name], config.rpc, service=service, timeout_s=ready_timeout_s)
             log.info("%s SERVING on %s", name, addresses[name])
         log.info(
-            "stack ready: gateway on port %d, %d matcher shard(s); Ctrl-C stops it",
+            "stack ready: gateway on port %d, %d matcher shard(s)%s; Ctrl-C stops it",
             config.gateway.port,
             shards,
+            f", web page on {addresses['web']}" if web else "",
         )
         while not stopping.is_set():
             for name, child in children:

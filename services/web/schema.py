@@ -1,41 +1,19 @@
 """The JSON shapes of the web API, for its OpenAPI description (``/openapi.json``).
 
-They mirror :func:`kyb.client.identify_response_to_dict` and the catalog records' ``to_dict()``:
-pixels are original (upright) photo pixels, outlines are 4 points in the order top-left, top-right,
-bottom-right, bottom-left of the reference.
+They mirror :func:`kyb.client.identify_response_to_dict`; bands and albums are the catalog's own
+record classes (pydantic reads their dataclass fields). Pixels are original (upright) photo pixels;
+outlines are 4 points in the order top-left, top-right, bottom-right, bottom-left of the reference.
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-__all__ = ["Album", "Band", "BandAnswer", "ErrorAnswer", "IdentifyAnswer"]
+from kyb.catalog import Album, Band
+
+__all__ = ["BandAnswer", "ErrorAnswer", "IdentifyAnswer"]
 
 Point = list[float]
-
-
-class Band(BaseModel):
-    band_id: str
-    name: str
-    country: str | None = None
-    location: str | None = None
-    status: str | None = None
-    formed_in: int | None = None
-    genre: str | None = None
-    themes: list[str] = []
-    label: str | None = None
-    years_active: str | None = None
-    members: list[str] = []
-    similar_artists: list[str] = []
-    links: list[str] = []
-    logo_url: str | None = None
-
-
-class Album(BaseModel):
-    album_id: str
-    band_id: str
-    title: str
-    year: int | None = None
 
 
 class Match(BaseModel):

@@ -13,7 +13,8 @@ Every call to the gateway goes through :class:`kyb.client.GatewayClient` with ``
 its deadline, so this is never a second implementation of identify. Errors are
 ``{"error": {"code", "message"}}`` with the HTTP status of :data:`kyb.errors.HTTP_STATUS`: 400 bad
 image or crop, 401 missing/wrong token, 404 unknown band, 413 over ``limits.max_bytes`` (refused
-before anything is forwarded), 503 gateway down, 504 deadline.
+before anything is forwarded), 503 gateway down, 504 deadline. Messages of 5xx answers are fixed
+texts (the real one, which names internal hosts, is logged).
 """
 
 from __future__ import annotations
@@ -140,13 +141,24 @@ async def _read_photo(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+#: What callers read for server-side failures: the real message names internal hosts, so it goes
+#: to the log only.
+_PUBLIC_MESSAGES = {
+    503: "the search service is unavailable (the gateway or a service behind it is down); try again later",
+    504: "the gateway did not answer within the deadline; try again",
+    500: "internal error; see the web front's log",
+}
+
+
 def _error(exc: KybError) -> JSONResponse:
     status = int(lookup(HTTP_STATUS, exc))  # type: ignore[call-overload]
     code = str(lookup(GRPC_STATUS, exc))  # type: ignore[arg-type]
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    message = str(exc)
     if status >= 500:
-        log.warning("%s: %s", code, exc)
-    return JSONResponse({"error": {"code": code, "message": str(exc)}}, status_code=status, headers=headers)
+        log.warning("%s: %s", code, message)
+        message = _PUBLIC_MESSAGES.get(status, _PUBLIC_MESSAGES[500])
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def create_app(servicer: WebServicer) -> FastAPI:

@@ -7,6 +7,7 @@ accessibility check injects axe-core (bundled by the axe-playwright-python packa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Iterator
@@ -169,3 +170,22 @@ def test_no_serious_accessibility_violations(browser: Browser, web_front: WebFro
                 f"{v['id']}: {v['help']} ({len(v['nodes'])} nodes)" for v in serious
             )
         page.context.close()
+
+
+def test_token_is_asked_for_then_used(browser: Browser, web_front: WebFront, two_covers: Path) -> None:
+    config = web_front.stack.config
+    guarded = config.replace(rpc=dataclasses.replace(config.rpc, tokens=("s3cret",)))
+    server = start_web(guarded, web_front.gateway_address)
+    try:
+        page = open_page(browser, f"http://127.0.0.1:{server.port}")
+        upload(page, two_covers)
+        page.click("#search")
+        expect(page.locator("#message")).to_contain_text("needs an access token")
+        expect(page.locator("#token-form")).to_be_visible()
+        page.fill("#token", "s3cret")
+        page.click("#token-form button")
+        expect(page.locator("#message")).to_contain_text("Found 2 objects")
+        expect(page.locator("#token-form")).to_be_hidden()
+        page.context.close()
+    finally:
+        server.stop()

@@ -96,6 +96,7 @@
     picture.alt = `Your photo: ${file.name}`;
     overlay.setAttribute("viewBox", `0 0 ${photo.width} ${photo.height}`);
     $("stage").hidden = false;
+    $("steps").hidden = true;
     message.className = "message";
     message.textContent = "";
     searchButton.focus();
