@@ -142,7 +142,7 @@ def start_local(
         from services.web.server import create_server as create_web  # only this path needs the HTTP stack
 
         web_section = dataclasses.replace(config.web, gateway_address=f"{_LOOPBACK}:{gateway_port}")
-        web_server, _web_port = create_web(config.replace(web=web_section))
+        web_server, _web_port = create_web(config.replace(web=web_section), metrics=metrics)
     stack = LocalStack(
         gateway=gateway_server,
         gateway_port=gateway_port,

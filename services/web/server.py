@@ -14,7 +14,7 @@ import threading
 import uvicorn
 
 from kyb.errors import Unavailable
-from kyb.rpc import ServiceConfig
+from kyb.rpc import Metrics, ServiceConfig
 from services.web.servicer import WebServicer, create_app
 
 __all__ = ["WebServer", "create_server"]
@@ -73,6 +73,8 @@ class WebServer:
             raise RuntimeError("web server already started")
         self._thread = threading.Thread(target=self._run, name="kyb-web", daemon=True)
         self._thread.start()
+        if self.config.rpc.metrics_port >= 0:
+            self.servicer.metrics.serve_http(self.config.rpc.metrics_port)
         log.info("web front on %s (gateway %s)", self.url, self.config.web.gateway_address)
         if self.servicer.open:
             log.warning("web front accepts calls WITHOUT authentication: set KYB_RPC__TOKENS to require a token")
@@ -94,8 +96,11 @@ class WebServer:
         return self._done.wait(timeout)
 
 
-def create_server(config: ServiceConfig, *, servicer: WebServicer | None = None) -> tuple[WebServer, int]:
-    """The front bound to ``rpc.host:web.port`` (0 = any free port), not started."""
+def create_server(
+    config: ServiceConfig, *, servicer: WebServicer | None = None, metrics: Metrics | None = None
+) -> tuple[WebServer, int]:
+    """The front bound to ``rpc.host:web.port`` (0 = any free port), not started; ``metrics`` may be
+    shared with other servers of the process (one ``/metrics`` endpoint)."""
     sock = _listen(config.rpc.host, config.web.port)
-    server = WebServer(config, servicer or WebServicer(config), sock)
+    server = WebServer(config, servicer or WebServicer(config, metrics=metrics), sock)
     return server, server.port

@@ -45,7 +45,7 @@ from kyb.errors import (
     Unavailable,
     lookup,
 )
-from kyb.rpc import ServiceConfig, TokenCheck
+from kyb.rpc import Metrics, ServiceConfig, TokenCheck
 from services.web.schema import BandAnswer, ErrorAnswer, IdentifyAnswer
 
 __all__ = ["STATIC_DIR", "WebServicer", "create_app"]
@@ -85,8 +85,14 @@ class WebServicer:
     gateway is called with ``rpc.outgoing_token``.
     """
 
-    def __init__(self, config: ServiceConfig, *, client: GatewayClient | None = None) -> None:
+    def __init__(
+        self, config: ServiceConfig, *, client: GatewayClient | None = None, metrics: Metrics | None = None
+    ) -> None:
         self.config = config
+        #: Latency and outcome per endpoint (service "Web", methods Identify / GetBand), code "OK" or
+        #: ``HTTP_<status>``; exposed on ``rpc.metrics_port`` like the gRPC services' metrics.
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._owns_metrics = metrics is None
         self.max_bytes = config.engine.limits.max_bytes
         self._tokens = TokenCheck(config.rpc.tokens)
         self.client = client or GatewayClient(
@@ -122,6 +128,8 @@ class WebServicer:
 
     def close(self) -> None:
         self.client.close()
+        if self._owns_metrics:
+            self.metrics.close()
 
 
 async def _read_photo(request: Request, max_bytes: int) -> bytes:
@@ -173,6 +181,18 @@ def create_app(servicer: WebServicer) -> FastAPI:
     )
     app.state.servicer = servicer
     app.add_middleware(GZipMiddleware, minimum_size=1024)
+    methods = {"/api/v1/identify": "Identify", "/api/v1/bands/": "GetBand"}
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Any:
+        method = next((name for prefix, name in methods.items() if request.url.path.startswith(prefix)), None)
+        if method is None:
+            return await call_next(request)
+        with servicer.metrics.track("Web", method) as outcome:
+            response = await call_next(request)
+            if response.status_code >= 400:
+                outcome["code"] = f"HTTP_{response.status_code}"
+            return response
 
     @app.exception_handler(KybError)
     async def kyb_error(_request: Request, exc: KybError) -> JSONResponse:

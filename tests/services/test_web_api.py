@@ -134,3 +134,15 @@ def test_openapi_describes_the_endpoints(web_front: WebFront) -> None:
     assert "404" in spec["paths"]["/api/v1/bands/{band_id}"]["get"]["responses"]
     assert "IdentifyAnswer" in spec["components"]["schemas"]
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_calls_are_counted_per_endpoint_and_status(web_front: WebFront) -> None:
+    metrics = web_front.server.servicer.metrics
+    sample = "kyb_rpc_handled_total"
+    before = metrics.count(sample, service="Web", method="GetBand", code="HTTP_404")
+    ok_before = metrics.count(sample, service="Web", method="GetBand", code="OK")
+    httpx.get(f"{web_front.url}/api/v1/bands/nobody", timeout=10)
+    httpx.get(f"{web_front.url}/api/v1/bands/band-1", timeout=10)
+    assert metrics.count(sample, service="Web", method="GetBand", code="HTTP_404") == before + 1
+    assert metrics.count(sample, service="Web", method="GetBand", code="OK") == ok_before + 1
+    assert b'kyb_rpc_latency_seconds_count{method="GetBand",service="Web"}' in metrics.text()
