@@ -3,8 +3,10 @@
 One process serves shard K of N: the :class:`~kyb.index.ReferenceIndex` in its own folder. The index
 loads in a background thread after the port opens, so health answers NOT_SERVING (and Search
 UNAVAILABLE) until it is in memory; a folder with no index yet is retried every ``matcher.reload_s``
-until one appears. Search runs :func:`kyb.engine.search`, the same code as the embedded engine, so
-a one-shard deployment answers exactly what ``kyb identify`` answers.
+until one appears, unless ``matcher.codebook_dir`` names an index whose codebook seeds an empty shard
+(a shard just added to a StatefulSet, which ``kyb reshard`` then fills through Add). Search runs
+:func:`kyb.engine.search`, the same code as the embedded engine, so a one-shard deployment answers
+exactly what ``kyb identify`` answers. Export streams stored references out for ``kyb reshard``.
 
 Across several shards the gateway runs that same search loop itself (:func:`kyb.engine.run_search`)
 and asks the shards for its two steps: Shortlist (this shard's scored shortlist sources, merged by
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +30,16 @@ import numpy as np
 from kyb.encoder import Encoding
 from kyb.engine import NOT_INDEXED, IndexSource, one_blas_thread, search
 from kyb.errors import InvalidRequest, KybError, NotReady, Unavailable
-from kyb.index import ReferenceIndex
+from kyb.index import ReferenceIndex, has_index, load_codebook, writer_lock
 from kyb.rpc import (
     ServiceConfig,
+    base_reference_id,
     encoding_from_proto,
+    encoding_to_proto,
     parse_shard,
     ranked_to_proto,
     rows_from_proto,
+    shard_for,
     shard_name,
     verification_to_proto,
 )
@@ -75,6 +80,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
         waiting_logged = False
         while not self._stop.is_set():
             try:
+                self._seed()
                 index = ReferenceIndex.load(self.index_dir, self._config.engine.search)
             except NotReady as exc:
                 if not waiting_logged:
@@ -98,6 +104,17 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
                 self._on_ready(True)
                 return
             self._stop.wait(self._config.matcher.reload_s)
+
+    def _seed(self) -> None:
+        """Writes an empty index with ``matcher.codebook_dir``'s codebook when this shard has none."""
+        seed = self._config.matcher.codebook_dir
+        if seed is None or has_index(self.index_dir):
+            return
+        codebook = load_codebook(seed)  # NotReady while the codebook job has not written it yet
+        with writer_lock(self.index_dir):
+            if not has_index(self.index_dir):  # another process may have seeded it meanwhile
+                ReferenceIndex(codebook, self._config.engine.search, self.index_dir).save(self.index_dir)
+                log.info("%s: seeded an empty index with codebook %s from %s", self.name, codebook.version, seed)
 
     def close(self) -> None:
         self._stop.set()
@@ -220,11 +237,11 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
 
     def Delete(self, request: matcher_pb2.DeleteRequest, context: grpc.ServicerContext) -> Any:
         index = self._require_index()
-        reference_id = request.reference_id.strip()
-        if not reference_id:
+        wanted = {r.strip() for r in (request.reference_id, *request.reference_ids) if r.strip()}
+        if not wanted:
             raise InvalidRequest("reference_id is empty")
         with self._write_lock:
-            keys = [k for k in index.reference_ids() if k == reference_id or k.startswith(reference_id + "#")]
+            keys = [k for k in index.reference_ids() if k in wanted or base_reference_id(k) in wanted]
             deleted = any([index.delete(key) for key in keys])
             if deleted:
                 index.save(self.index_dir)
@@ -243,3 +260,18 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             deleted=int(stats["deleted"]),
             features=int(stats["features"]),
         )
+
+    def Export(self, request: matcher_pb2.ExportRequest, context: grpc.ServicerContext) -> Iterator[Any]:
+        index = self._require_index()
+        target = int(request.target_count)
+        if target < 0:
+            raise InvalidRequest("target_count must be >= 0")
+        for key in index.reference_ids():  # a snapshot: references added meanwhile wait for the next export
+            if target and shard_for(key, target) == self.shard_index:
+                continue
+            sha = index.sha256_of(key)
+            try:
+                encoding = index.encoding(key)
+            except KeyError:  # deleted since the snapshot
+                continue
+            yield matcher_pb2.AddItem(reference_id=key, sha256=sha or "", encoding=encoding_to_proto(encoding))

@@ -495,11 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reindex)
 
     try:  # the gRPC services add `kyb serve ...` (issue 4)
-        from kyb.rpc.cli import add_serve_commands
+        from kyb.rpc.cli import add_reshard_command, add_serve_commands
     except ImportError:
         pass
     else:
         add_serve_commands(sub)
+        add_reshard_command(sub)
     return parser
 
 

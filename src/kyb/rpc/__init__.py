@@ -47,6 +47,7 @@ from kyb.rpc._convert import (
 )
 from kyb.rpc._errors import error_from_rpc, one_line, status_for
 from kyb.rpc._metrics import Metrics
+from kyb.rpc._reshard import ReshardReport, expand_addresses, reshard
 from kyb.rpc._server import ServiceServer, serve
 from kyb.rpc._sharding import base_reference_id, shard_for, shard_name, split_index
 
@@ -57,6 +58,7 @@ __all__ = [
     "GatewayConfig",
     "MatcherConfig",
     "Metrics",
+    "ReshardReport",
     "RetryPolicy",
     "RpcConfig",
     "ServiceConfig",
@@ -78,6 +80,7 @@ __all__ = [
     "encoding_to_proto",
     "environment",
     "error_from_rpc",
+    "expand_addresses",
     "from_environ",
     "kind_from_proto",
     "kind_to_proto",
@@ -91,6 +94,7 @@ __all__ = [
     "ranked_from_proto",
     "ranked_to_proto",
     "reference_to_proto",
+    "reshard",
     "rows_from_proto",
     "serve",
     "shard_for",

@@ -210,6 +210,11 @@ class MatcherConfig:
     index_dir: str = ""
     #: Seconds between attempts to load the index while there is none (health NOT_SERVING).
     reload_s: float = 2.0
+    #: An index folder whose codebook seeds this shard when its own folder holds no index yet: the
+    #: shard starts empty with that codebook (a new shard before ``kyb reshard`` fills it, or a fresh
+    #: deployment before the first ingest). Empty = wait until an index appears. Point it at the same
+    #: folder as ``encoder.index_dir`` so encoder and matchers agree on the codebook.
+    codebook_dir: Path | None = None
 
     def __post_init__(self) -> None:
         _check_port(self.port, "matcher.port")

@@ -8,6 +8,7 @@
     kyb serve all --shards 2                                    every service in this process
     kyb serve web --gateway h:50051 --port 8080                 the HTTP/JSON front and the page
     kyb serve all --web                                         ... with the web front on web.port
+    kyb reshard --matchers 'matcher-{k}.matcher:50053' --from 2 --to 3   move references after scaling
 
 Flags override ``--config`` (a TOML file, default ``$KYB_CONFIG``), which the ``KYB_*`` variables
 override in turn; the names are those of :mod:`kyb.rpc._config`, the same a manifest sets.
@@ -23,7 +24,7 @@ from typing import Any
 from kyb.errors import EXIT_CODES, KybError, lookup
 from kyb.rpc._config import ServiceConfig, load_service_config
 
-__all__ = ["add_serve_commands", "run_serve", "setup_logging"]
+__all__ = ["add_reshard_command", "add_serve_commands", "run_reshard", "run_serve", "setup_logging"]
 
 log = logging.getLogger(__name__)
 
@@ -154,4 +155,46 @@ def run_serve(args: argparse.Namespace) -> int:
         log.error("cannot start %s: %s", role, exc)
         return int(lookup(EXIT_CODES, exc))  # type: ignore[call-overload]
     serve([server])  # type: ignore[list-item]
+    return 0
+
+
+def add_reshard_command(subparsers: Any) -> None:
+    """Adds ``reshard``: move references between running matcher shards after N -> M."""
+    parser = subparsers.add_parser(
+        "reshard",
+        help="move references between running matcher shards after the shard count changed",
+        description="Moves every reference whose jump-consistent-hash shard changed from --from to --to "
+        "shards: added to its new shard, then deleted from the old one. Safe to run again.",
+    )
+    parser.add_argument("--matchers", required=True,
+                        help="shard addresses in shard order, comma-separated, or a {k} template "
+                             "(matcher-{k}.matcher:50053); max(--from, --to) of them")  # fmt: skip
+    parser.add_argument("--from", dest="old_count", type=int, required=True, help="shard count before")
+    parser.add_argument("--to", dest="new_count", type=int, required=True, help="shard count now")
+    parser.add_argument("--batch", type=int, default=64, help="keys per Add/Delete (one save each)")
+    parser.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
+    parser.add_argument("--timeout", type=float, default=600.0, help="deadline of each call in seconds")
+    parser.add_argument("--config", help="TOML file for the rpc section (default: $KYB_CONFIG)")
+    parser.add_argument("--token", help="bearer token (default: rpc.client_token / first of rpc.tokens)")
+    parser.add_argument("--log-level", default=os.environ.get("KYB_LOG_LEVEL", "INFO"), help="DEBUG, INFO, ...")
+    parser.set_defaults(func=run_reshard)
+
+
+def run_reshard(args: argparse.Namespace) -> int:
+    """``kyb reshard``: prints the moves as a table; errors propagate to the main CLI's exit codes."""
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from kyb.rpc._reshard import expand_addresses, reshard
+
+    path = args.config or os.environ.get("KYB_CONFIG") or None
+    rpc = load_service_config(path, env=os.environ).rpc
+    if args.token:
+        rpc = dataclasses.replace(rpc, client_token=args.token)
+    addresses = expand_addresses(args.matchers, max(args.old_count, args.new_count))
+    with tqdm(desc="reshard", unit="key", disable=None) as bar:
+        report = reshard(addresses, args.old_count, args.new_count, rpc, batch=args.batch,
+                         dry_run=args.dry_run, timeout_s=args.timeout, progress=bar.update)  # fmt: skip
+    print(report.table())
     return 0

@@ -158,10 +158,12 @@ class AddResponse(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[str]] = ..., generation: _Optional[int] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("reference_id",)
+    __slots__ = ("reference_id", "reference_ids")
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_IDS_FIELD_NUMBER: _ClassVar[int]
     reference_id: str
-    def __init__(self, reference_id: _Optional[str] = ...) -> None: ...
+    reference_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, reference_id: _Optional[str] = ..., reference_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("deleted", "generation")
@@ -196,3 +198,9 @@ class StatsResponse(_message.Message):
     deleted: int
     features: int
     def __init__(self, references: _Optional[int] = ..., bytes: _Optional[int] = ..., codebook_version: _Optional[str] = ..., generation: _Optional[int] = ..., shard: _Optional[str] = ..., shard_index: _Optional[int] = ..., shard_count: _Optional[int] = ..., deleted: _Optional[int] = ..., features: _Optional[int] = ...) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ("target_count",)
+    TARGET_COUNT_FIELD_NUMBER: _ClassVar[int]
+    target_count: int
+    def __init__(self, target_count: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,11 @@ class MatcherStub:
                 request_serializer=kyb_dot_v1_dot_matcher__pb2.StatsRequest.SerializeToString,
                 response_deserializer=kyb_dot_v1_dot_matcher__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Export = channel.unary_stream(
+                '/kyb.v1.Matcher/Export',
+                request_serializer=kyb_dot_v1_dot_matcher__pb2.ExportRequest.SerializeToString,
+                response_deserializer=kyb_dot_v1_dot_matcher__pb2.AddItem.FromString,
+                _registered_method=True)
 
 
 class MatcherServicer:
@@ -116,6 +121,14 @@ class MatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Export(self, request, context):
+        """Streams stored references exactly as kept (for resharding): all of them, or only those whose
+        placement among target_count shards is not this shard. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +161,11 @@ def add_MatcherServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=kyb_dot_v1_dot_matcher__pb2.StatsRequest.FromString,
                     response_serializer=kyb_dot_v1_dot_matcher__pb2.StatsResponse.SerializeToString,
+            ),
+            'Export': grpc.unary_stream_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=kyb_dot_v1_dot_matcher__pb2.ExportRequest.FromString,
+                    response_serializer=kyb_dot_v1_dot_matcher__pb2.AddItem.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +331,33 @@ class Matcher:
             '/kyb.v1.Matcher/Stats',
             kyb_dot_v1_dot_matcher__pb2.StatsRequest.SerializeToString,
             kyb_dot_v1_dot_matcher__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kyb.v1.Matcher/Export',
+            kyb_dot_v1_dot_matcher__pb2.ExportRequest.SerializeToString,
+            kyb_dot_v1_dot_matcher__pb2.AddItem.FromString,
             options,
             channel_credentials,
             insecure,
