@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -37,24 +38,35 @@ def _old_shards(corpus: Corpus, config: ServiceConfig, root: Path, count: int) -
     return folders
 
 
-@pytest.fixture
-def matchers(corpus: Corpus, config: ServiceConfig, tmp_path: Path) -> Iterator[list[str]]:
-    """Shards 0 and 1 of an old 2-shard layout and an empty new shard 2, all running as K/3."""
-    folders = [*_old_shards(corpus, config, tmp_path, 2), tmp_path / "shard-2"]
+@contextmanager
+def _serving(corpus: Corpus, config: ServiceConfig, folders: list[Path]) -> Iterator[list[str]]:
+    """One matcher per folder, shard K of len(folders), empty folders seeded with the corpus codebook."""
     servers, addresses = [], []
     for k, folder in enumerate(folders):
         section = dataclasses.replace(
-            config.matcher, shard=f"{k}/3", index_dir=str(folder), codebook_dir=corpus.engine.config.index_dir
+            config.matcher,
+            shard=f"{k}/{len(folders)}",
+            index_dir=str(folder),
+            codebook_dir=corpus.engine.config.index_dir,
         )
         server, port = create_server(config.replace(matcher=section))
         server.start()
         servers.append(server)
         addresses.append(f"127.0.0.1:{port}")
-    for address in addresses:
-        wait_until_serving(address, config.rpc, service="kyb.v1.Matcher", timeout_s=10)
-    yield addresses
-    for server in servers:
-        server.stop(0).wait(5)
+    try:
+        for address in addresses:
+            wait_until_serving(address, config.rpc, service="kyb.v1.Matcher", timeout_s=10)
+        yield addresses
+    finally:
+        for server in servers:
+            server.stop(0).wait(5)
+
+
+@pytest.fixture
+def matchers(corpus: Corpus, config: ServiceConfig, tmp_path: Path) -> Iterator[list[str]]:
+    """Shards 0 and 1 of an old 2-shard layout and an empty new shard 2, all running as K/3."""
+    with _serving(corpus, config, [*_old_shards(corpus, config, tmp_path, 2), tmp_path / "shard-2"]) as addresses:
+        yield addresses
 
 
 def _contents(addresses: list[str]) -> list[set[str]]:
@@ -111,3 +123,17 @@ def test_reshard_cli(config: ServiceConfig, matchers: list[str], capsys: pytest.
     assert "moved" in capsys.readouterr().out
     assert all(all(shard_for(key, 3) == k for key in keys) for k, keys in enumerate(_contents(matchers)))
     assert expand_addresses("matcher-{k}.matcher:50053", 2) == ["matcher-0.matcher:50053", "matcher-1.matcher:50053"]
+
+
+def test_load_from_a_built_index(corpus: Corpus, config: ServiceConfig, tmp_path: Path) -> None:
+    """The build Job's last step: every reference of an offline-built index copied to its shard."""
+    from kyb.cli import build_parser
+
+    source = corpus.engine.config.index_dir
+    with _serving(corpus, config, [tmp_path / "a", tmp_path / "b"]) as addresses:
+        argv = ["reshard", "--matchers", ",".join(addresses), "--from-index", str(source), "--to", "2"]
+        assert run_reshard(build_parser().parse_args(argv)) == 0
+        contents = _contents(addresses)
+    keys = corpus.engine.index.reference_ids()
+    assert sorted(k for shard in contents for k in shard) == sorted(keys)
+    assert all(all(shard_for(key, 2) == k for key in shard) for k, shard in enumerate(contents))

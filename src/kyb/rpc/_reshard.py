@@ -1,4 +1,5 @@
-"""``kyb reshard``: moves references between running matcher shards after the shard count changed.
+"""``kyb reshard``: moves references between running matcher shards after the shard count changed,
+or loads an index built offline (``kyb ingest`` in a Job) into them.
 
 Placement is a jump consistent hash of the reference id (:func:`~kyb.rpc.shard_for`), so going from
 N to M shards moves only the references whose shard changed (from N to N+1: about 1/(N+1) of them,
@@ -14,15 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
 from kyb.errors import InvalidRequest, NotReady
+from kyb.index import ReferenceIndex
 from kyb.rpc._auth import bearer_metadata
 from kyb.rpc._channels import Deadline, RetryPolicy, call_unary, open_channel
 from kyb.rpc._config import RpcConfig
+from kyb.rpc._convert import encoding_to_proto
 from kyb.rpc._errors import error_from_rpc
 from kyb.rpc._sharding import shard_for
 from kyb.v1 import matcher_pb2, matcher_pb2_grpc
@@ -30,6 +33,9 @@ from kyb.v1 import matcher_pb2, matcher_pb2_grpc
 __all__ = ["ReshardReport", "expand_addresses", "reshard"]
 
 log = logging.getLogger(__name__)
+
+#: Source number of a local index folder (``--from-index``) in a report.
+_FROM_INDEX = -1
 
 
 @dataclass
@@ -48,8 +54,8 @@ class ReshardReport:
         return sum(self.moved.values())
 
     def table(self) -> str:
-        lines = ["from  to  keys moved"]
-        lines += [f"{a:>4} {b:>3}  {n:>10}" for (a, b), n in sorted(self.moved.items())]
+        lines = [" from  to  keys moved"]
+        lines += [f"{a if a >= 0 else 'index':>5} {b:>3}  {n:>10}" for (a, b), n in sorted(self.moved.items())]
         verb = "would move" if self.dry_run else "moved"
         lines.append(f"{verb} {self.total_moved} keys from {self.old_count} to {self.new_count} shards "
                      f"in {self.elapsed_s:.1f} s; keys per shard now: {self.sizes_after}")  # fmt: skip
@@ -72,6 +78,7 @@ def reshard(
     new_count: int,
     rpc: RpcConfig,
     *,
+    source_index: ReferenceIndex | None = None,
     batch: int = 64,
     dry_run: bool = False,
     timeout_s: float = 600.0,
@@ -81,11 +88,15 @@ def reshard(
     differs. ``addresses`` lists ``max(old_count, new_count)`` shards in shard order; the shards that
     stay (``0..new_count-1``) must already run as ``K/new_count``, so new ingests land right too.
 
+    With ``source_index`` (an index built by ``kyb ingest``, e.g. by the build Job) and
+    ``old_count=0``, every reference of that index is copied to its shard instead (nothing deleted).
     ``progress(n)`` is called after each batch with the number of keys in it. ``timeout_s`` bounds
     each call (an export streams for as long as the shard takes to read out).
     """
-    if old_count < 1 or new_count < 1:
-        raise InvalidRequest("shard counts must be >= 1")
+    if new_count < 1 or old_count < (0 if source_index is not None else 1):
+        raise InvalidRequest("shard counts must be >= 1 (--from 0 only with a source index)")
+    if source_index is not None and old_count:
+        raise InvalidRequest("copy from a source index or move between shards, not both")
     if len(addresses) != max(old_count, new_count):
         raise InvalidRequest(f"{len(addresses)} matcher addresses given, {max(old_count, new_count)} needed")
     if batch < 1:
@@ -100,24 +111,31 @@ def reshard(
         return call_unary(getattr(stubs[k], method), request, deadline=Deadline(timeout_s), metadata=metadata,
                           policy=policy, target=addresses[k], name=method)  # fmt: skip
 
+    def sources() -> Iterator[tuple[int, Iterator[matcher_pb2.AddItem]]]:
+        if source_index is not None:
+            yield _FROM_INDEX, _index_items(source_index)
+        for source in range(old_count):
+            request = matcher_pb2.ExportRequest(target_count=new_count)
+            yield source, stubs[source].Export(request, timeout=timeout_s, metadata=metadata)
+
     report = ReshardReport(old_count, new_count, dry_run=dry_run)
     try:
-        _check_topology(call, old_count, new_count, addresses)
-        for source in range(old_count):
+        versions = _check_topology(call, new_count, addresses)
+        if source_index is not None and versions != {source_index.codebook.version}:
+            raise NotReady(f"the index was built with codebook {source_index.codebook.version}, the shards "
+                           f"use {', '.join(sorted(versions))}: point matcher.codebook_dir at this index")  # fmt: skip
+        for source, items in sources():
             pending: dict[int, list[matcher_pb2.AddItem]] = {}
             try:
-                stream = stubs[source].Export(
-                    matcher_pb2.ExportRequest(target_count=new_count), timeout=timeout_s, metadata=metadata
-                )
-                for item in stream:
+                for item in items:
                     target = shard_for(item.reference_id, new_count)
                     pending.setdefault(target, []).append(item)
                     if len(pending[target]) >= batch:
                         _move(call, source, target, new_count, pending.pop(target), report, dry_run, progress)
             except grpc.RpcError as exc:
                 raise error_from_rpc(exc, target=addresses[source]) from None
-            for target, items in pending.items():
-                _move(call, source, target, new_count, items, report, dry_run, progress)
+            for target, batch_items in pending.items():
+                _move(call, source, target, new_count, batch_items, report, dry_run, progress)
         report.sizes_after = [
             int(call(k, "Stats", matcher_pb2.StatsRequest()).references)  # type: ignore[attr-defined]
             for k in range(len(addresses))
@@ -129,8 +147,15 @@ def reshard(
     return report
 
 
-def _check_topology(call: Callable[..., object], old_count: int, new_count: int, addresses: Sequence[str]) -> None:
-    """Every shard answers as the one its position says and all share one codebook."""
+def _index_items(index: ReferenceIndex) -> Iterator[matcher_pb2.AddItem]:
+    for key in index.reference_ids():
+        yield matcher_pb2.AddItem(
+            reference_id=key, sha256=index.sha256_of(key) or "", encoding=encoding_to_proto(index.encoding(key))
+        )
+
+
+def _check_topology(call: Callable[..., object], new_count: int, addresses: Sequence[str]) -> set[str]:
+    """Every shard answers as the one its position says and all share one codebook (returned)."""
     versions = set()
     for k, address in enumerate(addresses):
         stats = call(k, "Stats", matcher_pb2.StatsRequest())
@@ -145,6 +170,7 @@ def _check_topology(call: Callable[..., object], old_count: int, new_count: int,
         versions.add(str(stats.codebook_version))  # type: ignore[attr-defined]
     if len(versions) > 1:
         raise NotReady(f"the shards use different codebooks ({', '.join(sorted(versions))}): finish that rollout first")
+    return versions
 
 
 def _move(
@@ -162,6 +188,7 @@ def _move(
         call(target, "Add", matcher_pb2.AddRequest(items=items, expected_shard=f"{target}/{new_count}"))
         # Exact keys, not base ids: the other regions of a reference may still be in a later batch.
         keys = [item.reference_id for item in items]
-        call(source, "Delete", matcher_pb2.DeleteRequest(reference_id=keys[0], reference_ids=keys[1:]))
+        if source != _FROM_INDEX:
+            call(source, "Delete", matcher_pb2.DeleteRequest(reference_id=keys[0], reference_ids=keys[1:]))
     report.moved[(source, target)] = report.moved.get((source, target), 0) + len(items)
     progress(len(items))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from kyb.errors import EXIT_CODES, KybError, lookup
@@ -169,7 +170,9 @@ def add_reshard_command(subparsers: Any) -> None:
     parser.add_argument("--matchers", required=True,
                         help="shard addresses in shard order, comma-separated, or a {k} template "
                              "(matcher-{k}.matcher:50053); max(--from, --to) of them")  # fmt: skip
-    parser.add_argument("--from", dest="old_count", type=int, required=True, help="shard count before")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="old_count", type=int, help="shard count before")
+    source.add_argument("--from-index", help="instead: copy every reference of this index folder to its shard")
     parser.add_argument("--to", dest="new_count", type=int, required=True, help="shard count now")
     parser.add_argument("--batch", type=int, default=64, help="keys per Add/Delete (one save each)")
     parser.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
@@ -189,12 +192,19 @@ def run_reshard(args: argparse.Namespace) -> int:
     from kyb.rpc._reshard import expand_addresses, reshard
 
     path = args.config or os.environ.get("KYB_CONFIG") or None
-    rpc = load_service_config(path, env=os.environ).rpc
+    config = load_service_config(path, env=os.environ)
+    rpc = config.rpc
     if args.token:
         rpc = dataclasses.replace(rpc, client_token=args.token)
-    addresses = expand_addresses(args.matchers, max(args.old_count, args.new_count))
+    old_count = args.old_count or 0
+    index = None
+    if args.from_index:
+        from kyb.index import ReferenceIndex
+
+        index = ReferenceIndex.load(Path(args.from_index), config.engine.search)
+    addresses = expand_addresses(args.matchers, max(old_count, args.new_count))
     with tqdm(desc="reshard", unit="key", disable=None) as bar:
-        report = reshard(addresses, args.old_count, args.new_count, rpc, batch=args.batch,
+        report = reshard(addresses, old_count, args.new_count, rpc, source_index=index, batch=args.batch,
                          dry_run=args.dry_run, timeout_s=args.timeout, progress=bar.update)  # fmt: skip
     print(report.table())
     return 0
