@@ -23,7 +23,7 @@ from tests.deploy.conftest import known_env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ["dev", "prod"]
+OVERLAYS = ["dev", "prod", "prod-b"]
 #: The Kubernetes version the schemas are checked against (kubernetes-validate bundles them).
 K8S_VERSION = "1.32.0"
 SERVICES = ("gateway", "encoder", "matcher", "detector")
@@ -138,7 +138,7 @@ def test_overlays_only_patch_the_base_with_resources() -> None:
     for overlay in OVERLAYS:
         kustomization = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
         assert "bases" not in kustomization
-        assert "../../base" in kustomization["resources"]
+        assert {"../../base", "../prod"} & set(kustomization["resources"])
     for service in SERVICES:
         assert (K8S / "base" / service / "kustomization.yaml").exists()
 
@@ -258,7 +258,7 @@ def test_only_the_prod_detector_requests_gpus() -> None:
             for container in containers(workload):
                 resources = container.get("resources", {})
                 gpu = {part: resources.get(part, {}).get("nvidia.com/gpu") for part in ("requests", "limits")}
-                if overlay == "prod" and workload["metadata"]["name"] == "detector":
+                if overlay.startswith("prod") and workload["metadata"]["name"] == "detector":
                     assert gpu == {"requests": "1", "limits": "1"}
                     assert "kyb-cuda" in container["image"]
                 else:
@@ -305,3 +305,19 @@ def test_only_the_gateway_reaches_internal_services(overlay: str) -> None:
     # The jobs that call matchers carry the maintenance label.
     for job in objects(overlay, "Job"):
         assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "maintenance"
+
+
+def test_the_second_track_serves_another_build_in_its_own_namespace() -> None:
+    """Codebook rollout: kyb-b runs build-2 beside kyb's build-1; within a track, the encoder, the
+    shards' seed and the build Job all use one build folder (one codebook)."""
+    builds = {}
+    for overlay in ("prod", "prod-b"):
+        data = config_map(overlay)
+        build = {data["KYB_INDEX_DIR"], data["KYB_ENCODER__INDEX_DIR"], data["KYB_MATCHER__CODEBOOK_DIR"]}
+        assert len(build) == 1, f"{overlay}: {build}"
+        builds[overlay] = build.pop()
+        assert {o["metadata"].get("namespace") for o in render(overlay) if o["kind"] != "Namespace"} == {
+            {"prod": "kyb", "prod-b": "kyb-b"}[overlay]
+        }
+    assert builds["prod"] != builds["prod-b"]
+    assert [o["metadata"]["name"] for o in objects("prod-b", "Namespace")] == ["kyb-b"]
