@@ -20,7 +20,7 @@ def known_env_names() -> set[str]:
         else:
             names.add(f"KYB_{item.name.upper()}")
     # environment() skips fields whose value is None (paths not set): add them from the schema.
-    for section in ("rpc", "gateway", "encoder", "matcher", "detector"):
+    for section in ("rpc", "gateway", "encoder", "matcher", "detector", "web"):
         fields = dataclasses.fields(getattr(service, section))
         names |= {f"KYB_{section.upper()}__{f.name.upper()}" for f in fields}
     return names | {"KYB_CONFIG", "KYB_LOG_LEVEL"}

@@ -55,7 +55,7 @@ def test_exposed_ports_are_the_configured_ones() -> None:
     config = load_service_config(env=env)
     [expose] = re.findall(r"^EXPOSE\s+(.+)$", _dockerfile(), flags=re.M)
     exposed = {int(p) for p in expose.split()}
-    wanted = {config.gateway.port, config.encoder.port, config.matcher.port, config.detector.port}
+    wanted = {config.gateway.port, config.encoder.port, config.matcher.port, config.detector.port, config.web.port}
     assert exposed == wanted | {config.rpc.metrics_port}
     assert f"KYB_RPC__METRICS_PORT={config.rpc.metrics_port}" in _dockerfile()
 

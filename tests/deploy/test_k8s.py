@@ -177,6 +177,12 @@ def test_every_service_container_has_probes_on_its_configured_port(overlay: str)
                 continue  # the datastores: pg_isready / redis-cli probes
             served.add(role)
             config = service_config(overlay, container)
+            if role == "web":  # HTTP, not gRPC: /healthz on web.port
+                assert [p["containerPort"] for p in container["ports"]] == [config.web.port], where
+                for probe in ("readinessProbe", "livenessProbe"):
+                    assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, where
+                assert config.web.gateway_address == f"gateway:{config.gateway.port}", where
+                continue
             port = getattr(config, role).port
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert ports == {"grpc": port, "metrics": config.rpc.metrics_port}, where
@@ -187,7 +193,7 @@ def test_every_service_container_has_probes_on_its_configured_port(overlay: str)
             annotations = workload["spec"]["template"]["metadata"]["annotations"]
             assert annotations["prometheus.io/scrape"] == "true", where
             assert int(annotations["prometheus.io/port"]) == config.rpc.metrics_port, where
-    assert served == set(SERVICES)
+    assert served == {*SERVICES, "web"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -215,7 +221,7 @@ def test_every_entry_point_exists_in_the_cli(overlay: str) -> None:
             parsed = parser.parse_args(args)  # SystemExit (argparse error) fails the test
             assert callable(parsed.func)
             seen.add(" ".join(args[:2]))
-    assert {"serve gateway", "serve encoder", "serve matcher", "serve detector", "db migrate"} <= seen
+    assert {"serve gateway", "serve encoder", "serve matcher", "serve detector", "serve web", "db migrate"} <= seen
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
