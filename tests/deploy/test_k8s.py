@@ -177,22 +177,22 @@ def test_every_service_container_has_probes_on_its_configured_port(overlay: str)
                 continue  # the datastores: pg_isready / redis-cli probes
             served.add(role)
             config = service_config(overlay, container)
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            annotations = workload["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/scrape"] == "true", where
+            assert int(annotations["prometheus.io/port"]) == config.rpc.metrics_port, where
             if role == "web":  # HTTP, not gRPC: /healthz on web.port
-                assert [p["containerPort"] for p in container["ports"]] == [config.web.port], where
+                assert ports == {"http": config.web.port, "metrics": config.rpc.metrics_port}, where
                 for probe in ("readinessProbe", "livenessProbe"):
                     assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, where
                 assert config.web.gateway_address == f"gateway:{config.gateway.port}", where
                 continue
             port = getattr(config, role).port
-            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             assert ports == {"grpc": port, "metrics": config.rpc.metrics_port}, where
             probes = [container[p] for p in ("readinessProbe", "livenessProbe", "startupProbe") if p in container]
             assert all(probe["grpc"]["port"] == port for probe in probes), where
             # Readiness asks for the service itself: NOT_SERVING until its index / codebook is loaded.
             assert container["readinessProbe"]["grpc"]["service"] == f"kyb.v1.{role.title()}", where
-            annotations = workload["spec"]["template"]["metadata"]["annotations"]
-            assert annotations["prometheus.io/scrape"] == "true", where
-            assert int(annotations["prometheus.io/port"]) == config.rpc.metrics_port, where
     assert served == {*SERVICES, "web"}
 
 
