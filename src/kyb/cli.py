@@ -196,7 +196,14 @@ def _identifier(args: argparse.Namespace) -> Any:
         client = GatewayClient(args.gateway, args.token or os.environ.get("KYB_TOKEN"), timeout=args.timeout)
         return lambda data: client.identify(data, crop=args.box)
     engine = _engine(args)
+    engine.detector = _embedded_detector(args)
     return lambda data: engine.identify(data, box=args.box).to_dict()
+
+
+def _embedded_detector(args: argparse.Namespace) -> Any:
+    from kyb.detection._cli import embedded_detector
+
+    return embedded_detector(args)
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
@@ -241,6 +248,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cache = Path(args.cache or os.environ.get("KYB_EVAL_CACHE") or Path.home() / ".cache" / "kyb" / "eval")
     with _progress(len(gt.database), f"index {gt.name}") as bar:
         engine, mapping = index_dataset(gt, config, cache, progress=lambda _o: bar.update(1))
+    engine.detector = _embedded_detector(args)
     n_queries = min(len(gt.queries), args.limit or len(gt.queries))
     n_distractors = min(len(gt.distractors), args.limit or len(gt.distractors))
     with _progress(n_queries + n_distractors, f"eval {gt.name}", unit="photo") as bar:
@@ -439,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gateway", help="ask a running gateway (HOST:PORT) instead of the embedded engine")
     p.add_argument("--token", help="bearer token for --gateway (also KYB_TOKEN)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds for --gateway calls")
+    p.add_argument("--detector", help="detector weights: search each detected region first (or KYB_DETECTOR__WEIGHTS)")
     p.set_defaults(func=cmd_identify)
 
     p = sub.add_parser("eval", parents=[common], help="accuracy and speed on a gt.json data set")
@@ -447,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--per-query", action="store_true", help="with --json: every query's outcome")
     p.add_argument("--cache", help="index cache folder (default ~/.cache/kyb/eval or KYB_EVAL_CACHE)")
+    p.add_argument("--detector", help="detector weights: detector-first identification (else KYB_DETECTOR__WEIGHTS)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", parents=[common], help="generate a sample catalog and photos, ingest, identify")
@@ -493,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reindex", parents=[common], help="rebuild the index from the catalog's reference images")
     p.set_defaults(func=cmd_reindex)
+
+    from kyb.detection._cli import add_detector_commands
+
+    add_detector_commands(sub, common)
 
     try:  # the gRPC services add `kyb serve ...` (issue 4)
         from kyb.rpc.cli import add_reshard_command, add_serve_commands

@@ -441,6 +441,8 @@ class Engine:
         self._cache: EncodingCache | None = None
         self._cache_opened = False
         self._lock = threading.RLock()
+        #: A :class:`kyb.detection.Detector` for detector-first identification; None = whole photo.
+        self.detector: Any = None
 
     # ------------------------------------------------------------------ parts
     @property
@@ -509,8 +511,16 @@ class Engine:
     def decode_query(self, data: bytes) -> DecodedImage:
         return decode_image(data, self.config.limits, max_side=self.config.limits.search_max_side)
 
-    def identify(self, data: bytes, *, box: Box | None = None) -> IdentifyResult:
-        """Finds every indexed reference in the photo ``data`` (or in ``box`` of it, original pixels)."""
+    def identify(self, data: bytes, *, box: Box | None = None, use_detector: bool = True) -> IdentifyResult:
+        """Finds every indexed reference in the photo ``data`` (or in ``box`` of it, original pixels).
+
+        With a :attr:`detector` set (and no ``box``), each detected region is searched on its own
+        first (:func:`kyb.detection.identify_detected`); ``use_detector=False`` skips it.
+        """
+        if box is None and use_detector and self.detector is not None:
+            from kyb.detection import identify_detected
+
+            return identify_detected(self, data, self.detector)
         started = time.perf_counter()
         decoded = self.decode_query(data)
         decoded_at = time.perf_counter()

@@ -46,7 +46,9 @@ def test_file_then_environment_then_overrides(tmp_path: Path):
         ({"KYB_MATCHER__SHARD": "3/3"}, "matcher.shard"),
         ({"KYB_RPC__TLS_CERT": "/x.pem"}, "rpc.tls_cert"),
         ({"KYB_RPC__NOPE": "1"}, "rpc.nope"),
-        ({"KYB_DETECTOR__WEIGHTS": "/w.pt"}, "detector.weights"),
+        ({"KYB_DETECTOR__SHA256": "not-hex"}, "detector.sha256"),
+        ({"KYB_DETECTOR__BATCH_SIZE": "0"}, "detector.batch_size"),
+        ({"KYB_DETECTOR__DEVICE": "tpu"}, "detector.device"),
         ({"KYB_GATEWAY__MATCHER_ADDRESSES": "a-{k}:1,b:2"}, "gateway.matcher_addresses"),
     ],
 )

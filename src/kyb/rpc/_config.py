@@ -238,25 +238,44 @@ class MatcherConfig:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """The detector. Until issue 6 brings the trained model it has none and finds no boxes."""
+    """The detector service: trained weights (docs/detector.md), thresholds and dynamic batching.
+
+    With no ``weights`` it has no model: it answers no boxes and the gateway searches the whole photo
+    as one region (the documented fallback, not an error).
+    """
 
     port: int = 50054
-    #: Detector weights file; must stay empty until the torchvision detector lands (issue 6).
+    #: Trained detector weights (``detector.pt`` with its ``detector.json`` manifest); empty = no model.
     weights: Path | None = None
-    #: Boxes below this score are dropped.
+    #: Expected sha256 of ``weights`` (hex); empty = the manifest's own is checked.
+    sha256: str = ""
+    #: Boxes below this score are dropped (a request may ask for a higher one).
     min_score: float = 0.3
     #: Boxes returned per photo at most.
     max_boxes: int = 16
+    #: Boxes overlapping a better one by more IoU than this are dropped (across classes).
+    nms_iou: float = 0.5
+    #: Dynamic batching: at most this many photos per forward pass...
+    batch_size: int = 8
+    #: ...and a photo waits at most this long for others to join its batch.
+    batch_wait_ms: float = 5.0
+    #: ``auto`` (CUDA when present), ``cpu`` or ``cuda[:N]``.
+    device: str = "auto"
+    #: torch CPU threads (0 = torch's default); 1 is fastest where other processes share the cores.
+    threads: int = 0
 
     def __post_init__(self) -> None:
         _check_port(self.port, "detector.port")
-        _check(
-            self.weights is None,
-            "detector.weights",
-            "no detector model can be loaded yet (the torchvision detector comes with issue 6)",
-        )
         _check(0 <= self.min_score <= 1, "detector.min_score", "must be in 0..1")
         _check(1 <= self.max_boxes <= 256, "detector.max_boxes", "must be in 1..256")
+        _check(0 < self.nms_iou <= 1, "detector.nms_iou", "must be in (0, 1]")
+        _check(1 <= self.batch_size <= 256, "detector.batch_size", "must be in 1..256")
+        _check(0 <= self.batch_wait_ms <= 1000, "detector.batch_wait_ms", "must be in 0..1000")
+        _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "detector.device",
+               "must be auto, cpu or cuda[:N]")  # fmt: skip
+        _check(0 <= self.threads <= 256, "detector.threads", "must be in 0..256")
+        _check(all(c in "0123456789abcdefABCDEF" for c in self.sha256) and len(self.sha256) in (0, 64),
+               "detector.sha256", "must be 64 hex digits")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 _ROLES = {
     "gateway": "the public API: identify, ingest, catalog reads",
-    "detector": "logo / album-cover regions (no model until issue 6: whole photo)",
+    "detector": "logo / album-cover regions (torchvision Faster R-CNN; no weights: whole photo)",
     "encoder": "image -> features with the index's codebook",
     "matcher": "one shard of the reference index",
     "web": "the HTTP/JSON front and the page people use (over a gateway)",

@@ -1,0 +1,125 @@
+"""Running a trained detector: verified weights in, boxes with a category and a score out.
+
+:class:`Detector` is what serving uses (the detector service, the embedded engine, ``kyb eval
+--detector``); it never imports the training code. Images are BGR uint8 as :mod:`kyb.imageio`
+decodes them; they are shrunk with area averaging to the network's input size first (what the
+network would do anyway, but cheaper than resizing a 1024-px tensor), and boxes come back in the
+caller's pixels.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from kyb.detection._weights import DetectorWeights
+
+__all__ = ["Detection", "Detector"]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One region: ``box`` ``(x1, y1, x2, y2)`` float pixels of the input image (x2/y2 exclusive), the
+    ``label`` (a category name: ``logo`` or ``album_cover``) and the detector's ``score`` in [0, 1]."""
+
+    box: tuple[float, float, float, float]
+    label: str
+    score: float
+
+
+class Detector:
+    """A loaded, warmed-up detector.
+
+    ``device``: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda[:N]``. ``score_threshold``: boxes
+    below are dropped. ``nms_iou``: boxes overlapping a better one by more than this are dropped —
+    per class inside torchvision, then across classes here (a region is a logo *or* a cover, so the
+    best label wins). ``max_boxes`` per image. ``threads``: torch CPU threads (0 = leave torch's
+    setting; 1 is fastest on a shared machine, where idle-spinning OpenMP threads cost more than
+    they give).
+    """
+
+    def __init__(self, weights: DetectorWeights, *, device: str = "auto", score_threshold: float = 0.3,
+                 nms_iou: float = 0.5, max_boxes: int = 16, threads: int = 0) -> None:  # fmt: skip
+        import torch
+
+        from kyb.detection._model import build_detector
+
+        if not 0 <= score_threshold <= 1:
+            raise ValueError(f"score_threshold must be in 0..1, not {score_threshold}")
+        if not 0 < nms_iou <= 1:
+            raise ValueError(f"nms_iou must be in (0, 1], not {nms_iou}")
+        if max_boxes < 1:
+            raise ValueError(f"max_boxes must be >= 1, not {max_boxes}")
+        if threads:
+            torch.set_num_threads(threads)
+        self.weights = weights
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))  # fmt: skip
+        self.score_threshold = score_threshold
+        self.nms_iou = nms_iou
+        self.max_boxes = max_boxes
+        self.model = build_detector(weights=weights, box_score_thresh=score_threshold, box_nms_thresh=nms_iou,
+                                    box_detections_per_img=max_boxes).to(self.device).eval()  # fmt: skip
+        self.arch = weights.arch
+        # torch modules are not safe to call from several threads at once on CUDA; the batcher
+        # serialises anyway, this guards direct callers.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, sha256: str = "", **kwargs: Any) -> Detector:
+        """Load and verify ``path`` (see :meth:`DetectorWeights.load`), then build the detector."""
+        return cls(DetectorWeights.load(path, sha256=sha256), **kwargs)
+
+    @property
+    def version(self) -> str:
+        return self.weights.version
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return self.weights.categories
+
+    def warm_up(self, batch: int = 1) -> None:
+        """One forward pass on a blank image (the first call allocates and picks kernels)."""
+        blank = np.full((self.arch.min_size, self.arch.max_size, 3), 127, np.uint8)
+        self.detect([blank] * batch)
+
+    def _prepare(self, image: np.ndarray) -> tuple[Any, float]:
+        import torch
+
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError("images must be RGB uint8 (H, W, 3)")
+        h, w = image.shape[:2]
+        s = min(self.arch.min_size / min(h, w), self.arch.max_size / max(h, w))
+        small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) \
+            if s < 1 else image  # fmt: skip
+        if not small.flags.writeable or not small.flags.c_contiguous:  # torch wants its own writable buffer
+            small = np.array(small, order="C")
+        t = torch.from_numpy(small).to(self.device).permute(2, 0, 1).float().div_(255)
+        return t, small.shape[1] / w
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Detections per image, best first: one list per input image, in order."""
+        import torch
+        from torchvision.ops import nms
+
+        if not images:
+            return []
+        prepared = [self._prepare(im) for im in images]
+        with self._lock, torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
+            outputs = self.model([t for t, _ in prepared])
+        results: list[list[Detection]] = []
+        for out, (_, scale) in zip(outputs, prepared, strict=True):
+            boxes, scores, labels = out["boxes"].float(), out["scores"].float(), out["labels"]
+            keep = nms(boxes, scores, self.nms_iou)[: self.max_boxes]  # across classes
+            dets = []
+            for i in keep.tolist():
+                x1, y1, x2, y2 = (float(v) / scale for v in boxes[i].tolist())
+                dets.append(Detection((x1, y1, x2, y2), self.categories[int(labels[i])], float(scores[i])))
+            results.append(dets)
+        return results

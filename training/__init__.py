@@ -1,0 +1,1 @@
+"""Training jobs (detector); kept apart from serving, which never imports them."""
