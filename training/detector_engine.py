@@ -153,8 +153,11 @@ def evaluate(model: torch.nn.Module, dataset: DetectionDataset, categories: Sequ
              device: torch.device) -> dict[str, float]:  # fmt: skip
     """COCO AP of ``model`` on ``dataset``: ``AP50``, ``AP50:95`` overall and ``AP50/<class>``,
     ``AP50:95/<class>`` per class present in the ground truth (pycocotools COCOeval, bbox)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    try:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError:
+        raise SystemExit("detector evaluation needs pycocotools: pip install 'know-your-bands[detector]'") from None
 
     preds = predict(model, dataset, device)
     images, anns, dets = [], [], []

@@ -95,15 +95,16 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             self._batcher.close()
 
     def _image(self, request: detector_pb2.DetectRequest) -> tuple[np.ndarray, float]:
-        """RGB pixels and the factor from them to the caller's pixels (original ones for bytes, the
-        sent ones for decoded pixels)."""
+        """RGB pixels and the factor from them to the original photo's pixels (boxes are answered in
+        original pixels, as kyb.v1.Box and the encoder expect)."""
         source = request.WhichOneof("source")
         limits = self._config.engine.limits
         if source == "image":
             decoded = decode_image(request.image, limits, max_side=limits.search_max_side)
             return decoded.rgb, decoded.scale
         if source == "decoded":
-            return decoded_from_proto(request.decoded).rgb, 1.0
+            decoded = decoded_from_proto(request.decoded)
+            return decoded.rgb, decoded.scale
         raise InvalidRequest("send the image as bytes (image) or pixels (decoded)")
 
     def detect_image(self, image: np.ndarray, timeout: float | None) -> Sequence[Any]:

@@ -4,9 +4,10 @@ Identify, step by step (every downstream call gets the caller's remaining deadli
 
 1. validate and decode the photo once (:func:`kyb.imageio.decode_image`, search size); the pixels
    travel on as :class:`RawImage`, so no stage decodes again;
-2. regions: the crop box when given, else the detector's boxes when a detector is configured, else
-   the whole photo; the whole photo is encoded while the detector runs, so a detector that finds
-   nothing (or has no model yet) costs no latency;
+2. regions: the crop box when given, else the detector's boxes (each grown by a margin) plus the
+   whole photo when a detector is configured and finds some, else the whole photo; the whole photo
+   is encoded while the detector runs, so a detector that finds nothing (or has no model) costs no
+   latency, and an object outside every box is still found;
 3. encode every region, in parallel;
 4. search every region on EVERY matcher shard, in parallel (scatter-gather); a shard that fails
    (after retries on UNAVAILABLE) makes the answer ``partial`` and is named in ``missing_shards``;
@@ -35,6 +36,7 @@ import grpc
 import numpy as np
 
 from kyb.catalog import Catalog, ReferenceImage, open_catalog
+from kyb.detection import expand_box
 from kyb.encoder import Box
 from kyb.engine import reference_id_for, run_search
 from kyb.errors import (
@@ -155,6 +157,17 @@ class _Described:
             album = self.catalog.get_album(album_id)
             self.albums[album_id] = album_to_proto(album) if album else None
         return self.albums[album_id]
+
+
+
+def _detected_regions(response: Any, raw: common_pb2.RawImage, limit: int) -> list[Box | None]:
+    """The detector's boxes, best first, each grown by a margin (:func:`kyb.detection.expand_box`: feature
+    matching needs the object's edges inside the crop) and clipped to the photo (original pixels)."""
+    width, height = raw.original_width, raw.original_height
+    return [
+        expand_box(box_from_proto(d.box, name="detector box"), width, height)
+        for d in sorted(response.detections, key=lambda d: -d.score)[:limit]
+    ]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -299,11 +312,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if (version == "") != (self._detector_model[0] == ""):
             log.info("detector model: %s", version or "none (whole photo = one region)")
         self._detector_model = (version, time.monotonic())
-        boxes: list[Box | None] = [
-            box_from_proto(d.box, name="detector box")
-            for d in sorted(response.detections, key=lambda d: -d.score)[: self._config.gateway.max_regions]
-        ]
-        return boxes or [None]
+        return _detected_regions(response, raw, self._config.gateway.max_regions) or [None]
 
     def _identify(self, request: gateway_pb2.IdentifyRequest, deadline: Deadline) -> gateway_pb2.IdentifyResponse:
         started = time.perf_counter()
@@ -330,9 +339,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if boxes == [crop]:
             futures = [whole]
         else:
-            whole.cancel()
+            # Detected regions, each searched on its own, plus the whole photo (already encoding) so a
+            # verified object outside every box is still found; the merge keeps one answer per object.
             assert raw is not None  # boxes come from the detector, which was sent these pixels
-            futures = [self._submit(self._encode, raw, box, deadline, False) for box in boxes]
+            futures = [whole, *(self._submit(self._encode, raw, box, deadline, False) for box in boxes)]
+            boxes = [None, *boxes]
         regions: list[_Region] = []
         encoded: encoder_pb2.EncodeResponse | None = None
         for box, result in zip(boxes, self._gather(futures, deadline, "the encoder"), strict=True):
