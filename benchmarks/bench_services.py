@@ -54,6 +54,7 @@ import json
 import math
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -115,6 +116,7 @@ class Run:
     wall_s: float
     errors: list[str] = field(default_factory=list)
     timings: list[dict[str, float]] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # per photo, every process (paired passes only)
 
     def _ok(self) -> list[float]:
         return [v for v in self.latencies_ms if not math.isnan(v)]
@@ -192,16 +194,50 @@ def measure(mode: str, top: Top, photos: Sequence[tuple[str, bytes]], threads: i
     return run
 
 
-def measure_paired(modes: dict[str, Top], photos: Sequence[tuple[str, bytes]]) -> list[Run]:
+def _descendants(roots: Sequence[int]) -> list[int]:
+    """``roots`` and every process below them (from /proc; Linux)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+                parents.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system) used so far by this process and ``pids``: a cost that, unlike wall
+    time, hardly depends on how many other jobs share the cores."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    total = usage.ru_utime + usage.ru_stime
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def measure_paired(modes: dict[str, Top], photos: Sequence[tuple[str, bytes]], pids: Sequence[int] = ()) -> list[Run]:
     """Concurrency 1, photo by photo: each photo is identified by every mode in turn (the order
-    rotates), so a change in machine load between photos hits every mode alike."""
+    rotates), so a change in machine load between photos hits every mode alike. Calls never
+    overlap, so the CPU time every process used during a call (``pids`` and this one) is its cost."""
     names = list(modes)
     runs = {name: Run(name, 1, [], [], 0.0) for name in names}
     for i, (path, data) in enumerate(photos):
         for k in range(len(names)):
             name = names[(i + k) % len(names)]
+            before = cpu_seconds(pids)
             latency, answer, timings, error = _timed(modes[name], path, data)
             run = runs[name]
+            run.cpu_ms.append((cpu_seconds(pids) - before) * 1000.0)
             run.latencies_ms.append(latency)
             run.tops.append(answer)
             if error:
@@ -545,14 +581,19 @@ def report(
     if timed:
         keys = list(dict.fromkeys(key for run in timed for t in run.timings for key in t))
         lines += ["", "Where the time goes at concurrency 1 (mean ms of the stages each answer reports):", ""]
-        lines += ["| mode | " + " | ".join(keys) + " | caller's latency |", "|---" * (len(keys) + 2) + "|"]
+        lines += [
+            "| mode | " + " | ".join(keys) + " | caller's latency | CPU ms, all processes |",
+            "|---" * (len(keys) + 3) + "|",
+        ]
         for run in timed:
             means = [
                 np.mean([t[key] for t in run.timings if key in t]) if any(key in t for t in run.timings) else math.nan
                 for key in keys
             ]
             latency = float(np.nanmean(run.latencies_ms)) if run.latencies_ms else math.nan
-            lines.append(f"| {run.mode} | " + " | ".join(_fmt(m, 1) for m in means) + f" | {_fmt(latency, 1)} |")
+            cpu = float(np.median(run.cpu_ms)) if run.cpu_ms else math.nan
+            cells = " | ".join(_fmt(m, 1) for m in means)
+            lines.append(f"| {run.mode} | {cells} | {_fmt(latency, 1)} | {_fmt(cpu, 1)} (median) |")
     if bytes_table:
         lines += ["", f"Bytes each stage sends per photo (protobuf payloads, {bytes_photos} photos):", ""]
         lines += [
@@ -603,9 +644,12 @@ def summary(runs: list[Run], encoder_modes: dict[int, str]) -> tuple[list[str], 
         ]
         added = float(np.median(pairs)) if pairs else math.nan
         numbers.setdefault("split_adds_p50_ms", {})[mode] = added
+        extra_cpu = float(np.median(np.subtract(stack.cpu_ms, embedded.cpu_ms))) if stack.cpu_ms else math.nan
+        numbers.setdefault("split_adds_cpu_ms", {})[mode] = extra_cpu
         lines.append(
             f"{mode}: split adds {_fmt(added)} ms at concurrency 1 (median of {len(pairs)} per-photo differences; "
-            f"p50 {_fmt(stack.percentile(50))} vs embedded {_fmt(embedded.percentile(50))} ms)"
+            f"p50 {_fmt(stack.percentile(50))} vs embedded {_fmt(embedded.percentile(50))} ms); "
+            f"CPU of all processes: {_fmt(extra_cpu)} ms more per photo (median)"
         )
     for count, mode in encoder_modes.items():
         for base in ("stack", "encoder x1"):
@@ -737,7 +781,8 @@ def main(argv: list[str] | None = None) -> int:
         for level in levels:
             print(f"concurrency {level}", file=sys.stderr, flush=True)
             if level == 1:
-                for run in measure_paired(modes, photos):
+                pids = _descendants([child.process.pid for child in children.items])
+                for run in measure_paired(modes, photos, pids):
                     by[(run.mode, 1)] = run
             for r in range(args.rounds if level > 1 else 0):
                 names = list(modes)

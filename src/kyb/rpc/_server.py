@@ -150,7 +150,15 @@ class ServiceServer:
         self.server = grpc.server(
             self._pool,
             interceptors=[_CallInterceptor(self.metrics, self._tokens)],
-            options=[*channel_options(config.rpc), ("grpc.so_reuseport", 0), *_age_options(config.rpc)],
+            options=[
+                *channel_options(config.rpc),
+                ("grpc.so_reuseport", 0),
+                # Our channels ping every keepalive_time_s, idle or not; gRPC servers refuse pings
+                # without data more often than every 5 minutes by default and answer GOAWAY
+                # "too_many_pings", which drops every idle channel (a quiet shard) once in a while.
+                ("grpc.http2.min_ping_interval_without_data_ms", int(config.rpc.keepalive_time_s * 500)),
+                *_age_options(config.rpc),
+            ],
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
