@@ -31,7 +31,7 @@ from kyb.encoder import Box, Encoder, Encoding, extract_reference
 from kyb.errors import InvalidRequest, KybError, NotFound, NotReady
 from kyb.features import LocalFeatures
 from kyb.imageio import DecodedImage, decode_image
-from kyb.index import RankedLists, ReferenceIndex, current_generation, has_index, writer_lock
+from kyb.index import RankedLists, ReferenceIndex, VoteMemo, current_generation, has_index, writer_lock
 from kyb.verify import QueryFeatures, Verification, verify
 
 __all__ = [
@@ -225,6 +225,8 @@ class IndexSource:
         self.index = index
         self.config = index.search_config
         self.image_size = image_size
+        # Later rounds of this photo update the first round's word vote instead of voting again.
+        self.memo = VoteMemo()
 
     @functools.cached_property
     def projected(self) -> np.ndarray:
@@ -242,20 +244,22 @@ class IndexSource:
 
     def ranked(self, rows: np.ndarray | None, exclude: set[str] | frozenset[str], limit: int) -> RankedLists:
         """The shortlist's two lists before fusion (what a matcher shard sends the gateway)."""
-        return self.index.ranked(self.probe(rows), exclude=exclude, limit=limit)
+        return self.index.ranked(self.probe(rows), exclude=exclude, limit=limit, memo=self.memo)
 
     def shortlist(self, rows: np.ndarray | None, exclude: set[str], limit: int) -> list[str]:
-        return [c.reference_id for c in self.index.shortlist(self.probe(rows), exclude=exclude, limit=limit)]
+        candidates = self.index.shortlist(self.probe(rows), exclude=exclude, limit=limit, memo=self.memo)
+        return [c.reference_id for c in candidates]
 
     def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | _NotIndexed | None]:
         codebook = self.index.codebook
+        subset = None if rows.size == len(self.query) else rows  # None: every feature, no copy
         for key in keys:
             try:
                 reference = self.index.features(key)
             except KeyError:  # deleted since the shortlist was made
                 yield NOT_INDEXED
                 continue
-            yield verify(self.photo, reference, codebook.dequantize(reference.descriptors), self.config, rows)
+            yield verify(self.photo, reference, codebook.dequantize(reference.descriptors), self.config, subset)
 
 
 def search(
@@ -322,7 +326,11 @@ def run_search(
         for position, key in enumerate(keys):
             # Once something is verified, a run of misses means the rest of the shortlist is noise;
             # what it skips comes back in the next round's shortlist if the photo still supports it.
-            if verified and (misses >= config.patience or position >= limit):
+            # Later rounds look only for further objects with the features no object explained: a
+            # further object ranks near the top of that fresh shortlist, so the same run of misses
+            # ends them even before anything verified (a photo of one cover is the common case,
+            # and without this its last round verified a whole shortlist of strangers).
+            if (verified or round_number > 0) and (misses >= config.patience or position >= limit):
                 break
             tried.add(key)
             result = next(results)

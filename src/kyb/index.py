@@ -34,6 +34,7 @@ from pathlib import Path
 
 import hnswlib
 import numpy as np
+from scipy import sparse
 
 from kyb.codebook import Codebook
 from kyb.config import SearchConfig
@@ -45,6 +46,7 @@ __all__ = [
     "RankedLists",
     "ReferenceFeatures",
     "ReferenceIndex",
+    "VoteMemo",
     "current_generation",
     "fuse_ranked",
     "has_index",
@@ -120,9 +122,13 @@ class _Segment:
         feature_row = np.repeat(np.arange(len(ordinals), dtype=np.int64), counts)
         pair = np.unique(words.astype(np.int64) * max(1, len(ordinals)) + feature_row, return_counts=True)
         pair_words = pair[0] // max(1, len(ordinals))
-        self.postings = (pair[0] % max(1, len(ordinals))).astype(np.int32)
-        self.posting_weight = np.sqrt(pair[1]).astype(np.float32)
-        self.word_starts = np.searchsorted(pair_words, np.arange(n_words + 1)).astype(np.int64)
+        postings = (pair[0] % max(1, len(ordinals))).astype(np.int32)
+        word_starts = np.searchsorted(pair_words, np.arange(n_words + 1)).astype(np.int32)
+        # A (words x references) sparse matrix: the vote is then one compiled sparse product over
+        # the query's rows instead of several numpy passes over every gathered posting.
+        self.postings = sparse.csr_matrix(
+            (np.sqrt(pair[1]).astype(np.float32), postings, word_starts), shape=(n_words, len(ordinals))
+        )
 
     def __len__(self) -> int:
         return len(self.ordinals)
@@ -241,6 +247,26 @@ def fuse_ranked(lists: RankedLists, config: SearchConfig, limit: int) -> list[tu
         entry[2] += 1.0 / (20 + rank)
     ranked = sorted(by_ref.items(), key=lambda item: -item[1][2])[:limit]
     return [(reference_id, values[0], values[1], values[2]) for reference_id, values in ranked]
+
+
+class VoteMemo:
+    """The inverted-file vote of one photo, kept between the rounds of one search.
+
+    A later round votes with the words of the features no found object explained, a subset of the
+    previous round's words: taking the departed words' votes off the previous scores touches far
+    fewer postings than voting again with every word that stayed. Pass one fresh memo per photo.
+    """
+
+    def __init__(self) -> None:
+        self.words: np.ndarray | None = None
+        self.references = -1
+        # id(segment) -> (segment, raw vote per row); the segment is held so its id is not reused.
+        self.raw: dict[int, tuple[_Segment, np.ndarray]] = {}
+
+
+#: A real vote is at least one posting (weight >= 1) times the smallest idf^2 kept ((ln 4)^2 ~ 1.9):
+#: anything below this after a subtraction is float32 rounding of a vote that was taken back.
+_VOTE_FLOOR = 0.5
 
 
 def _fsync_dir(path: Path) -> None:
@@ -428,16 +454,18 @@ class ReferenceIndex:
         *,
         exclude: set[str] | frozenset[str] = frozenset(),
         limit: int | None = None,
+        memo: VoteMemo | None = None,
     ) -> list[Candidate]:
         """References most likely to appear in ``query``, best first (not yet verified).
 
         Two lists are fused by reciprocal rank (:func:`fuse_ranked`): the hnswlib neighbours of the
         global vector (strong when the object fills the photo) and the inverted-file vote of
         idf-weighted shared visual words (strong for a small logo in clutter, where the global vector
-        is mostly clutter).
+        is mostly clutter). ``memo`` (optional, one per photo) lets a later round of the same photo
+        update the previous round's vote instead of voting again; the candidates are the same.
         """
         limit = limit or self.search_config.verify_top
-        fused = fuse_ranked(self.ranked(query, exclude=exclude, limit=limit), self.search_config, limit)
+        fused = fuse_ranked(self.ranked(query, exclude=exclude, limit=limit, memo=memo), self.search_config, limit)
         candidates = []
         for reference_id, similarity, word_score, score in fused:
             where = self._where.get(reference_id)
@@ -452,6 +480,7 @@ class ReferenceIndex:
         *,
         exclude: set[str] | frozenset[str] = frozenset(),
         limit: int | None = None,
+        memo: VoteMemo | None = None,
     ) -> RankedLists:
         """The two lists :meth:`shortlist` fuses, each as deep as a shortlist of ``limit`` needs.
 
@@ -477,11 +506,16 @@ class ReferenceIndex:
                 global_list.append((reference_id, 1.0 - float(distance)))
                 if len(global_list) >= depth_global:
                     break
-        words = self._word_votes(query, self._segments, exclude, depth_words)[:depth_words] if depth_words else []
+        words = self._word_votes(query, self._segments, exclude, depth_words, memo)[:depth_words] if depth_words else []
         return RankedLists(global_list, words)
 
     def _word_votes(
-        self, query: Encoding, segments: Sequence[_Segment], exclude: set[str] | frozenset[str], depth: int
+        self,
+        query: Encoding,
+        segments: Sequence[_Segment],
+        exclude: set[str] | frozenset[str],
+        depth: int,
+        memo: VoteMemo | None = None,
     ) -> list[tuple[str, float]]:
         n = max(1, len(self._where))
         words = np.unique(query.words)
@@ -491,21 +525,25 @@ class ReferenceIndex:
         keep = (df > 0) & (df <= max(2, 0.25 * n))
         words = words[keep]
         weights = np.log(n / df[keep]).astype(np.float32) ** 2
-        if words.size == 0:
-            return []
+        if memo is not None and (memo.words is None or memo.references != n):
+            memo.raw = {}  # first round, or the collection changed (idf moved): vote afresh
+        gone = came = np.zeros(0, dtype=words.dtype)
+        if memo is not None and memo.raw and memo.words is not None:
+            gone = np.setdiff1d(memo.words, words, assume_unique=True)
+            came = np.setdiff1d(words, memo.words, assume_unique=True)
+        gone_weights = np.log(n / self._df[gone]).astype(np.float32) ** 2
+        came_weights = np.log(n / self._df[came]).astype(np.float32) ** 2
         results: list[tuple[np.ndarray, np.ndarray, _Segment]] = []
+        fresh: dict[int, tuple[_Segment, np.ndarray]] = {}
         for segment in segments:
-            starts = segment.word_starts[words]
-            lengths = segment.word_starts[words + 1] - starts
-            total = int(lengths.sum())
-            if total == 0:
-                continue
-            first = np.cumsum(lengths) - lengths
-            gather = np.repeat(starts - first, lengths) + np.arange(total)
-            rows = segment.postings[gather]
-            votes = np.repeat(weights, lengths) * segment.posting_weight[gather]
-            scores = np.bincount(rows, weights=votes, minlength=len(segment))
-            scores = scores.astype(np.float32) * segment.inv_sqrt_count
+            previous = memo.raw.get(id(segment)) if memo is not None else None
+            if previous is not None:
+                raw = previous[1] - _vote(segment, gone, gone_weights) + _vote(segment, came, came_weights)
+                raw[raw < _VOTE_FLOOR] = 0.0
+            else:
+                raw = _vote(segment, words, weights)
+            fresh[id(segment)] = (segment, raw)
+            scores = raw * segment.inv_sqrt_count
             scores[~segment.alive] = 0.0
             want = min(depth + len(exclude), len(scores))
             # Partial selection, then order only the winners: a full argsort of a 100k-reference
@@ -513,7 +551,10 @@ class ReferenceIndex:
             top = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
             top = top[np.argsort(-scores[top], kind="stable")]
             top = top[scores[top] > 0]
-            results.append((top, scores[top], segment))
+            if top.size:
+                results.append((top, scores[top], segment))
+        if memo is not None:
+            memo.words, memo.references, memo.raw = words, n, fresh
         merged = [
             (str(segment.ref_ids[row]), float(score))
             for rows, scores, segment in results
@@ -684,6 +725,13 @@ class ReferenceIndex:
         if len(index) != manifest["references"]:
             raise IndexCorrupt(f"index {folder}: {len(index)} references, manifest says {manifest['references']}")
         return index
+
+
+def _vote(segment: _Segment, words: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Raw inverted-file vote of ``words`` (idf^2 ``weights``) for every row of ``segment``."""
+    if words.size == 0:
+        return np.zeros(len(segment), dtype=np.float32)
+    return np.asarray(segment.postings[words].T @ weights, dtype=np.float32)
 
 
 def _current_generation(root: Path) -> tuple[int, Path] | None:

@@ -21,17 +21,25 @@ __all__ = ["QueryFeatures", "Verification", "match_descriptors", "verify"]
 
 @dataclass(frozen=True)
 class QueryFeatures:
-    """A photo's features prepared once for many verifications: float descriptors and norms."""
+    """A photo's features prepared once for many verifications: float descriptors and norms.
+
+    ``augmented`` is each descriptor with a trailing 1, so that one matrix product against a
+    reference prepared as ``[-2 r, |r|^2]`` yields ``|r|^2 - 2 q.r`` directly (the product is most of
+    a verification's cost; this saves two passes over its result).
+    """
 
     xy: np.ndarray  # (N, 2) float32, photo pixels at search size
     descriptors: np.ndarray  # (N, d) float32
     sq_norms: np.ndarray  # (N,) float32
     image_size: tuple[int, int]  # width, height at search size
+    augmented: np.ndarray  # (N, d + 1) float32
 
     @classmethod
     def build(cls, xy: np.ndarray, descriptors: np.ndarray, image_size: tuple[int, int]) -> QueryFeatures:
         desc = np.ascontiguousarray(descriptors, dtype=np.float32)
-        return cls(xy.astype(np.float32), desc, (desc * desc).sum(1), image_size)
+        augmented = np.ones((desc.shape[0], desc.shape[1] + 1), dtype=np.float32)
+        augmented[:, :-1] = desc
+        return cls(xy.astype(np.float32), desc, (desc * desc).sum(1), image_size, augmented)
 
 
 @dataclass(frozen=True)
@@ -66,12 +74,13 @@ def match_descriptors(
     q_rows = np.arange(query.xy.shape[0]) if rows is None else rows
     if q_rows.size == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    q = query.descriptors[q_rows]
+    q = query.augmented if rows is None else query.augmented[q_rows]
     # ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r; the ||q||^2 term does not change which r is nearest,
     # so it is added back only to the two values the ratio test needs (saves a full pass).
-    scores = q @ reference.T
-    scores *= -2.0
-    scores += (reference * reference).sum(1)[None, :]
+    prepared = np.empty((reference.shape[0], reference.shape[1] + 1), dtype=np.float32)
+    np.multiply(reference, -2.0, out=prepared[:, :-1])
+    prepared[:, -1] = (reference * reference).sum(1)
+    scores = q @ prepared.T
     nearest = np.argmin(scores, axis=1)
     pick = np.arange(scores.shape[0])
     q_sq = query.sq_norms[q_rows]

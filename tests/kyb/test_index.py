@@ -7,10 +7,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from kyb.encoder import Encoding
 from kyb.engine import Engine
-from kyb.index import ReferenceIndex
+from kyb.index import ReferenceIndex, VoteMemo
 from tests.conftest import Library, make_config
 
 CHILD = textwrap.dedent(
@@ -88,3 +90,29 @@ def test_compaction_keeps_the_survivors(library: Library, tmp_path: Path) -> Non
     stats = reloaded.stats()
     assert stats["deleted"] == 0  # deleted rows are dropped from disk, not just masked
     assert stats["segments"] <= 9  # small segments are merged once there are more than 8
+
+
+def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library) -> None:
+    """A search's later rounds update the first round's word vote; the shortlist must not change."""
+    engine = Engine(library.config)
+    index = engine.index
+    # A photo holding two references: one's features, then the other's (as a found object removes them).
+    first, second = (index.encoding(r) for r in index.reference_ids()[:2])
+    both = Encoding(
+        xy=np.concatenate([first.xy, second.xy]),
+        descriptors=np.concatenate([first.descriptors, second.descriptors]),
+        words=np.concatenate([first.words, second.words]),
+        global_vector=first.global_vector,
+        region_size=first.region_size,
+        codebook_version=first.codebook_version,
+    )
+    memo = VoteMemo()
+    index.shortlist(both, memo=memo)
+    updated = index.shortlist(second, memo=memo)
+    fresh = index.shortlist(second)
+    # Same candidates with the same vote (float rounding may swap two exactly tied ones).
+    assert {c.reference_id: c.word_score for c in updated} == pytest.approx(
+        {c.reference_id: c.word_score for c in fresh}, rel=1e-4
+    )
+    # The vote moves to the words that remained: the second reference leads its own vote.
+    assert max(updated, key=lambda c: c.word_score).reference_id == index.reference_ids()[1]
