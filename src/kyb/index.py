@@ -555,13 +555,21 @@ class ReferenceIndex:
                 results.append((top, scores[top], segment))
         if memo is not None:
             memo.words, memo.references, memo.raw = words, n, fresh
-        merged = [
-            (str(segment.ref_ids[row]), float(score))
-            for rows, scores, segment in results
-            for row, score in zip(rows, scores, strict=True)
-        ]
-        merged.sort(key=lambda item: -item[1])
-        return [(r, s) for r, s in merged if r not in exclude]
+        if not results:
+            return []
+        # Merge the segments' winners as arrays and name only the best `depth` (naming every
+        # segment's winners cost more than the vote itself at 40 segments); stable, like one sort.
+        scores = np.concatenate([top_scores for _, top_scores, _ in results])
+        owner = np.concatenate([np.full(len(rows), i) for i, (rows, _, _) in enumerate(results)])
+        rows = np.concatenate([rows for rows, _, _ in results])
+        merged: list[tuple[str, float]] = []
+        for position in np.argsort(-scores, kind="stable"):
+            reference_id = str(results[owner[position]][2].ref_ids[rows[position]])
+            if reference_id not in exclude:
+                merged.append((reference_id, float(scores[position])))
+                if len(merged) >= depth:
+                    break
+        return merged
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: Path | None = None) -> Path:
