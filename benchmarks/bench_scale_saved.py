@@ -1,0 +1,129 @@
+"""bench_scale on a saved index: build the 100k scale index once, then measure any code against it.
+
+Usage::
+
+    python benchmarks/bench_scale_saved.py build DIR [--size 100000]     # ~1 h on a busy 2-core machine
+    python benchmarks/bench_scale_saved.py measure DIR --size 1000        # first N references of it
+    PYTHONPATH=/other/checkout/src python benchmarks/bench_scale_saved.py measure DIR --size 100000
+
+``build`` runs bench_scale's own steps (700 drawn vocabulary covers -> codebook, 50 real covers and 30
+query photos of them, generated fillers) with its defaults and saves the index and the query encodings
+in DIR. ``measure`` loads them, keeps the first ``--size`` references (real covers first, then fillers,
+in 2,500-reference segments as bench_scale adds them) and prints bench_scale's measurements: search
+p50/p95, the shortlist and its inverted-file vote, verification, rounds, top-1, bytes per reference.
+Because the index and the queries are the same bytes for every run, two checkouts measured one after
+the other compare code, not data -- the point on a machine whose load changes by the minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import pickle
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scale as bs  # the sibling benchmark: one generator, one set of measurements
+
+from kyb import synth
+from kyb.config import FeatureConfig, ImageLimits, SearchConfig
+from kyb.encoder import Encoder
+
+
+def build(folder: Path, size: int, real: int = 50, vocabulary: int = 700, queries: int = 30) -> None:
+    limits, features, config = ImageLimits(), FeatureConfig(), SearchConfig()
+    started = time.perf_counter()
+    bands = synth.make_bands(real + vocabulary, seed=0, albums_per_band=(1, 1))
+    common = {"limits": limits, "features": features, "workers": 2, "show": True}
+    vocab = bs.draw_covers(bands[real:], 0, 1, "vocab", keep_pixels=False, **common)
+    codebook = bs.train(vocab, features.pca_dims, True)
+    bs.log(f"codebook {codebook.n_words} words after {time.perf_counter() - started:.0f} s")
+    encoder = Encoder(codebook, features)
+    covers = bs.draw_covers(bands[:real], 0, 2, "real", keep_pixels=True, **common)
+    real_items = [(c.reference_id, c.decoded.sha256, encoder.encode(c.decoded, reference=True)) for c in covers]
+    photos = bs.make_queries(covers, queries, encoder, limits, 0, True)
+    pool = [encoder.encode_features(c.features, c.region) for c in vocab]
+    lengths = np.asarray([len(e) for _, _, e in real_items])
+    factory = bs.FillerFactory(codebook, pool, lengths, seed=0, noise=2.0)
+    index = bs.TimedIndex(codebook, config)
+    stream = bs.ItemStream(real_items, factory)
+    with bs.progress_bar(True, total=size, desc="index", unit="ref") as bar:
+        while len(index) < size:
+            items = stream.take(min(2500, size - len(index)))
+            index.add(items)
+            bar.update(len(items))
+    folder.mkdir(parents=True, exist_ok=True)
+    index.save(folder / "index")
+    # Our own file, read back only by `measure`: pickle keeps the Query dataclasses as they are.
+    with open(folder / "queries.pkl", "wb") as handle:
+        pickle.dump(photos, handle)
+    bs.log(f"built and saved {len(index):,} references in {time.perf_counter() - started:.0f} s")
+
+
+def measure(folder: Path, size: int, profile: bool) -> None:
+    with open(folder / "queries.pkl", "rb") as handle:
+        queries: list[bs.Query] = pickle.load(handle)  # written by `build` above
+    config = SearchConfig()
+    index = bs.TimedIndex.load(folder / "index", config)
+    if size < len(index):
+        ids = index.reference_ids()[:size]  # insertion order: the real covers, then the fillers
+        small = bs.TimedIndex(index.codebook, config)
+        for start in range(0, size, 2500):
+            small.add([(r, index.sha256_of(r) or "", index.encoding(r)) for r in ids[start : start + 2500]])
+        del index
+        gc.collect()
+        index = small
+    rss, _ = bs.memory_mb()
+    for query in queries:  # warm-up
+        bs.run_search(index, query, config)
+    runs = [bs.run_search(index, q, config) for q in queries]
+    shortlists = [bs.run_shortlist(index, q) for q in queries]
+    stats = index.stats()
+
+    def pct(values: Sequence[float], q: float = 50) -> float:
+        return float(np.percentile(values, q))
+
+    print(
+        f"| {len(index):,} | {pct([r.search_ms for r in runs]):.1f} | {pct([r.search_ms for r in runs], 95):.1f} "
+        f"| {pct([r.shortlist_ms for r in shortlists]):.1f} | {pct([r.words_ms for r in shortlists]):.1f} "
+        f"| {np.mean([r.words_ms for r in runs]):.1f} | {np.mean([r.search_ms - r.shortlist_ms for r in runs]):.1f} "
+        f"| {np.mean([r.rounds for r in runs]):.2f} | {sum(r.top1 for r in runs)}/{len(runs)} "
+        f"| {stats['bytes_per_reference']:,.0f} | {rss:,.0f} |"
+    )
+    print(
+        "columns: references | search p50 ms | search p95 ms | shortlist p50 ms | its vote p50 ms "
+        "| votes in a search (mean ms) | verification in a search (mean ms) | rounds | top-1 | bytes/ref | RSS MB"
+    )
+    if profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for query in queries:
+            bs.run_search(index, query, config)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("action", choices=["build", "measure"])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--size", type=bs.parse_size, default=100_000, help="references (default 100k)")
+    parser.add_argument("--profile", action="store_true", help="measure: also cProfile one pass of searches")
+    args = parser.parse_args(argv)
+    if args.action == "build":
+        build(args.folder, args.size)
+    else:
+        measure(args.folder, args.size, args.profile)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
