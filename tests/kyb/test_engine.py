@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 import pytest
 
 from kyb import synth
 from kyb.catalog import Band
-from kyb.engine import Engine, IngestItem
+from kyb.config import SearchConfig
+from kyb.engine import Engine, IngestItem, run_search
 from kyb.errors import ImageTooLarge, InvalidImage, NotFound
+from kyb.verify import Verification
 from tests.conftest import Library, encode_jpeg, encode_png, make_config
 
 
@@ -214,3 +218,34 @@ def test_reserve_is_searched_only_when_nothing_verifies(library: Library) -> Non
     assert found == [] and len(order) <= 4
     _, rest = search(query, size, engine.index, config, exclude=frozenset(order), max_candidates=6)
     assert not set(rest) & set(order) and len(rest) <= 6
+
+
+class _ScriptedSource:
+    """A CandidateSource whose shortlists and verifications are scripted: counts what gets verified."""
+
+    def __init__(self, found: Verification, rounds: list[list[str]]) -> None:
+        self.found, self.rounds, self.verified = found, rounds, []
+
+    def shortlist(self, rows: np.ndarray | None, exclude: set[str], limit: int) -> list[str]:
+        return [key for key in self.rounds.pop(0) if key not in exclude][:limit] if self.rounds else []
+
+    def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | None]:
+        for key in keys:
+            self.verified.append(key)
+            yield self.found if key == self.found.reference_id else None
+
+
+def test_later_rounds_stop_after_a_run_of_misses() -> None:
+    """After the first object, a round that verifies nothing ends after `patience` misses in a row."""
+    config = SearchConfig()
+    xy = np.random.default_rng(0).uniform(0, 1000, (400, 2)).astype(np.float32)
+    # The found object covers the left half of the photo, so the second round still has features.
+    outline = np.array([[0, 0], [500, 0], [500, 1000], [0, 1000]], dtype=np.float32)
+    inside = np.flatnonzero(xy[:, 0] < 500)
+    found = Verification("cover", 50, 60, np.eye(3), outline, inside[:50], 0.5, 0.8)
+    strangers = [f"stranger-{i}" for i in range(40)]
+    source = _ScriptedSource(found, [["cover", *strangers[:20]], strangers[20:]])
+    objects, _ = run_search(source, xy, config)
+    assert [o.verification.reference_id for o in objects] == ["cover"]
+    first_round = 1 + config.patience  # the cover, then a run of misses ends round 1
+    assert len(source.verified) == first_round + config.patience  # round 2: one run of misses, not its whole list
