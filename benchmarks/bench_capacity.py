@@ -13,10 +13,9 @@ Inputs, all measured here in this run (or in the bench_scale run it reads):
   per reference (``ReferenceIndex.stats``);
 * encoder: seconds of one core per encode of a search-size photo (decode + RootSIFT + codebook);
 * gateway: seconds of one core to decode a 12-megapixel phone JPEG to search size (it decodes once);
-* detector: seconds of one core per 1024x768 photo for torchvision's Faster R-CNN MobileNetV3-Large
-  FPN (random weights: inference time does not depend on their values), resized to the detector
-  service's 384-px shorter side (its FPN and box head are narrower than torchvision's, so this is an
-  upper bound), and at torchvision's default 800 px. GPU throughput needs the device machine.
+* detector: seconds of one core per 1024x768 photo for the detector service's network
+  (``kyb.detection.build_detector``, random weights: inference time does not depend on their values),
+  and torchvision's stock MobileNetV3-Large FPN for comparison. GPU throughput needs the device machine.
 
 The plan (``plan``): an identification of a photo with R detector regions runs 1 + R encodes and
 1 + R searches (the whole photo and each region). A search costs every shard its shortlist,
@@ -159,21 +158,31 @@ def time_encoder_and_gateway(photos: int, covers: int, seed: int) -> dict[str, f
     }
 
 
-def time_detector(repeats: int, min_size: int, max_size: int) -> dict[str, float]:
-    """CPU seconds per 1024x768 photo, batch 1, for torchvision's Faster R-CNN MobileNetV3-Large FPN
-    (random weights) resizing to ``min_size``/``max_size`` (torchvision's default: 800/1333)."""
+def time_detector(repeats: int) -> dict[str, float]:
+    """CPU seconds per 1024x768 photo, batch 1: the detector service's network
+    (:func:`kyb.detection.build_detector`, default :class:`~kyb.detection.DetectorArch`) and, for
+    comparison, torchvision's stock ``fasterrcnn_mobilenet_v3_large_fpn`` (800-px input, 1024-wide head).
+    Random weights: inference time does not depend on their values."""
     import torch
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 
+    from kyb.detection import DetectorArch, build_detector
+
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = fasterrcnn_mobilenet_v3_large_fpn(
-        weights=None, weights_backbone=None, num_classes=3, min_size=min_size, max_size=max_size
-    ).eval()
     image = torch.rand(3, 768, 1024)
+    service = build_detector().eval()
+    stock = fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=3).eval()
     with torch.inference_mode():
-        seconds = per_call_s(lambda: model([image]), repeats)
-    return {"detect_s": seconds, "parameters": float(sum(p.numel() for p in model.parameters()))}
+        service_s = per_call_s(lambda: service([image]), repeats)
+        stock_s = per_call_s(lambda: stock([image]), max(1, repeats // 2))
+    arch = DetectorArch()
+    return {
+        "detect_s": service_s,
+        "detect_torchvision_default_s": stock_s,
+        "detector_min_size": float(arch.min_size),
+        "parameters": float(sum(p.numel() for p in service.parameters())),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -287,9 +296,10 @@ def inputs_table(model: ShardModel, timing: dict[str, float], scale: Sequence[di
         f"encoder {timing['encode_s'] * 1000:.0f} ms CPU per photo ({1 / timing['encode_s']:.1f}/s per core; "
         f"{timing['photo_keypoints']:.0f} keypoints, {timing['codebook_words']:.0f}-word codebook); "
         f"gateway decode of a 12 MP JPEG {timing['gateway_decode_s'] * 1000:.0f} ms; "
-        f"detector (Faster R-CNN MobileNetV3-Large FPN, 1024x768 photo resized to 384 px, CPU) "
-        f"{timing['detect_s'] * 1000:.0f} ms ({1 / timing['detect_s']:.2f}/s per core; torchvision's default "
-        f"800-px resize: {timing['detect_torchvision_default_s'] * 1000:.0f} ms)",
+        f"detector (the service's Faster R-CNN MobileNetV3-Large FPN, {timing['detector_min_size']:.0f}-px input, "
+        f"{timing['parameters'] / 1e6:.1f} M parameters; 1024x768 photo, CPU) {timing['detect_s'] * 1000:.0f} ms "
+        f"({1 / timing['detect_s']:.1f}/s per core; torchvision's stock model at 800 px: "
+        f"{timing['detect_torchvision_default_s'] * 1000:.0f} ms)",
     ]
     return "\n".join(lines)
 
@@ -305,10 +315,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--utilisation", type=float, default=0.6, help="target busy fraction (HPA target)")
     parser.add_argument("--photos", type=int, default=12, help="photos timed through the encoder")
     parser.add_argument("--covers", type=int, default=120, help="drawn covers for the encoder's codebook")
-    parser.add_argument("--detector-repeats", type=int, default=4)
-    # The detector service's default input size (shorter side 384, longer at most 512), not torchvision's 800.
-    parser.add_argument("--detector-min-size", type=int, default=384)
-    parser.add_argument("--detector-max-size", type=int, default=512)
+    parser.add_argument("--detector-repeats", type=int, default=8)
     parser.add_argument("--json", type=Path, help="also write inputs and plan here")
     return parser.parse_args(argv)
 
@@ -324,8 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log("timing the encoder and the gateway decode")
     timing = time_encoder_and_gateway(args.photos, args.covers, seed=0)
     log("timing the detector")
-    timing |= time_detector(args.detector_repeats, args.detector_min_size, args.detector_max_size)
-    timing["detect_torchvision_default_s"] = time_detector(args.detector_repeats, 800, 1333)["detect_s"]
+    timing |= time_detector(args.detector_repeats)
     service_gib = {"encoder": 1.0, "gateway": 0.5, "detector": 1.0}  # the manifests' memory requests
     rows = plan(model, timing, regions=args.regions, matcher_memory_gib=args.matcher_memory_gib,
                 latency_ms=args.latency_ms, cores=args.cores, utilisation=args.utilisation,

@@ -51,7 +51,8 @@ def test_non_root_user_and_kyb_entry_point() -> None:
 
 
 def test_exposed_ports_are_the_configured_ones() -> None:
-    env = dict(line.split("=", 1) for line in CONFIG_ENV.read_text().splitlines() if "=" in line)
+    lines = [line for line in CONFIG_ENV.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    env = dict(line.split("=", 1) for line in lines)
     config = load_service_config(env=env)
     [expose] = re.findall(r"^EXPOSE\s+(.+)$", _dockerfile(), flags=re.M)
     exposed = {int(p) for p in expose.split()}
