@@ -41,8 +41,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     p.add_argument("--backbone", default="mobilenet_v3_large", choices=["mobilenet_v3_large", "mobilenet_v3_small",
                                                                        "resnet18"])  # fmt: skip
-    p.add_argument("--min-size", type=int, default=384, help="shorter side at inference (px)")
-    p.add_argument("--max-size", type=int, default=512, help="longer-side cap at inference (px)")
+    p.add_argument("--min-size", type=int, default=320, help="shorter side at inference (px)")
+    p.add_argument("--max-size", type=int, default=427, help="longer-side cap at inference (px)")
     p.add_argument("--fpn-channels", type=int, default=64)
     p.add_argument("--box-head-width", type=int, default=256)
     p.add_argument("--backbone-weights", type=Path, default=None,

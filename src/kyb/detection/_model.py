@@ -24,7 +24,7 @@ class DetectorArch:
     """The knobs that shape the network; stored in the weights file so a model is rebuilt as trained.
 
     Defaults are chosen for training from scratch on a 2-core CPU (measured in docs/detector.md):
-    MobileNetV3-Large features (the lightest torchvision detection backbone) at a 384-px shorter side,
+    MobileNetV3-Large features (the lightest torchvision detection backbone) at a 320-px shorter side,
     a 64-channel FPN and a 256-wide box head — torchvision's 256/1024 spend most of a CPU step in the
     RoI head (12.8 M of its 19 M parameters) without helping two coarse classes. Anchors start at 16 px
     because a logo on a shirt is often a few percent of the photo.
@@ -33,8 +33,8 @@ class DetectorArch:
     #: ``mobilenet_v3_large`` or ``mobilenet_v3_small`` (torchvision.models), or ``resnet18``.
     backbone: str = "mobilenet_v3_large"
     #: Images are resized so their shorter side is this (longer side capped at 4/3 of it), in pixels.
-    min_size: int = 384
-    max_size: int = 512
+    min_size: int = 320
+    max_size: int = 427
     fpn_channels: int = 64
     box_head_width: int = 256
     #: RoIs sampled per image for the box loss; torchvision's 512 is tuned for 80 classes.
