@@ -317,6 +317,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--covers", type=int, default=120, help="drawn covers for the encoder's codebook")
     parser.add_argument("--detector-repeats", type=int, default=8)
     parser.add_argument("--json", type=Path, help="also write inputs and plan here")
+    parser.add_argument("--timing-from", type=Path, help="reuse the encoder/gateway/detector timings of a --json")
     return parser.parse_args(argv)
 
 
@@ -327,11 +328,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         _bench_scale().main(["--sizes", args.scale_sizes, "--json", str(args.scale_json), "--no-progress"])
     scale = json.loads(args.scale_json.read_text())["results"]
     model = shard_model(scale)
-    single_threaded()
-    log("timing the encoder and the gateway decode")
-    timing = time_encoder_and_gateway(args.photos, args.covers, seed=0)
-    log("timing the detector")
-    timing |= time_detector(args.detector_repeats)
+    if args.timing_from is not None:  # the encoder/gateway/detector figures of an earlier --json run
+        timing = json.loads(args.timing_from.read_text())["timing"]
+    else:
+        single_threaded()
+        log("timing the encoder and the gateway decode")
+        timing = time_encoder_and_gateway(args.photos, args.covers, seed=0)
+        log("timing the detector")
+        timing |= time_detector(args.detector_repeats)
     service_gib = {"encoder": 1.0, "gateway": 0.5, "detector": 1.0}  # the manifests' memory requests
     rows = plan(model, timing, regions=args.regions, matcher_memory_gib=args.matcher_memory_gib,
                 latency_ms=args.latency_ms, cores=args.cores, utilisation=args.utilisation,
