@@ -2,17 +2,48 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import psycopg2
+import psycopg2.sql
 import pytest
 
 from kyb import synth
 from kyb.config import EngineConfig, load_config
 from kyb.engine import Engine, IngestItem
+
+#: The Postgres server the tests use (``/<dbname>`` is appended); the project's setup script starts it.
+PG_SERVER = os.environ.get("KYB_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
+
+
+@contextmanager
+def scratch_database(prefix: str = "kyb_test") -> Iterator[str]:
+    """Create an empty database ``<prefix>_<pid>_<random>``, yield its URL, drop it afterwards (FORCE).
+
+    Fails (never skips) when the server cannot be reached: the Postgres paths must be tested.
+    """
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(f"Postgres not reachable at {PG_SERVER} (start it, or set KYB_TEST_PG_SERVER): {exc}")
+    admin.autocommit = True
+    identifier = psycopg2.sql.Identifier(name)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(psycopg2.sql.SQL("CREATE DATABASE {}").format(identifier))
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(identifier))
+        admin.close()
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from kyb.catalog import (
     parse_catalog_file,
     validate_box,
 )
+from tests.conftest import PG_SERVER, scratch_database
 
 SHA_A = hashlib.sha256(b"image a").hexdigest()
 SHA_B = hashlib.sha256(b"image b").hexdigest()
@@ -49,38 +48,10 @@ SHA_B = hashlib.sha256(b"image b").hexdigest()
 # -- fixtures ------------------------------------------------------------------------------------------
 
 
-#: The Postgres server the tests use (``/<dbname>`` is appended); the project's setup script starts it.
-PG_SERVER = os.environ.get("KYB_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
-
-
-@contextmanager
-def _scratch_database() -> Iterator[str]:
-    """Create an empty database ``kyb_test_<pid>_<random>``, yield its URL, drop it afterwards.
-
-    Fails (never skips) when the server cannot be reached: the Postgres backend must be tested.
-    """
-    name = f"kyb_test_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"Postgres not reachable at {PG_SERVER} (start it, or set KYB_TEST_PG_SERVER): {exc}")
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(psycopg2.sql.SQL("CREATE DATABASE {}").format(psycopg2.sql.Identifier(name)))
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg2.sql.Identifier(name))
-            )
-        admin.close()
-
-
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """URL of a fresh, migrated Postgres database for this test session, dropped at the end."""
-    with _scratch_database() as url:
+    with scratch_database() as url:
         with open_catalog(url):
             pass
         yield url
@@ -424,7 +395,7 @@ def test_postgres_open_catalog_urls(pg_url: str) -> None:
 
 def test_postgres_migrate_twice_and_concurrently() -> None:
     expected = [(1, "0001_initial.sql")]
-    with _scratch_database() as url:
+    with scratch_database() as url:
         barrier = threading.Barrier(4)
         versions: list[int] = []
         errors: list[BaseException] = []
@@ -491,7 +462,7 @@ def test_postgres_unreachable_fails_fast_with_a_clear_message() -> None:
 
 
 def test_postgres_closed_and_unmigrated() -> None:
-    with _scratch_database() as url:
+    with scratch_database() as url:
         raw = PostgresCatalog(url)
         with pytest.raises(CatalogError, match="migrate"):
             raw.count_bands()

@@ -8,8 +8,6 @@ flush), for the SQLite catalog and for a Postgres catalog on the real server.
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -19,8 +17,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import psycopg2
-import psycopg2.sql
 import pytest
 
 from kyb import synth
@@ -28,9 +24,8 @@ from kyb.catalog import PostgresCatalog, open_catalog
 from kyb.cli import main
 from kyb.config import EngineConfig
 from kyb.engine import Engine, IngestItem
-from tests.conftest import Library, encode_jpeg, make_config
+from tests.conftest import Library, encode_jpeg, make_config, scratch_database
 
-PG_SERVER = os.environ.get("KYB_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent(
@@ -72,24 +67,10 @@ CHILD = textwrap.dedent(
 @pytest.fixture(scope="module")
 def pg_server_db() -> Iterator[str]:
     """A throwaway Postgres database for this module (migrated), dropped at the end."""
-    name = f"kyb_test_consistency_{os.getpid()}_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(f"Postgres not reachable at {PG_SERVER} (start it, or set KYB_TEST_PG_SERVER): {exc}")
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute(psycopg2.sql.SQL("CREATE DATABASE {}").format(psycopg2.sql.Identifier(name)))
-        with open_catalog(f"{PG_SERVER}/{name}"):
+    with scratch_database("kyb_test_consistency") as url:
+        with open_catalog(url):
             pass
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(
-                psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg2.sql.Identifier(name))
-            )
-        admin.close()
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -13,12 +13,10 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import psycopg2
 import pytest
 
 from kyb.catalog import open_catalog
@@ -26,9 +24,9 @@ from kyb.index import ReferenceIndex
 from kyb.rpc import ServiceConfig
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
 from services._local import start_local
+from tests.conftest import scratch_database
 from tests.services.conftest import BANDS, Corpus, empty_shards, service_config, wait_ready
 
-PG_SERVER = os.environ.get("KYB_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
 REPO = Path(__file__).resolve().parents[2]
 SHARDS = 2
 KILLED = 9
@@ -88,17 +86,8 @@ CHILD = textwrap.dedent(
 @pytest.fixture
 def database() -> Iterator[str]:
     """A fresh Postgres database for one test, dropped after it."""
-    name = f"kyb_test_crash_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=5)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_database("kyb_test_crash") as url:
+        yield url
 
 
 def _config(corpus: Corpus, tmp_path: Path, url: str) -> ServiceConfig:

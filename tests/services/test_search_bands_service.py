@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 
 import grpc
-import psycopg2
 import pytest
 
 from kyb.catalog import Band, open_catalog
@@ -15,9 +12,9 @@ from kyb.client import GatewayClient
 from kyb.errors import InvalidRequest
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
 from services._local import start_local
+from tests.conftest import scratch_database
 from tests.services.conftest import empty_shards, service_config, wait_ready
 
-PG_SERVER = os.environ.get("KYB_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432").rstrip("/")
 BANDS = [
     Band(band_id="motorhead", name="Motörhead", country="United Kingdom", genre="Heavy Metal"),
     Band(band_id="mortician", name="Mortician", country="United States", genre="Death Metal"),
@@ -32,17 +29,8 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     if request.param == "sqlite":
         yield str(tmp_path / "bands.db")
         return
-    name = f"kyb_test_search_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(f"{PG_SERVER}/postgres", connect_timeout=5)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with scratch_database("kyb_test_search") as url:
+        yield url
 
 
 def test_search_bands_through_the_gateway(corpus, tmp_path, catalog_url: str) -> None:
