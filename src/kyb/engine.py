@@ -530,8 +530,16 @@ class Engine:
 
             return identify_detected(self, data, self.detector)
         started = time.perf_counter()
-        decoded = self.decode_query(data)
+        return self.identify_decoded(self.decode_query(data), box=box, started=started)
+
+    def identify_decoded(
+        self, decoded: DecodedImage, *, box: Box | None = None, started: float | None = None
+    ) -> IdentifyResult:
+        """:meth:`identify` of a photo :meth:`decode_query` already decoded, so several searches of one
+        photo (detector-first: each region, then the whole photo) decode it once. ``started`` is when
+        the decode began (for the "decode" timing; None = no decode time)."""
         decoded_at = time.perf_counter()
+        started = decoded_at if started is None else started
         search_box = None if box is None else tuple(v / decoded.scale for v in box)
         cache = self.cache
         encoding, hit = encode_photo(

@@ -43,18 +43,21 @@ def identify_detected(engine: Engine, data: bytes, detector: Any, *, margin: flo
     match), plus the whole photo's verified objects that lie outside those. ``detector`` is a
     :class:`kyb.detection.Detector`. Without detections this is exactly ``engine.identify(data)``."""
     started = time.perf_counter()
-    decoded = engine.decode_query(data)
+    decoded = engine.decode_query(data)  # once: every search below reuses these pixels
+    decoded_at = time.perf_counter()
     detections = detector.detect([decoded.rgb])[0][:max_regions]
     detected_at = time.perf_counter()
-    whole = engine.identify(data, use_detector=False)
+    whole = engine.identify_decoded(decoded)
+    whole.timings_ms["decode"] = (decoded_at - started) * 1000
     if not detections:
         whole.timings_ms["detect"] = (detected_at - started) * 1000
+        whole.timings_ms["total"] += whole.timings_ms["decode"]
         return whole
     objects: list[IdentifiedObject] = []
     for det in detections:
         # Detector boxes are in the decoded photo's pixels; identify takes original ones.
         box = tuple(v * decoded.scale for v in expand_box(det.box, decoded.width, decoded.height, margin))
-        result = engine.identify(data, box=box)  # type: ignore[arg-type]
+        result = engine.identify_decoded(decoded, box=box)  # type: ignore[arg-type]
         if result.objects:
             best = result.objects[0]
             if all(o.best.reference_id != best.best.reference_id for o in objects):
