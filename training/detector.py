@@ -28,10 +28,16 @@ __all__ = ["get_args_parser", "main", "parse_source", "recipe_of"]
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train the logo / album-cover detector.", add_help=add_help)
-    p.add_argument("--train", action="append", required=True, metavar="SOURCE[@train|@test]",
-                   help="training data (repeatable)")
-    p.add_argument("--val", action="append", default=[], metavar="SOURCE[@train|@test]",
-                   help="evaluated after every epoch (repeatable)")
+    p.add_argument(
+        "--train", action="append", required=True, metavar="SOURCE[@train|@test]", help="training data (repeatable)"
+    )
+    p.add_argument(
+        "--val",
+        action="append",
+        default=[],
+        metavar="SOURCE[@train|@test]",
+        help="evaluated after every epoch (repeatable)",
+    )
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoint, log, final weights")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--iters-per-epoch", type=int, default=0, help="cap steps per epoch (0 = whole data set)")
@@ -45,8 +51,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, default=427, help="longer-side cap at inference (px)")
     p.add_argument("--fpn-channels", type=int, default=64)
     p.add_argument("--box-head-width", type=int, default=256)
-    p.add_argument("--backbone-weights", type=Path, default=None,
-                   help="local torchvision ImageNet state dict for the backbone (else random init)")
+    p.add_argument(
+        "--backbone-weights",
+        type=Path,
+        default=None,
+        help="local torchvision ImageNet state dict for the backbone (else random init)",
+    )
     p.add_argument("--backbone-sha256", default="", help="expected sha256 of --backbone-weights")
     p.add_argument("--test-fraction", type=float, default=0.2, help="share of a source that @test selects")
     p.add_argument("--max-image-side", type=int, default=640, help="images are shrunk to this before training")

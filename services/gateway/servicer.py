@@ -159,7 +159,6 @@ class _Described:
         return self.albums[album_id]
 
 
-
 def _detected_regions(response: Any, raw: common_pb2.RawImage, limit: int) -> list[Box | None]:
     """The detector's boxes, best first, each grown by a margin (:func:`kyb.detection.expand_box`: feature
     matching needs the object's edges inside the crop) and clipped to the photo (original pixels)."""

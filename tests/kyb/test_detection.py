@@ -154,8 +154,10 @@ def test_weights_are_verified_on_load(tmp_path: Path) -> None:
     again = DetectorWeights.load(tmp_path / "d.pt", sha256=weights.sha256)
     assert again.arch == TINY and again.categories == CATEGORIES
     rebuilt = build_detector(weights=again)
-    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.state_dict().values(),
-                                                                     rebuilt.state_dict().values(), strict=True))
+    assert all(
+        np.array_equal(a.numpy(), b.numpy())
+        for a, b in zip(model.state_dict().values(), rebuilt.state_dict().values(), strict=True)
+    )
     with pytest.raises(ValueError, match="num_classes=5"):
         build_detector(weights=again, num_classes=5)
     with pytest.raises(WeightsError, match="does not match the config"):

@@ -105,9 +105,7 @@ def test_reshard_moves_exactly_the_changed_placements(config: ServiceConfig, mat
     assert again.total_moved == 0
 
 
-def test_reshard_refuses_a_shard_still_running_with_the_old_count(
-    config: ServiceConfig, matchers: list[str]
-) -> None:
+def test_reshard_refuses_a_shard_still_running_with_the_old_count(config: ServiceConfig, matchers: list[str]) -> None:
     with pytest.raises(NotReady, match="shard 0, expected 1"):
         reshard([matchers[0], matchers[0], matchers[2]], 2, 3, config.rpc)
     with pytest.raises(NotReady, match=r"runs as shard 0/3.*auto/4"):

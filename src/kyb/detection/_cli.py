@@ -128,14 +128,34 @@ def add_detector_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("out", help="output folder (images/ + annotations.json or annotations/)")
     s.add_argument("--n", type=int, default=1000, help="scenes to write")
     s.add_argument("--seed", type=int, default=0, help="a different seed draws different references and scenes")
-    s.add_argument("--drawn", type=_pair, default=(200, 200), metavar="LOGOS,COVERS",
-                   help="drawn references (kyb.synth), default 200,200; 0,0 for none")
-    s.add_argument("--references", action="append", default=[], metavar="PATH",
-                   help="catalog.json or a folder with logo/ and album_cover/ images (repeatable)")
-    s.add_argument("--crops", action="append", default=[], metavar="SOURCE[@train|@test]",
-                   help="annotated photos whose boxes become references (repeatable)")
-    s.add_argument("--backgrounds", action="append", default=[], metavar="DIR[@train|@test]",
-                   help="folder of photos used (half the time) as backgrounds; @train/@test keeps 70%%/30%%")
+    s.add_argument(
+        "--drawn",
+        type=_pair,
+        default=(200, 200),
+        metavar="LOGOS,COVERS",
+        help="drawn references (kyb.synth), default 200,200; 0,0 for none",
+    )
+    s.add_argument(
+        "--references",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="catalog.json or a folder with logo/ and album_cover/ images (repeatable)",
+    )
+    s.add_argument(
+        "--crops",
+        action="append",
+        default=[],
+        metavar="SOURCE[@train|@test]",
+        help="annotated photos whose boxes become references (repeatable)",
+    )
+    s.add_argument(
+        "--backgrounds",
+        action="append",
+        default=[],
+        metavar="DIR[@train|@test]",
+        help="folder of photos used (half the time) as backgrounds; @train/@test keeps 70%%/30%%",
+    )
     s.add_argument("--size", type=_pair, default=(512, 384), metavar="WxH")
     s.add_argument("--objects", type=_pair, default=(0, 5), metavar="MIN,MAX", help="objects per scene")
     s.add_argument("--format", choices=["coco", "voc"], default="coco")
