@@ -130,6 +130,18 @@ def test_scene_generator_writes_boxes_inside_the_photo(tmp_path: Path) -> None:
     assert [s.boxes for s in again] == [s.boxes for s in voc]
 
 
+def test_scene_generator_balances_categories(tmp_path: Path) -> None:
+    # Six logos to one cover: balanced picking places the cover about as often as all logos together.
+    refs = drawn_references(6, 1, seed=4)
+
+    def covers(balance: bool) -> int:
+        samples = generate_scenes(tmp_path / str(balance), refs, n=40, seed=4, size=(128, 96), objects=(1, 1),
+                                  balance=balance)  # fmt: skip
+        return sum(s.labels.count("album_cover") for s in samples)
+
+    assert covers(True) >= 12 > covers(False)
+
+
 def test_expand_box_grows_and_clips() -> None:
     assert expand_box((10, 10, 110, 60), 200, 100, 0.1) == (0.0, 5.0, 120.0, 65.0)
     assert expand_box((150, 0, 200, 100), 200, 100, 0.5) == (125.0, 0.0, 200.0, 100.0)

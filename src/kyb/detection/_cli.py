@@ -70,7 +70,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
         raise InvalidRequest("no references: give --drawn, --references or --crops")
     backgrounds = [p for spec in args.backgrounds for p in _images_of(spec)]
     samples = generate_scenes(Path(args.out), refs, n=args.n, seed=args.seed, size=args.size, objects=args.objects,
-                              backgrounds=backgrounds, fmt=args.format)  # fmt: skip
+                              backgrounds=backgrounds, fmt=args.format, balance=not args.no_balance)  # fmt: skip
     boxes = sum(len(s.boxes) for s in samples)
     print(json.dumps({"out": args.out, "scenes": len(samples), "boxes": boxes, "references": len(refs),
                       "backgrounds": len(backgrounds)}))  # fmt: skip
@@ -159,6 +159,8 @@ def add_detector_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--size", type=_pair, default=(512, 384), metavar="WxH")
     s.add_argument("--objects", type=_pair, default=(0, 5), metavar="MIN,MAX", help="objects per scene")
     s.add_argument("--format", choices=["coco", "voc"], default="coco")
+    s.add_argument("--no-balance", action="store_true",
+                   help="pick references uniformly (default: each category equally often)")  # fmt: skip
     s.set_defaults(func=cmd_scenes)
 
     t = det.add_parser("train", parents=[common, get_args_parser(add_help=False)], help="train the detector")

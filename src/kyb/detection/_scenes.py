@@ -134,13 +134,16 @@ def generate_scenes(
     fmt: str = "coco",
     style: synth.SceneStyle = DETECTION_STYLE,
     min_box_side: int = 6,
+    balance: bool = True,
 ) -> list[Sample]:
     """Write ``n`` scenes to ``out_dir/images/`` with their boxes as ``out_dir/annotations.json`` (COCO) or
     ``out_dir/annotations/<name>.xml`` (``fmt="voc"``), and return them as samples.
 
     ``size`` is (width, height); ``objects`` the inclusive range of references per scene (a scene with 0 is
     a negative: background only). Objects that do not fit are left out, as are boxes under
-    ``min_box_side`` px.
+    ``min_box_side`` px. ``balance``: every category is placed equally often however many references
+    each has (logo crops cut from photos can outnumber the covers several times over, and a detector
+    trained on that imbalance learns the rarer class late).
     """
     if fmt not in ("coco", "voc"):
         raise InvalidRequest(f"fmt must be coco or voc, not {fmt!r}")
@@ -150,11 +153,18 @@ def generate_scenes(
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     if fmt == "voc":
         (out_dir / "annotations").mkdir(exist_ok=True)
+    labels_of = [r.label for r in references]
+    share = None
+    if balance:
+        counts = {label: labels_of.count(label) for label in set(labels_of)}
+        share = np.array([1.0 / (len(counts) * counts[label]) for label in labels_of])
+        share /= share.sum()
     samples: list[Sample] = []
     for i in tqdm(range(n), desc=f"scenes -> {out_dir.name}", unit="scene"):
         rng = np.random.default_rng([seed, 7, i])
         k = int(rng.integers(objects[0], objects[1] + 1))
-        picks = [references[int(j)] for j in rng.choice(len(references), size=min(k, len(references)), replace=False)]
+        chosen = rng.choice(len(references), size=min(k, len(references)), replace=False, p=share)
+        picks = [references[int(j)] for j in chosen]
         refs = [_squash(r.image, rng) for r in picks]
         photo, placements = synth.compose_scene(refs, rng, size=size, style=style,
                                                 background=_background(rng, size, backgrounds))  # fmt: skip
