@@ -2,8 +2,8 @@
 
 Identify, step by step (every downstream call gets the caller's remaining deadline):
 
-1. validate and decode the photo once (:func:`kyb.imageio.decode_image`, search size); the pixels
-   travel on as :class:`RawImage`, so no stage decodes again;
+1. validate the photo's header (:func:`kyb.imageio.read_header`: type, bytes, pixels) without decoding
+   it; the caller's compressed bytes travel on, and the detector and encoder decode them themselves;
 2. regions: the crop box when given, else the detector's boxes (each grown by a margin) plus the
    whole photo when a detector is configured and finds some, else the whole photo; the whole photo
    is encoded while the detector runs, so a detector that finds nothing (or has no model) costs no
@@ -47,7 +47,7 @@ from kyb.errors import (
     Unauthenticated,
     Unavailable,
 )
-from kyb.imageio import DecodedImage, decode_image, read_header
+from kyb.imageio import ImageHeader, decode_image, read_header
 from kyb.rpc import (
     Deadline,
     Metrics,
@@ -159,10 +159,10 @@ class _Described:
         return self.albums[album_id]
 
 
-def _detected_regions(response: Any, raw: common_pb2.RawImage, limit: int) -> list[Box | None]:
+def _detected_regions(response: Any, header: ImageHeader, limit: int) -> list[Box | None]:
     """The detector's boxes, best first, each grown by a margin (:func:`kyb.detection.expand_box`: feature
     matching needs the object's edges inside the crop) and clipped to the photo (original pixels)."""
-    width, height = raw.original_width, raw.original_height
+    width, height = header.original_width, header.original_height
     return [
         expand_box(box_from_proto(d.box, name="detector box"), width, height)
         for d in sorted(response.detections, key=lambda d: -d.score)[:limit]
@@ -294,11 +294,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         version, asked_at = self._detector_model
         return version != "" or time.monotonic() - asked_at >= self._config.gateway.detector_recheck_s
 
-    def _regions(self, raw: common_pb2.RawImage, deadline: Deadline) -> list[Box | None]:
-        """The detector's boxes, best first (or [None]: the whole photo)."""
+    def _regions(self, image: bytes, header: ImageHeader, deadline: Deadline) -> list[Box | None]:
+        """The detector's boxes, best first (or [None]: the whole photo), in original pixels. The detector
+        gets the caller's compressed bytes and decodes them itself (on its own node)."""
         assert self._detector is not None
         detector = self._config.detector
-        request = detector_pb2.DetectRequest(decoded=raw, min_score=detector.min_score, max_boxes=detector.max_boxes)
+        request = detector_pb2.DetectRequest(image=image, min_score=detector.min_score, max_boxes=detector.max_boxes)
         try:
             response = self._call(self._detector.Detect, request, deadline, "detector", "Detect")
         except Unavailable as exc:
@@ -311,28 +312,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if (version == "") != (self._detector_model[0] == ""):
             log.info("detector model: %s", version or "none (whole photo = one region)")
         self._detector_model = (version, time.monotonic())
-        return _detected_regions(response, raw, self._config.gateway.max_regions) or [None]
+        return _detected_regions(response, header, self._config.gateway.max_regions) or [None]
 
     def _identify(self, request: gateway_pb2.IdentifyRequest, deadline: Deadline) -> gateway_pb2.IdentifyResponse:
         started = time.perf_counter()
         limits = self._config.engine.limits
-        read_header(request.image, limits)  # bad input is refused before anything is sent on
+        header = read_header(request.image, limits)  # bad input is refused before anything is sent on
         crop = box_from_proto(request.crop, name="crop") if request.HasField("crop") else None
-        # The whole photo (or the crop) goes to the encoder as the caller's compressed bytes, ~15x
-        # smaller than its pixels; the encoder decodes them once, exactly as the embedded engine does.
-        # It is encoded while the detector looks for regions: when it finds none (or is down, or has
-        # no model) that encoding is the answer's input, and detection adds no latency.
+        # Every stage gets the caller's compressed bytes, ~15x smaller than the pixels, and decodes them
+        # itself (the encoder once per region, cropping as the embedded engine does): the gateway never
+        # decodes, and no decoded photo crosses the network. The whole photo (or the crop) is encoded
+        # while the detector looks for regions: when it finds none (or is down, or has no model) that
+        # encoding is the answer's input, and detection adds no latency.
         whole = self._submit(self._encode, request.image, crop, deadline, False)
-        decoded: DecodedImage | None = None
-        raw: common_pb2.RawImage | None = None
         boxes: list[Box | None] = [crop]
+        checked_at = time.perf_counter()
         if crop is None and self._detector_may_find():
-            decoded = decode_image(request.image, limits, max_side=limits.search_max_side)
-            raw = decoded_to_proto(decoded)  # the detector and its regions work on these pixels
-            decoded_at = time.perf_counter()
-            boxes = self._regions(raw, deadline)
-        else:
-            decoded_at = time.perf_counter()
+            boxes = self._regions(request.image, header, deadline)
         detected_at = time.perf_counter()
 
         if boxes == [crop]:
@@ -340,8 +336,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         else:
             # Detected regions, each searched on its own, plus the whole photo (already encoding) so a
             # verified object outside every box is still found; the merge keeps one answer per object.
-            assert raw is not None  # boxes come from the detector, which was sent these pixels
-            futures = [whole, *(self._submit(self._encode, raw, box, deadline, False) for box in boxes)]
+            futures = [whole, *(self._submit(self._encode, request.image, box, deadline, False) for box in boxes)]
             boxes = [None, *boxes]
         regions: list[_Region] = []
         encoded: encoder_pb2.EncodeResponse | None = None
@@ -362,17 +357,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 )
             )
         encoded_at = time.perf_counter()
-        if encoded is not None:  # the encoder's decode: search size, upright original size, hash
+        info = gateway_pb2.ImageInfo(width=header.original_width, height=header.original_height, sha256=header.sha256)
+        if encoded is not None:  # the encoder's decode: search size and scale
             width, height, scale = encoded.image_width, encoded.image_height, regions[0].scale
-            info = gateway_pb2.ImageInfo(
-                width=encoded.original_width, height=encoded.original_height, sha256=encoded.sha256
-            )
-        else:  # every detector region was featureless (so the photo was decoded here)
-            assert decoded is not None
-            width, height, scale = decoded.width, decoded.height, decoded.scale
-            info = gateway_pb2.ImageInfo(
-                width=decoded.original_width, height=decoded.original_height, sha256=decoded.sha256
-            )
+        else:  # every region was featureless: nothing to search, the sizes only frame the empty answer
+            scale = max(1.0, max(header.original_width, header.original_height) / limits.search_max_side)
+            width, height = round(header.original_width / scale), round(header.original_height / scale)
 
         objects, candidates, missing = self._search_regions(regions, width, height, deadline)
         searched_at = time.perf_counter()
@@ -388,8 +378,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
         finished = time.perf_counter()
         for key, value in {
-            "decode": decoded_at - started,
-            "detect": detected_at - decoded_at,
+            "decode": checked_at - started,  # the header check: the gateway decodes nothing
+            "detect": detected_at - checked_at,
             "encode": encoded_at - detected_at,
             "search": searched_at - encoded_at,
             "total": finished - started,

@@ -11,6 +11,8 @@ import grpc
 import pytest
 
 from kyb.client import GatewayClient, identify_response_to_dict
+from kyb.config import ImageLimits
+from kyb.imageio import read_header
 from kyb.rpc import box_to_proto, shard_for
 from kyb.v1 import detector_pb2, gateway_pb2
 from services.detector.servicer import DetectorServicer
@@ -159,9 +161,16 @@ def test_crop_box_limits_the_search_like_the_embedded_engine(corpus, make_stack)
     assert _essence(served) == _essence(embedded)
 
 
+def _size_of(request: detector_pb2.DetectRequest) -> tuple[int, int]:
+    """The photo's upright size, from the compressed bytes the gateway forwards (it decodes nothing)."""
+    assert request.WhichOneof("source") == "image"
+    header = read_header(request.image, ImageLimits())
+    return header.original_width, header.original_height
+
+
 def test_detector_regions_are_searched_and_merged(corpus, make_stack, monkeypatch):
     def two_halves(self, request, context):
-        width, height = request.decoded.original_width, request.decoded.original_height
+        width, height = _size_of(request)
         halves = [(0, 0, width / 2, height), (width / 2, 0, width, height), (0, 0, width, height)]
         return detector_pb2.DetectResponse(
             detections=[
@@ -189,7 +198,7 @@ def test_detector_without_a_model_is_skipped_until_the_recheck(corpus, make_stac
     def counting(self, request, context):
         asked.append(request.WhichOneof("source"))
         if model["version"]:  # a detector that gained a model: boxes of the two halves
-            width, height = request.decoded.original_width, request.decoded.original_height
+            width, height = _size_of(request)
             halves = [(0, 0, width / 2, height), (width / 2, 0, width, height)]
             return detector_pb2.DetectResponse(
                 detections=[detector_pb2.Detection(box=box_to_proto(b), kind=2, score=0.9) for b in halves],
@@ -202,7 +211,7 @@ def test_detector_without_a_model_is_skipped_until_the_recheck(corpus, make_stac
     photo = corpus.photo([0, 3], seed=8)
     first = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10)
     second = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10)
-    assert asked == ["decoded"]  # "no model" was remembered: the second photo was not sent to it
+    assert asked == ["image"]  # "no model" was remembered: the second photo was not sent to it
     assert _essence(identify_response_to_dict(first)) == _essence(identify_response_to_dict(second))
     model["version"] = "test-1"
     servicer = stack.gateway_servicer
@@ -210,6 +219,6 @@ def test_detector_without_a_model_is_skipped_until_the_recheck(corpus, make_stac
     servicer._detector_model = (version, time.monotonic() - stack.config.gateway.detector_recheck_s)
     third = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10)
     fourth = stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10)
-    assert asked == ["decoded"] * 3  # asked again after the recheck period, then on every photo
+    assert asked == ["image"] * 3  # asked again after the recheck period, then on every photo
     assert sorted(o.band.band_id for o in third.objects) == ["band-0", "band-3"]
     assert sorted(o.band.band_id for o in fourth.objects) == ["band-0", "band-3"]
