@@ -66,7 +66,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--time-limit", type=float, default=0.0, help="stop (checkpointed) after this many minutes")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="stop (checkpointed) after this many minutes of training, resumed runs included")  # fmt: skip
     return p
 
 
@@ -155,15 +156,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     budget_s = args.time_limit * 60 if args.time_limit else 0.0
     t0 = time.monotonic()
+    spent_before = 0.0  # training seconds of the runs this one resumes (read from the checkpoint)
+
+    def used_s() -> float:
+        return spent_before + time.monotonic() - t0
 
     def lr_at(step: int) -> float:
         """Linear warm-up, then cosine down to 5% of the peak. Progress is the larger of steps done and,
-        with --time-limit, time used, so a run cut short by its time limit still ends annealed."""
+        with --time-limit, time used (resumed runs included), so a run cut short by its time limit
+        still ends annealed, and a resumed one goes on down the same curve instead of restarting it."""
         if step < args.warmup:
             return (step + 1) / args.warmup
         t = (step - args.warmup) / max(1, total_steps - args.warmup)
         if budget_s:
-            t = max(t, (time.monotonic() - t0) / budget_s)
+            t = max(t, used_s() / budget_s)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
@@ -176,11 +182,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
+        spent_before = float(ckpt.get("seconds", sum(h.get("seconds", 0.0) for h in history)))
         if ckpt.get("partial"):  # stopped mid-epoch by --time-limit: redo that epoch's remainder as a whole one
             start_epoch -= 1
         print(f"resumed from {ckpt_path} at epoch {start_epoch}", file=sys.stderr)
     recipe = recipe_of(args)
-    deadline = t0 + budget_s if budget_s else None
+    deadline = t0 + budget_s - spent_before if budget_s else None
     last: dict[str, Any] = {}
     log = open(out / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - kept open across epochs
     try:
@@ -200,14 +207,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             history.append(last)
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history,
-                        "partial": partial, "args": vars(args) | {"out": str(out)}},
+                        "partial": partial, "seconds": used_s(), "args": vars(args) | {"out": str(out)}},
                        ckpt_path.with_suffix(".tmp"))  # fmt: skip
             ckpt_path.with_suffix(".tmp").replace(ckpt_path)
             log.write(json.dumps(last) + "\n")
             log.flush()
             print(json.dumps(last), file=sys.stderr, flush=True)
             if partial:
-                print(f"time limit reached; resume with --resume ({ckpt_path})", file=sys.stderr)
+                print(f"time limit reached ({ckpt_path}): raise --time-limit and --resume to go on", file=sys.stderr)
                 break
     finally:
         log.close()

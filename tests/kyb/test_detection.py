@@ -215,6 +215,8 @@ def test_tiny_detector_learns_to_find_a_large_object(tmp_path: Path) -> None:
 
 
 def test_training_main_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
+    import torch
+
     from training.detector import get_args_parser, main
 
     refs = drawn_references(1, 1, seed=8)
@@ -225,8 +227,11 @@ def test_training_main_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
             "--warmup", "1"]  # fmt: skip
     first = main(get_args_parser().parse_args([*argv, "--epochs", "1"]))
     assert (first["epoch"] == 0 and "AP50/logo" in first) or "AP50/album_cover" in first
+    spent = torch.load(tmp_path / "run/checkpoint.pt", weights_only=False)["seconds"]
     second = main(get_args_parser().parse_args([*argv, "--epochs", "2", "--resume"]))
     assert second["epoch"] == 1  # continued, not restarted
+    # The training time carries over, so a --time-limit counts the resumed run's time too.
+    assert torch.load(tmp_path / "run/checkpoint.pt", weights_only=False)["seconds"] > spent > 0
     log = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text("utf-8").splitlines()]
     assert [r["epoch"] for r in log] == [0, 1]
     weights = DetectorWeights.load(tmp_path / "run/detector.pt")
