@@ -29,17 +29,21 @@ class QueryFeatures:
     """
 
     xy: np.ndarray  # (N, 2) float32, photo pixels at search size
-    descriptors: np.ndarray  # (N, d) float32
     sq_norms: np.ndarray  # (N,) float32
     image_size: tuple[int, int]  # width, height at search size
     augmented: np.ndarray  # (N, d + 1) float32
 
+    @property
+    def descriptors(self) -> np.ndarray:
+        """(N, d) float32: a view of ``augmented`` without its trailing column."""
+        return self.augmented[:, :-1]
+
     @classmethod
     def build(cls, xy: np.ndarray, descriptors: np.ndarray, image_size: tuple[int, int]) -> QueryFeatures:
-        desc = np.ascontiguousarray(descriptors, dtype=np.float32)
-        augmented = np.ones((desc.shape[0], desc.shape[1] + 1), dtype=np.float32)
-        augmented[:, :-1] = desc
-        return cls(xy.astype(np.float32), desc, (desc * desc).sum(1), image_size, augmented)
+        augmented = np.ones((descriptors.shape[0], descriptors.shape[1] + 1), dtype=np.float32)
+        augmented[:, :-1] = descriptors
+        desc = augmented[:, :-1]
+        return cls(xy.astype(np.float32), (desc * desc).sum(1), image_size, augmented)
 
 
 @dataclass(frozen=True)
