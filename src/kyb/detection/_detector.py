@@ -1,7 +1,7 @@
 """Running a trained detector: verified weights in, boxes with a category and a score out.
 
 :class:`Detector` is what serving uses (the detector service, the embedded engine, ``kyb eval
---detector``); it never imports the training code. Images are BGR uint8 as :mod:`kyb.imageio`
+--detector``); it never imports the training code. Images are RGB uint8 as :mod:`kyb.imageio`
 decodes them; they are shrunk with area averaging to the network's input size first (what the
 network would do anyway, but cheaper than resizing a 1024-px tensor), and boxes come back in the
 caller's pixels.
