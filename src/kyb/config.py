@@ -136,6 +136,11 @@ class SearchConfig:
     min_inliers: int = 10
     #: ... spread over at least this fraction of the reference region (rejects clustered chance matches).
     min_inlier_spread: float = 0.04
+    #: A first, cheap look at each candidate (verify.worth_verifying): only the photo's features that
+    #: share a visual word with it are matched, and unless they agree on a homography with this many
+    #: distinct inliers the candidate is rejected without the full descriptor product. Chance
+    #: agreement is 4-5 (4 points always fit a homography); 0 turns the first look off.
+    prefilter_inliers: int = 6
     #: Objects returned per photo at most.
     max_objects: int = 12
     #: Also-matched references kept per object (other references of the same object, for explanation).
@@ -155,6 +160,11 @@ class SearchConfig:
         _check(50 <= self.ransac_iterations <= 100000, "search.ransac_iterations", "must be in 50..100000")
         _check(4 <= self.min_inliers <= 1000, "search.min_inliers", "must be in 4..1000")
         _check(0 <= self.min_inlier_spread < 1, "search.min_inlier_spread", "must be in 0..1")
+        _check(
+            self.prefilter_inliers == 0 or 5 <= self.prefilter_inliers <= self.min_inliers,
+            "search.prefilter_inliers",
+            "must be 0 (off) or in 5..search.min_inliers",
+        )
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
 
 

@@ -237,7 +237,7 @@ class IndexSource:
         if self.image_size is None:
             raise ValueError("IndexSource needs image_size to verify")
         xy = self.query.xy + np.asarray(self.query.origin, dtype=np.float32)
-        return QueryFeatures.build(xy, self.projected, self.image_size)
+        return QueryFeatures.build(xy, self.projected, self.image_size, self.query.words)
 
     def probe(self, rows: np.ndarray | None) -> Encoding:
         return self.query if rows is None else probe_encoding(self.query, rows, self.index.codebook, self.projected)

@@ -16,7 +16,7 @@ import numpy as np
 from kyb.config import SearchConfig
 from kyb.index import ReferenceFeatures
 
-__all__ = ["QueryFeatures", "Verification", "match_descriptors", "verify"]
+__all__ = ["QueryFeatures", "Verification", "match_descriptors", "verify", "worth_verifying"]
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,15 @@ class QueryFeatures:
 
     ``augmented`` is each descriptor with a trailing 1, so that one matrix product against a
     reference prepared as ``[-2 r, |r|^2]`` yields ``|r|^2 - 2 q.r`` directly (the product is most of
-    a verification's cost; this saves two passes over its result).
+    a verification's cost; this saves two passes over its result). ``words`` (the fine visual word of
+    each feature, when known) let :func:`verify` look at a candidate cheaply first.
     """
 
     xy: np.ndarray  # (N, 2) float32, photo pixels at search size
     sq_norms: np.ndarray  # (N,) float32
     image_size: tuple[int, int]  # width, height at search size
     augmented: np.ndarray  # (N, d + 1) float32
+    words: np.ndarray | None = None  # (N,) int, the codebook's fine words
 
     @property
     def descriptors(self) -> np.ndarray:
@@ -39,11 +41,17 @@ class QueryFeatures:
         return self.augmented[:, :-1]
 
     @classmethod
-    def build(cls, xy: np.ndarray, descriptors: np.ndarray, image_size: tuple[int, int]) -> QueryFeatures:
+    def build(
+        cls, xy: np.ndarray, descriptors: np.ndarray, image_size: tuple[int, int], words: np.ndarray | None = None
+    ) -> QueryFeatures:
         augmented = np.ones((descriptors.shape[0], descriptors.shape[1] + 1), dtype=np.float32)
         augmented[:, :-1] = descriptors
         desc = augmented[:, :-1]
-        return cls(xy.astype(np.float32), (desc * desc).sum(1), image_size, augmented)
+        if words is not None:
+            words = np.asarray(words, dtype=np.int64)
+            if words.shape != (descriptors.shape[0],):
+                raise ValueError(f"words must be ({descriptors.shape[0]},), not {words.shape}")
+        return cls(xy.astype(np.float32), (desc * desc).sum(1), image_size, augmented, words)
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,60 @@ def _distinct(points: np.ndarray, cell: float = 2.0) -> int:
     return int(np.unique(np.floor(points / cell).astype(np.int64), axis=0).shape[0])
 
 
+def _homography(
+    src: np.ndarray, dst: np.ndarray, config: SearchConfig
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """MAGSAC++ homography from ``src`` to ``dst``: (H, inlier mask, distinct inliers), or None."""
+    homography, _ = cv2.findHomography(
+        src, dst, cv2.USAC_MAGSAC, config.ransac_threshold, maxIters=config.ransac_iterations, confidence=0.999
+    )
+    if homography is None or not np.all(np.isfinite(homography)):
+        return None
+    projected = cv2.perspectiveTransform(src[:, None, :], homography)[:, 0, :]
+    inlier = np.linalg.norm(projected - dst, axis=1) < config.ransac_threshold
+    return homography, inlier, min(_distinct(src[inlier]), _distinct(dst[inlier]))
+
+
+def _shared_word_rows(query: QueryFeatures, words: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """The photo's features (``rows`` of them, or all) whose visual word is one of ``words``."""
+    assert query.words is not None
+    candidates = np.arange(query.xy.shape[0]) if rows is None else rows
+    if words.size == 0 or candidates.size == 0:
+        return candidates[:0]
+    top = int(max(words.max(), query.words.max())) + 1
+    held = np.zeros(top, dtype=bool)
+    held[words] = True
+    return candidates[held[query.words[candidates]]]
+
+
+def worth_verifying(
+    query: QueryFeatures,
+    reference: ReferenceFeatures,
+    ref_descriptors: np.ndarray,
+    config: SearchConfig,
+    rows: np.ndarray | None = None,
+) -> bool:
+    """The cheap first look of :func:`verify`: do the photo's features that share a visual word with
+    the reference already agree on a homography (``search.prefilter_inliers`` distinct inliers)?
+
+    Those features are typically 5-10% of the photo's, so this costs a tenth of the full descriptor
+    product. Four matches always fit a homography; chance consensus on photos of strangers stays at
+    4-5, while a reference in the photo keeps most of its inliers among its own words (docs/engine.md).
+    True when the prefilter is off or the words are unknown.
+    """
+    need = config.prefilter_inliers
+    if need == 0 or query.words is None:
+        return True
+    shared = _shared_word_rows(query, reference.words, rows)
+    if shared.size < need:
+        return False
+    qi, ri = match_descriptors(query, ref_descriptors, config.ratio, shared)
+    if qi.size < need:
+        return False
+    fit = _homography(reference.xy[ri].astype(np.float32), query.xy[qi].astype(np.float32), config)
+    return fit is not None and fit[2] >= need
+
+
 def verify(
     query: QueryFeatures,
     reference: ReferenceFeatures,
@@ -131,22 +193,20 @@ def verify(
     """Verifies ``reference`` against the photo (only its ``rows`` features, when given).
 
     ``ref_descriptors`` are the reference's dequantised float32 descriptors. Returns None when the
-    reference is not in the photo by the rules in the module docstring.
+    reference is not in the photo by the rules in the module docstring. Candidates that fail
+    :func:`worth_verifying` are rejected without the full descriptor product.
     """
+    if not worth_verifying(query, reference, ref_descriptors, config, rows):
+        return None
     qi, ri = match_descriptors(query, ref_descriptors, config.ratio, rows)
     if qi.size < config.min_inliers:
         return None
     src = reference.xy[ri].astype(np.float32)
     dst = query.xy[qi].astype(np.float32)
-    homography, _ = cv2.findHomography(
-        src, dst, cv2.USAC_MAGSAC, config.ransac_threshold, maxIters=config.ransac_iterations, confidence=0.999
-    )
-    if homography is None or not np.all(np.isfinite(homography)):
+    fit = _homography(src, dst, config)
+    if fit is None:
         return None
-    projected = cv2.perspectiveTransform(src[:, None, :], homography)[:, 0, :]
-    errors = np.linalg.norm(projected - dst, axis=1)
-    inlier = errors < config.ransac_threshold
-    count = min(_distinct(src[inlier]), _distinct(dst[inlier]))
+    homography, inlier, count = fit
     if count < config.min_inliers:
         return None
     width, height = reference.region_size

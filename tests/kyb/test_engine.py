@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -218,6 +219,36 @@ def test_reserve_is_searched_only_when_nothing_verifies(library: Library) -> Non
     assert found == [] and len(order) <= 4
     _, rest = search(query, size, engine.index, config, exclude=frozenset(order), max_candidates=6)
     assert not set(rest) & set(order) and len(rest) <= 6
+
+
+def test_first_look_rejects_strangers_cheaply_and_keeps_every_match(library: Library, monkeypatch) -> None:
+    """verify.worth_verifying: the same objects and inliers as full verification of every candidate,
+    for fewer descriptor rows compared. (This library's vocabulary has a few hundred words, so a
+    stranger shares words with a third of the photo's features; with real vocabularies, 5-10%.)"""
+    import dataclasses
+
+    import kyb.verify
+
+    compared: list[int] = []
+    real_match = kyb.verify.match_descriptors
+
+    def counting(query: Any, reference: np.ndarray, ratio: float, rows: np.ndarray | None = None) -> Any:
+        compared.append(query.xy.shape[0] if rows is None else rows.size)
+        return real_match(query, reference, ratio, rows)
+
+    monkeypatch.setattr(kyb.verify, "match_descriptors", counting)
+    names = sorted(library.covers)[:2] + sorted(library.logos)[:1]
+    data, _ = _photo(library, names, 61, scale=(0.3, 0.36), perspective=0.08, glare=0.0, occlusion=0.0)
+    answers, rows = [], []
+    for first_look in (0, 6):
+        search_config = dataclasses.replace(library.config.search, prefilter_inliers=first_look)
+        with Engine(library.config.replace(search=search_config)) as engine:
+            compared.clear()
+            result = engine.identify(data)
+        answers.append(sorted((o.best.reference_id, o.best.inliers) for o in result.objects))
+        rows.append(sum(compared))
+    assert len(answers[0]) >= 2 and answers[1] == answers[0]
+    assert rows[1] < 0.8 * rows[0], rows
 
 
 class _ScriptedSource:
