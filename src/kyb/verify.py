@@ -129,9 +129,7 @@ def _distinct(points: np.ndarray, cell: float = 2.0) -> int:
     return int(np.unique(np.floor(points / cell).astype(np.int64), axis=0).shape[0])
 
 
-def _homography(
-    src: np.ndarray, dst: np.ndarray, config: SearchConfig
-) -> tuple[np.ndarray, np.ndarray, int] | None:
+def _homography(src: np.ndarray, dst: np.ndarray, config: SearchConfig) -> tuple[np.ndarray, np.ndarray, int] | None:
     """MAGSAC++ homography from ``src`` to ``dst``: (H, inlier mask, distinct inliers), or None."""
     homography, _ = cv2.findHomography(
         src, dst, cv2.USAC_MAGSAC, config.ransac_threshold, maxIters=config.ransac_iterations, confidence=0.999
