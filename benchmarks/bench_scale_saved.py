@@ -18,6 +18,7 @@ the other compare code, not data -- the point on a machine whose load changes by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import pickle
 import sys
@@ -65,10 +66,12 @@ def build(folder: Path, size: int, real: int = 50, vocabulary: int = 700, querie
     bs.log(f"built and saved {len(index):,} references in {time.perf_counter() - started:.0f} s")
 
 
-def measure(folder: Path, size: int, profile: bool) -> None:
+def measure(folder: Path, size: int, profile: bool, prefilter_inliers: int | None = None) -> None:
     with open(folder / "queries.pkl", "rb") as handle:
         queries: list[bs.Query] = pickle.load(handle)  # written by `build` above
     config = SearchConfig()
+    if prefilter_inliers is not None:
+        config = dataclasses.replace(config, prefilter_inliers=prefilter_inliers)
     index = bs.TimedIndex.load(folder / "index", config)
     if size < len(index):
         ids = index.reference_ids()[:size]  # insertion order: the real covers, then the fillers
@@ -117,11 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--size", type=bs.parse_size, default=100_000, help="references (default 100k)")
     parser.add_argument("--profile", action="store_true", help="measure: also cProfile one pass of searches")
+    parser.add_argument(
+        "--prefilter-inliers", type=int, help="measure with this search.prefilter_inliers (0 = no first look)"
+    )
     args = parser.parse_args(argv)
     if args.action == "build":
         build(args.folder, args.size)
     else:
-        measure(args.folder, args.size, args.profile)
+        measure(args.folder, args.size, args.profile, args.prefilter_inliers)
     return 0
 
 

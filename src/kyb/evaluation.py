@@ -51,6 +51,20 @@ def _label(value: Any) -> str:
     return str(value)
 
 
+def parse_gt_boxes(entries: dict[str, list[Any]]) -> dict[str, list[tuple[float, float, float, float]]]:
+    """gt.json ``boxes`` (image -> ``[{"label", "box": [x1, y1, x2, y2]}]`` or bare ``[x1, y1, x2, y2]``)
+    as image -> unique boxes in file order; a repeated box (the logos set lists some twice) counts once."""
+    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+    for p, items in entries.items():
+        unique: list[tuple[float, float, float, float]] = []
+        for entry in items:
+            box = tuple(float(v) for v in (entry["box"] if isinstance(entry, dict) else entry))
+            if len(box) == 4 and box not in unique:
+                unique.append(box)  # type: ignore[arg-type]
+        boxes[p] = unique
+    return boxes
+
+
 def load_ground_truth(dataset_dir: Path) -> GroundTruth:
     """Reads and checks ``dataset_dir/gt.json``; raises InvalidRequest with the reason."""
     path = Path(dataset_dir) / "gt.json"
@@ -64,14 +78,7 @@ def load_ground_truth(dataset_dir: Path) -> GroundTruth:
     if not isinstance(data, dict) or not isinstance(data.get("database"), list):
         raise InvalidRequest(f"{path}: expected an object with a 'database' list")
     labels = {p: _label(v) for p, v in (data.get("labels") or {}).items()}
-    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
-    for p, entries in (data.get("boxes") or {}).items():
-        unique: list[tuple[float, float, float, float]] = []
-        for entry in entries:
-            box = tuple(float(v) for v in (entry["box"] if isinstance(entry, dict) else entry))
-            if len(box) == 4 and box not in unique:
-                unique.append(box)  # type: ignore[arg-type]
-        boxes[p] = unique
+    boxes = parse_gt_boxes(data.get("boxes") or {})
     queries = []
     for q in data.get("queries") or []:
         if "query" not in q:

@@ -121,16 +121,17 @@ def read_coco(
 def read_gt_boxes(path: Path, *, label: str = "logo") -> list[Sample]:
     """The ``boxes`` of a kyb gt.json (``{"boxes": {image: [{"label", "box": [x1, y1, x2, y2]}]}}``, as in
     ../shared/datasets/logos): every box becomes ``label``; repeated identical boxes count once."""
+    from kyb.evaluation import parse_gt_boxes  # the one reader of the gt.json format (kyb eval's)
+
     try:
         data = json.loads(Path(path).read_text("utf-8"))
-        entries = data["boxes"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise InvalidRequest(f"{path}: no 'boxes' in this gt.json ({exc})") from None
+        entries = parse_gt_boxes(data["boxes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InvalidRequest(f"{path}: no readable 'boxes' in this gt.json ({exc})") from None
     out = []
-    for rel, objs in sorted(entries.items()):
-        boxes = sorted({tuple(float(v) for v in o["box"]) for o in objs})
-        boxes = [b for b in boxes if _valid(b)]
-        out.append(Sample(Path(path).parent / rel, tuple(boxes), (label,) * len(boxes)))  # type: ignore[arg-type]
+    for rel, found in sorted(entries.items()):
+        boxes = [b for b in found if _valid(b)]
+        out.append(Sample(Path(path).parent / rel, tuple(boxes), (label,) * len(boxes)))
     return out
 
 
