@@ -423,7 +423,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         source = ShardedSource(
             self._shards, self._fan_out(deadline), region.encoding, len(region.feature_xy), (width, height), search
         )
-        found, order = run_search(source, region.feature_xy, search)
+        found, order = run_search(source, region.feature_xy, search, image_size=(width, height))
         return objects_from_found(found, region.feature_xy, source.owner), order, source.missing
 
     def _search_regions(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import cv2
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
@@ -283,7 +284,9 @@ def search(
         first_round = min(first_round, max_candidates)
     with one_blas_thread():
         source = IndexSource(query, index, image_size)
-        return run_search(source, source.photo.xy, config, exclude=exclude, first_round=first_round)
+        return run_search(
+            source, source.photo.xy, config, exclude=exclude, first_round=first_round, image_size=image_size
+        )
 
 
 def run_search(
@@ -293,6 +296,7 @@ def run_search(
     *,
     exclude: frozenset[str] = frozenset(),
     first_round: int | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> tuple[list[FoundObject], list[str]]:
     """Multi-object search over ``source``; ``xy`` (N, 2) are the photo's feature positions.
 
@@ -302,7 +306,9 @@ def run_search(
     A verified reference whose inliers lie mostly inside an object already found is kept as an
     alternative explanation of that object, not as a new one. References in ``exclude`` are never
     considered. Round 1 fetches up to ``first_round`` (default verify_max) candidates but goes past
-    verify_top only while nothing has verified. Returns (objects, shortlist order).
+    verify_top only while nothing has verified. With ``image_size`` (search pixels) each object is
+    then named by its most complete explanation (:func:`prefer_complete`). Returns (objects,
+    shortlist order).
     """
     first_round = config.verify_max if first_round is None else first_round
     active = np.ones(len(xy), dtype=bool)
@@ -362,7 +368,49 @@ def run_search(
                 break
         if new_objects == 0 or len(found) >= config.max_objects:
             break
+    if image_size is not None:
+        for item in found:
+            prefer_complete(item, image_size)
     return found, order
+
+
+#: An alternative explains an object "about as well" as its best with this share of its inliers.
+COMPLETE_INLIER_SHARE = 0.85
+
+
+def prefer_complete(item: FoundObject, image_size: tuple[int, int]) -> None:
+    """Names ``item`` by the reference that shows the whole object in view, among those that explain
+    it about as well as its best.
+
+    A catalog can hold an object twice: a scan of the whole sleeve (or DVD case) and its artwork
+    cropped, as another reference. Both verify on a photo of either with nearly the same inliers, so
+    the inlier count alone picks either. Of the best and its alternatives with at least 85% of its
+    inliers whose outlines nest with the best's (one holds 90% of the other), those lying in the
+    photo (95% of the outline inside it) are what the photo can show; the largest of them names the
+    object: the sleeve when the whole sleeve is in the photo, the artwork when the photo is the
+    artwork alone (the sleeve's outline then runs off it). With none in view the best stays.
+    """
+    width, height = image_size
+    frame = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    best = item.verification
+    best_area = cv2.contourArea(best.outline)
+
+    def in_view(v: Verification, area: float) -> bool:
+        return cv2.intersectConvexConvex(v.outline, frame)[0] >= 0.95 * area
+
+    pick, pick_area = (best, best_area) if in_view(best, best_area) else (None, 0.0)
+    for alternative in item.alternatives:
+        if alternative.inliers < COMPLETE_INLIER_SHARE * best.inliers:
+            continue
+        area = cv2.contourArea(alternative.outline)
+        shared = cv2.intersectConvexConvex(best.outline, alternative.outline)[0]
+        if shared < 0.9 * min(area, best_area) or area <= pick_area or not in_view(alternative, area):
+            continue
+        pick, pick_area = alternative, area
+    if pick is not None and pick is not best:
+        item.alternatives.remove(pick)
+        item.alternatives.insert(0, best)
+        item.verification = pick
 
 
 # ---------------------------------------------------------------------------- ingest

@@ -251,6 +251,68 @@ def test_first_look_rejects_strangers_cheaply_and_keeps_every_match(library: Lib
     assert rows[1] < 0.8 * rows[0], rows
 
 
+def test_the_whole_sleeve_names_an_object_over_its_cropped_artwork(library: Library, tmp_path) -> None:
+    """A catalog holding a sleeve and, as another reference, its artwork alone (the sleeve is the
+    artwork in a plain frame, so both verify with the same inliers): a photo of the sleeve is named by
+    the sleeve, the artwork filling a photo by the artwork (engine.prefer_complete)."""
+    import cv2
+
+    name = sorted(library.covers)[1]
+    artwork = library.covers[name]
+    margin = artwork.shape[0] // 6
+    sleeve = cv2.copyMakeBorder(artwork, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=(40, 40, 40))
+    engine = Engine(make_config(tmp_path))
+    library.seed_catalog(engine)
+    band, album = library.band_of[name], library.album_of[name]
+    items = [
+        IngestItem("sleeve.jpg", "album_cover", band, album, data=encode_jpeg(sleeve, 95)),
+        IngestItem("artwork.jpg", "album_cover", band, album, data=encode_jpeg(artwork, 95)),
+        *[i for i in library.items() if i.source != name][:4],
+    ]
+    ids = {o.source: o.reference_id for o in engine.ingest(items)}
+    rng = np.random.default_rng(71)
+    style = synth.SceneStyle(scale=(0.55, 0.6), perspective=0.05, glare=0.0, occlusion=0.0)
+    sleeve_photo, _ = synth.compose_scene([sleeve], rng, size=(1024, 768), style=style,
+                                          background=synth.draw_background(rng))  # fmt: skip
+    h, w = artwork.shape[:2]  # the artwork alone, filling the photo
+    corners = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    frame = np.float32([[8, 6], [1016, 10], [1012, 760], [6, 764]])
+    artwork_photo = cv2.warpPerspective(artwork, cv2.getPerspectiveTransform(corners, frame), (1024, 768))
+    for photo, expected in ((sleeve_photo, "sleeve.jpg"), (artwork_photo, "artwork.jpg")):
+        objects = engine.identify(encode_jpeg(photo, 90)).objects
+        assert len(objects) == 1
+        assert objects[0].best.reference_id == ids[expected], expected
+    engine.close()
+
+
+def test_prefer_complete_rules() -> None:
+    """An alternative names the object only with nearly the best's inliers, nesting with the best's
+    outline and in the photo: the largest such, or the one in view when the best runs off it."""
+    from kyb.engine import FoundObject, prefer_complete
+
+    def square(x: float, y: float, side: float) -> np.ndarray:
+        return np.float32([[x, y], [x + side, y], [x + side, y + side], [x, y + side]])
+
+    def found(best: np.ndarray, other: np.ndarray, inliers: int) -> FoundObject:
+        make = lambda key, outline, n: Verification(  # noqa: E731
+            key, n, n, np.eye(3), outline, np.arange(n), 0.5, n / (n + 10)
+        )
+        return FoundObject(make("best", best, 100), [make("other", other, inliers)])
+
+    crop, whole = square(300, 200, 200), square(250, 150, 300)
+    cases = [
+        (found(crop, whole, 90), "other"),  # encloses it, nearly as many inliers, in the photo
+        (found(crop, whole, 60), "best"),  # too few inliers
+        (found(crop, square(600, 150, 300), 95), "best"),  # larger but elsewhere
+        (found(square(10, 10, 700), square(-100, -100, 900), 99), "best"),  # runs off the photo
+        (found(square(-100, -100, 900), square(10, 10, 700), 95), "other"),  # the best runs off, it does not
+    ]
+    for item, expected in cases:
+        prefer_complete(item, (1024, 768))
+        assert item.verification.reference_id == expected
+        assert len(item.alternatives) == 1
+
+
 class _ScriptedSource:
     """A CandidateSource whose shortlists and verifications are scripted: counts what gets verified."""
 
