@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kyb.engine import inside_outline as inside
 from kyb.rpc import outline_from_proto, unpack_array
 from kyb.v1 import matcher_pb2
 
@@ -43,14 +44,6 @@ class ShardObject:
 
     best: Candidate
     alternatives: list[Candidate] = field(default_factory=list)
-
-
-def inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
-    """Mask of ``points`` (N, 2) inside the convex ``polygon`` (4, 2), clockwise in image axes."""
-    edges = np.roll(polygon, -1, axis=0) - polygon
-    relative = points[:, None, :] - polygon[None, :, :]
-    cross = edges[None, :, 0] * relative[:, :, 1] - edges[None, :, 1] * relative[:, :, 0]
-    return np.all(cross >= 0, axis=1)
 
 
 def _candidate(match: matcher_pb2.VerifiedMatch, feature_xy: np.ndarray, shard: str) -> Candidate:

@@ -46,7 +46,9 @@ __all__ = [
     "IngestItem",
     "IngestOutcome",
     "Match",
+    "inside_outline",
     "one_blas_thread",
+    "prefer_complete",
     "probe_encoding",
     "reference_id_for",
     "run_search",
@@ -150,7 +152,7 @@ class FoundObject:
     alternatives: list[Verification] = field(default_factory=list)
 
 
-def _inside(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+def inside_outline(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     """Boolean mask of ``points`` (N, 2) inside the convex ``polygon`` (4, 2), clockwise in image axes."""
     edges = np.roll(polygon, -1, axis=0) - polygon
     rel = points[:, None, :] - polygon[None, :, :]
@@ -353,7 +355,7 @@ def run_search(
             points = xy[result.inlier_rows]
             owner = None
             for item in found:
-                if _inside(points, item.verification.outline).mean() >= 0.3:
+                if inside_outline(points, item.verification.outline).mean() >= 0.3:
                     owner = item
                     break
             if owner is not None:
@@ -363,7 +365,7 @@ def run_search(
                 continue
             found.append(FoundObject(result))
             new_objects += 1
-            active &= ~_inside(xy, result.outline)
+            active &= ~inside_outline(xy, result.outline)
             if len(found) >= config.max_objects:
                 break
         if new_objects == 0 or len(found) >= config.max_objects:
