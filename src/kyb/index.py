@@ -655,7 +655,7 @@ class ReferenceIndex:
           vote is one sparse product per segment), so 100k references in 2,500-reference ingests
           are 4 segments instead of 40, while each reference is rewritten only once per tier.
         """
-        segments = sorted(self._segments, key=lambda s: int(s.ordinals.min()) if len(s) else 0)
+        segments = sorted(self._segments, key=_insertion_order)
         wasteful = [s for s in segments if (~s.alive).sum() >= max(1, 0.2 * len(s))]
         small = [s for s in segments if len(s) < _SMALL_SEGMENT and s not in wasteful]
         first = wasteful + (small if len(small) > 8 else [])
@@ -696,7 +696,7 @@ class ReferenceIndex:
         self._where = {}
         self._ordinal_ref = {}
         self._df[:] = 0
-        for segment in sorted(keep + merged, key=lambda s: int(s.ordinals.min()) if len(s) else 0):
+        for segment in sorted(keep + merged, key=_insertion_order):
             self._attach(segment)
         if rebuild_graph:
             # Rebuild the graph without the deleted labels so it does not carry dead nodes forever.
@@ -763,6 +763,11 @@ class ReferenceIndex:
 _SMALL_SEGMENT = 2048
 #: Larger segments merge this many of one size tier into one of the next (see _compaction_groups).
 _TIER_FANOUT = 10
+
+
+def _insertion_order(segment: _Segment) -> int:
+    """Sort key keeping segments in the order their references were added (first ordinal)."""
+    return int(segment.ordinals.min()) if len(segment) else 0
 
 
 def _vote(segment: _Segment, words: np.ndarray, weights: np.ndarray) -> np.ndarray:
