@@ -116,7 +116,9 @@ class SearchConfig:
     #: Candidates verified per round (the fused shortlist is cut to this).
     verify_top: int = 40
     #: When none of the first verify_top candidates verifies, keep going down the shortlist to this many.
-    verify_max: int = 80
+    #: Cheap since the first look rejects most strangers: a blurred or steeply tilted cover can rank
+    #: past 100 in both lists (docs/engine.md, "Deeper reserve").
+    verify_max: int = 240
     #: After a verified match, stop a round's verification after this many misses in a row.
     patience: int = 6
     #: hnswlib graph degree and search breadth: memory ~ M * 8 bytes per reference; ef >= shortlist.
