@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import os
 import pickle
 import sys
 import time
@@ -32,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_scale as bs  # the sibling benchmark: one generator, one set of measurements
 
 from kyb import synth
-from kyb.config import FeatureConfig, ImageLimits, SearchConfig
-from kyb.encoder import Encoder
+from kyb.codebook import Codebook
+from kyb.config import FeatureConfig, ImageLimits, SearchConfig, load_config
+from kyb.encoder import Encoder, Encoding
 
 
 def build(folder: Path, size: int, real: int = 50, vocabulary: int = 700, queries: int = 30) -> None:
@@ -66,10 +68,17 @@ def build(folder: Path, size: int, real: int = 50, vocabulary: int = 700, querie
     bs.log(f"built and saved {len(index):,} references in {time.perf_counter() - started:.0f} s")
 
 
+def _with_near_words(encoding: Encoding, codebook: Codebook, features: FeatureConfig) -> Encoding:
+    projected = codebook.dequantize(encoding.descriptors)
+    near = codebook.assign(projected, features.query_near_words, features.query_near_ratio)
+    return dataclasses.replace(encoding, near_words=near)
+
+
 def measure(folder: Path, size: int, profile: bool, prefilter_inliers: int | None = None) -> None:
     with open(folder / "queries.pkl", "rb") as handle:
         queries: list[bs.Query] = pickle.load(handle)  # written by `build` above
-    config = SearchConfig()
+    settings = load_config(env=os.environ)  # KYB_SEARCH__* / KYB_FEATURES__* variables apply
+    config, features = settings.search, settings.features
     if prefilter_inliers is not None:
         config = dataclasses.replace(config, prefilter_inliers=prefilter_inliers)
     index = bs.TimedIndex.load(folder / "index", config)
@@ -81,6 +90,11 @@ def measure(folder: Path, size: int, profile: bool, prefilter_inliers: int | Non
         del index
         gc.collect()
         index = small
+    if features.query_near_words > 1 and getattr(queries[0].encoding, "near_words", None) is None:
+        # Photos saved by an older build lack near words: derive them as the encoder would (from the
+        # stored int8 descriptors rather than the float ones; the same word for all but a few).
+        codebook = index.codebook
+        queries = [dataclasses.replace(q, encoding=_with_near_words(q.encoding, codebook, features)) for q in queries]
     rss, _ = bs.memory_mb()
     for query in queries:  # warm-up
         bs.run_search(index, query, config)

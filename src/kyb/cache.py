@@ -77,6 +77,8 @@ _ARRAYS: tuple[tuple[str, frozenset[str], int], ...] = (
     ("words", frozenset({"<i4", "<i8"}), 1),
     ("global_vector", frozenset({"<f4", "<f8"}), 1),
 )
+#: Stored after those when the encoding has it (a photo's near words).
+_OPTIONAL_ARRAYS: tuple[tuple[str, frozenset[str], int], ...] = (("near_words", frozenset({"<i4", "<i8"}), 2),)
 
 
 class CacheFormatError(ValueError):
@@ -87,12 +89,13 @@ class CacheFormatError(ValueError):
 def pack_encoding(encoding: Encoding) -> bytes:
     """``encoding`` as bytes: header (format version, numbers, shapes, dtypes), raw arrays, CRC32."""
     version = encoding.codebook_version.encode()
+    layout = _ARRAYS + tuple(spec for spec in _OPTIONAL_ARRAYS if getattr(encoding, spec[0]) is not None)
     parts: list[bytes] = [
         _HEADER.pack(
             _MAGIC,
             FORMAT_VERSION,
             0,
-            len(_ARRAYS),
+            len(layout),
             float(encoding.region_size[0]),
             float(encoding.region_size[1]),
             float(encoding.origin[0]),
@@ -103,7 +106,7 @@ def pack_encoding(encoding: Encoding) -> bytes:
         version,
     ]
     arrays: list[np.ndarray] = []
-    for name, allowed, ndim in _ARRAYS:
+    for name, allowed, ndim in layout:
         array = np.asarray(getattr(encoding, name))
         little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         code = little.dtype.str
@@ -126,13 +129,14 @@ def unpack_encoding(data: bytes | bytearray | memoryview) -> Encoding:
     if zlib.crc32(body) != crc:
         raise CacheFormatError("checksum mismatch")
     magic, fmt, _flags, count, rw, rh, ox, oy, scale, version_len = _HEADER.unpack_from(body, 0)
-    if magic != _MAGIC or fmt != FORMAT_VERSION or count != len(_ARRAYS):
+    if magic != _MAGIC or fmt != FORMAT_VERSION or not len(_ARRAYS) <= count <= len(_ARRAYS) + len(_OPTIONAL_ARRAYS):
         raise CacheFormatError(f"not a packed encoding of format {FORMAT_VERSION}")
+    layout = _ARRAYS + _OPTIONAL_ARRAYS[: count - len(_ARRAYS)]
     offset = _HEADER.size
     version = bytes(body[offset : offset + version_len]).decode("utf-8", errors="strict")
     offset += version_len
     specs: list[tuple[str, np.dtype[Any], tuple[int, ...]]] = []
-    for name, allowed, ndim in _ARRAYS:
+    for name, allowed, ndim in layout:
         if offset + _ARRAY.size > len(body):
             raise CacheFormatError("truncated array table")
         code_bytes, stored_ndim = _ARRAY.unpack_from(body, offset)
@@ -160,6 +164,7 @@ def unpack_encoding(data: bytes | bytearray | memoryview) -> Encoding:
         arrays["xy"].shape[1] != 2
         or arrays["descriptors"].shape[0] != count_features
         or arrays["words"].shape[0] != count_features
+        or ("near_words" in arrays and arrays["near_words"].shape[0] != count_features)
     ):
         raise CacheFormatError("arrays describe different numbers of features")
     return Encoding(
@@ -171,6 +176,7 @@ def unpack_encoding(data: bytes | bytearray | memoryview) -> Encoding:
         origin=(ox, oy),
         scale=scale,
         codebook_version=version,
+        near_words=arrays.get("near_words"),
     )
 
 

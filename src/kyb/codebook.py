@@ -160,14 +160,25 @@ class Codebook:
     def dequantize(self, stored: np.ndarray) -> np.ndarray:
         return stored.astype(np.float32) * np.float32(1.0 / self.int8_scale)
 
-    def assign(self, projected: np.ndarray) -> np.ndarray:
-        """Nearest fine word of each projected descriptor, (N,) int32."""
+    def assign(self, projected: np.ndarray, k: int = 1, within: float = np.inf) -> np.ndarray:
+        """Nearest fine word of each projected descriptor, (N,) int32.
+
+        With ``k`` > 1, (N, k): the k nearest words, nearest first, keeping a further word only when
+        its distance is within ``within`` times the nearest's (else the nearest word is repeated):
+        only descriptors near a word boundary get a second chance.
+        """
+        k = max(1, min(k, self.n_words))
         if projected.shape[0] == 0:
-            return np.zeros((0,), np.int32)
+            return np.zeros((0,) if k == 1 else (0, k), np.int32)
         if self._graph is None:
             self._graph = _graph(self.words)
-        labels, _ = self._graph.knn_query(np.ascontiguousarray(projected, dtype=np.float32), k=1)
-        return labels[:, 0].astype(np.int32)
+        labels, sq_dist = self._graph.knn_query(np.ascontiguousarray(projected, dtype=np.float32), k=k)
+        labels = labels.astype(np.int32)
+        if k == 1:
+            return labels[:, 0]
+        far = sq_dist[:, 1:] > (within * within) * sq_dist[:, :1]
+        labels[:, 1:][far] = np.broadcast_to(labels[:, :1], far.shape)[far]
+        return labels
 
     def raw_vlad(self, projected: np.ndarray) -> np.ndarray:
         """Intra- and power-normalised, L2-normalised VLAD of (N, pca_dims) descriptors."""

@@ -72,6 +72,13 @@ class FeatureConfig:
     query_min_side: int = 1000
     #: Descriptor dimensions kept after PCA (RootSIFT 128 -> this), stored as int8.
     pca_dims: int = 64
+    #: A photo's features also keep their next-nearest visual words (up to this many words in all)
+    #: for verification's first look: a descriptor near a word boundary is quantised differently in
+    #: photo and reference, and the nearest word alone kept only a sixth of some logos' true matches
+    #: (docs/engine.md, "First look with near words"). 1 = the nearest word only.
+    query_near_words: int = 2
+    #: ... a further word is kept only within this factor of the nearest word's distance.
+    query_near_ratio: float = 1.05
 
     def __post_init__(self) -> None:
         _check(50 <= self.query_features <= 20000, "features.query_features", "must be in 50..20000")
@@ -80,6 +87,8 @@ class FeatureConfig:
         _check(32 <= self.min_region_side <= 2048, "features.min_region_side", "must be in 32..2048")
         _check(64 <= self.query_min_side <= 4096, "features.query_min_side", "must be in 64..4096")
         _check(8 <= self.pca_dims <= 128, "features.pca_dims", "must be in 8..128")
+        _check(1 <= self.query_near_words <= 8, "features.query_near_words", "must be in 1..8")
+        _check(self.query_near_ratio >= 1.0, "features.query_near_ratio", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,7 @@ class SearchConfig:
     #: When none of the first verify_top candidates verifies, keep going down the shortlist to this many.
     #: Cheap since the first look rejects most strangers: a blurred or steeply tilted cover can rank
     #: past 100 in both lists (docs/engine.md, "Deeper reserve").
-    verify_max: int = 240
+    verify_max: int = 400
     #: After a verified match, stop a round's verification after this many misses in a row.
     patience: int = 6
     #: hnswlib graph degree and search breadth: memory ~ M * 8 bytes per reference; ef >= shortlist.

@@ -52,6 +52,8 @@ class Encoding:
       relative to the region's top-left corner.
     * ``descriptors``: (N, pca_dims) int8 (PCA-projected RootSIFT, see :meth:`Codebook.quantize`).
     * ``words``: (N,) int32 fine visual words.
+    * ``near_words``: photos only, (N, k) int32: each feature's nearest words, nearest first (the first
+      column is ``words``), for verification's first look; None for references and k = 1.
     * ``global_vector``: (D,) float32, unit norm (or zeros with no features).
     * ``region_size``: (width, height) of the region in the same frame; its outline is the rectangle
       (0, 0)-(width, height).
@@ -67,6 +69,7 @@ class Encoding:
     origin: tuple[float, float] = (0.0, 0.0)
     scale: float = 1.0
     codebook_version: str = ""
+    near_words: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
@@ -90,17 +93,24 @@ class Encoder:
         return (
             f"{self.codebook.version}-q{f.query_features}-r{f.reference_features}"
             f"-c{f.contrast_threshold:g}-m{f.min_region_side}-s{f.query_min_side}"
+            f"-n{f.query_near_words}x{f.query_near_ratio:g}"
         )
 
     def extract(self, image: DecodedImage, box: Box | None, *, reference: bool) -> tuple[LocalFeatures, Box]:
         return extract_region(image, box, self.features, reference=reference)
 
-    def encode_features(self, features: LocalFeatures, region: Box, *, scale: float = 1.0) -> Encoding:
+    def encode_features(
+        self, features: LocalFeatures, region: Box, *, scale: float = 1.0, photo: bool = False
+    ) -> Encoding:
+        """The encoding of extracted ``features``; a ``photo``'s also carries its near words."""
         projected = self.codebook.project(features.descriptors)
+        near = self.features.query_near_words if photo else 1
+        words = self.codebook.assign(projected, near, self.features.query_near_ratio)
         return Encoding(
             xy=features.xy.astype(np.float32),
             descriptors=self.codebook.quantize(projected),
-            words=self.codebook.assign(projected),
+            words=words if near == 1 else np.ascontiguousarray(words[:, 0]),
+            near_words=None if near == 1 else words,
             global_vector=self.codebook.global_vector(projected),
             region_size=(region[2] - region[0], region[3] - region[1]),
             origin=(region[0], region[1]),
@@ -121,7 +131,7 @@ class Encoder:
                 if box is None
                 else f"featureless region {tuple(round(v) for v in region)}: no texture to match"
             )
-        return self.encode_features(features, region, scale=image.scale)
+        return self.encode_features(features, region, scale=image.scale, photo=not reference)
 
 
 def extract_region(

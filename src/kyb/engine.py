@@ -211,6 +211,7 @@ def probe_encoding(query: Encoding, rows: np.ndarray, codebook: Codebook, projec
         xy=query.xy[rows],
         descriptors=query.descriptors[rows],
         words=query.words[rows],
+        near_words=None if query.near_words is None else query.near_words[rows],
         global_vector=codebook.global_vector(projected[rows]),
         region_size=query.region_size,
         codebook_version=query.codebook_version,
@@ -240,7 +241,8 @@ class IndexSource:
         if self.image_size is None:
             raise ValueError("IndexSource needs image_size to verify")
         xy = self.query.xy + np.asarray(self.query.origin, dtype=np.float32)
-        return QueryFeatures.build(xy, self.projected, self.image_size, self.query.words)
+        words = self.query.words if self.query.near_words is None else self.query.near_words
+        return QueryFeatures.build(xy, self.projected, self.image_size, words)
 
     def probe(self, rows: np.ndarray | None) -> Encoding:
         return self.query if rows is None else probe_encoding(self.query, rows, self.index.codebook, self.projected)

@@ -26,14 +26,15 @@ class QueryFeatures:
     ``augmented`` is each descriptor with a trailing 1, so that one matrix product against a
     reference prepared as ``[-2 r, |r|^2]`` yields ``|r|^2 - 2 q.r`` directly (the product is most of
     a verification's cost; this saves two passes over its result). ``words`` (the fine visual word of
-    each feature, when known) let :func:`verify` look at a candidate cheaply first.
+    each feature, when known, or its k nearest words as (N, k)) let :func:`verify` look at a
+    candidate cheaply first.
     """
 
     xy: np.ndarray  # (N, 2) float32, photo pixels at search size
     sq_norms: np.ndarray  # (N,) float32
     image_size: tuple[int, int]  # width, height at search size
     augmented: np.ndarray  # (N, d + 1) float32
-    words: np.ndarray | None = None  # (N,) int, the codebook's fine words
+    words: np.ndarray | None = None  # (N,) or (N, k) int, the codebook's fine words, nearest first
 
     @property
     def descriptors(self) -> np.ndarray:
@@ -49,8 +50,9 @@ class QueryFeatures:
         desc = augmented[:, :-1]
         if words is not None:
             words = np.asarray(words, dtype=np.int64)
-            if words.shape != (descriptors.shape[0],):
-                raise ValueError(f"words must be ({descriptors.shape[0]},), not {words.shape}")
+            if words.ndim not in (1, 2) or words.shape[0] != descriptors.shape[0]:
+                n = descriptors.shape[0]
+                raise ValueError(f"words must be ({n},) or ({n}, k), not {words.shape}")
         return cls(xy.astype(np.float32), (desc * desc).sum(1), image_size, augmented, words)
 
 
@@ -126,7 +128,12 @@ def _hull_area(points: np.ndarray) -> float:
 
 
 def _distinct(points: np.ndarray, cell: float = 2.0) -> int:
-    return int(np.unique(np.floor(points / cell).astype(np.int64), axis=0).shape[0])
+    """How many ``cell``-px cells the points fall in (one feature detected twice counts once)."""
+    if points.shape[0] < 2:
+        return int(points.shape[0])
+    cells = np.floor(points / cell).astype(np.int64)
+    # One int64 key per cell: np.unique on a 1-D array is ~10x faster than its axis=0 form.
+    return int(np.unique((cells[:, 0] << 32) + cells[:, 1]).shape[0])
 
 
 def _homography(src: np.ndarray, dst: np.ndarray, config: SearchConfig) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -142,7 +149,7 @@ def _homography(src: np.ndarray, dst: np.ndarray, config: SearchConfig) -> tuple
 
 
 def _shared_word_rows(query: QueryFeatures, words: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-    """The photo's features (``rows`` of them, or all) whose visual word is one of ``words``."""
+    """The photo's features (``rows`` of them, or all) with a visual word (any of its k nearest) in ``words``."""
     assert query.words is not None
     candidates = np.arange(query.xy.shape[0]) if rows is None else rows
     if words.size == 0 or candidates.size == 0:
@@ -150,7 +157,8 @@ def _shared_word_rows(query: QueryFeatures, words: np.ndarray, rows: np.ndarray 
     top = int(max(words.max(), query.words.max())) + 1
     held = np.zeros(top, dtype=bool)
     held[words] = True
-    return candidates[held[query.words[candidates]]]
+    shared = held[query.words[candidates]]
+    return candidates[shared if shared.ndim == 1 else shared.any(axis=1)]
 
 
 def worth_verifying(

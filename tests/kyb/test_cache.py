@@ -87,6 +87,19 @@ def test_pack_unpack_round_trip_is_exact(n: int) -> None:
     assert len(data) - raw < 128  # compact: a small header and the raw arrays
 
 
+def test_a_photos_near_words_round_trip_and_references_stay_without() -> None:
+    plain = _encoding(30)
+    assert unpack_encoding(pack_encoding(plain)).near_words is None
+    near = np.stack([plain.words, np.roll(plain.words, 1)], axis=1)
+    photo = dataclasses.replace(plain, near_words=near)
+    back = unpack_encoding(pack_encoding(photo))
+    _same(photo, back)
+    assert back.near_words is not None and np.array_equal(back.near_words, near)
+    wrong = dataclasses.replace(plain, near_words=near[:-1])
+    with pytest.raises(CacheFormatError, match="different numbers"):
+        unpack_encoding(pack_encoding(wrong))
+
+
 def test_corrupt_or_foreign_values_are_refused() -> None:
     data = bytearray(pack_encoding(_encoding(20)))
     for broken in (b"", b"KYBE", bytes(data[:-10]), b"x" * len(data)):

@@ -342,3 +342,38 @@ def test_later_rounds_stop_after_a_run_of_misses() -> None:
     assert [o.verification.reference_id for o in objects] == ["cover"]
     first_round = 1 + config.patience  # the cover, then a run of misses ends round 1
     assert len(source.verified) == first_round + config.patience  # round 2: one run of misses, not its whole list
+
+
+def test_a_photo_keeps_its_near_words_for_the_first_look(library: Library, engine: Engine) -> None:
+    """features.query_near_words: a photo's features carry their next-nearest words (within
+    query_near_ratio of the nearest), a reference's do not; the first look then shares a superset of
+    the rows the nearest word alone shares, and finds the same objects."""
+    from kyb.imageio import decode_image
+    from kyb.verify import QueryFeatures, _shared_word_rows
+
+    names = sorted(library.covers)[:2]
+    data, _ = _photo(library, names, 83, glare=0.0, occlusion=0.0)
+    decoded = decode_image(data, library.config.limits)
+    photo = engine.encoder.encode(decoded)
+    reference = engine.encoder.encode(decoded, reference=True)
+    assert reference.near_words is None
+    assert photo.near_words is not None and photo.near_words.shape == (len(photo), 2)
+    assert np.array_equal(photo.near_words[:, 0], photo.words)
+    codebook = engine.index.codebook
+    projected = codebook.project(np.sqrt(np.full((5, 128), 1 / 128, np.float32)))
+    assert np.array_equal(
+        codebook.assign(projected, 3, within=1.0), np.repeat(codebook.assign(projected)[:, None], 3, 1)
+    )
+    assert (np.diff(np.sort(codebook.assign(projected, 3), axis=1), axis=1) > 0).all()  # three distinct words
+    descriptors = codebook.dequantize(photo.descriptors)
+    nearest = QueryFeatures.build(photo.xy, descriptors, (decoded.width, decoded.height), photo.words)
+    near = QueryFeatures.build(photo.xy, descriptors, (decoded.width, decoded.height), photo.near_words)
+    grew = 0
+    for key in engine.index.reference_ids():
+        words = engine.index.features(key).words
+        one, two = _shared_word_rows(nearest, words, None), _shared_word_rows(near, words, None)
+        assert set(one) <= set(two)
+        grew += two.size > one.size
+    assert grew > 0
+    result = engine.identify(data)
+    assert sorted(_bands(result)) == sorted(library.band_of[n] for n in names)

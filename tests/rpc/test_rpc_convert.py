@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -81,6 +83,18 @@ def test_encoding_round_trips_exactly():
         encoding.scale,
         encoding.codebook_version,
     )
+
+
+def test_near_words_travel_only_when_there():
+    encoding = _encoding()
+    assert not encoding_to_proto(encoding).HasField("near_words")
+    assert encoding_from_proto(encoding_to_proto(encoding)).near_words is None
+    near = np.stack([encoding.words, encoding.words + 1], axis=1)
+    photo = dataclasses.replace(encoding, near_words=near)
+    assert np.array_equal(encoding_from_proto(encoding_to_proto(photo)).near_words, near)
+    message = encoding_to_proto(dataclasses.replace(encoding, near_words=near[:3]))
+    with pytest.raises(InvalidRequest, match="near_words"):
+        encoding_from_proto(message)
 
 
 def test_inconsistent_encoding_is_refused():

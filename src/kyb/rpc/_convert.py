@@ -98,6 +98,7 @@ def encoding_to_proto(encoding: Encoding) -> common_pb2.Encoding:
         origin_y=float(encoding.origin[1]),
         scale=float(encoding.scale),
         codebook_version=encoding.codebook_version,
+        near_words=None if encoding.near_words is None else pack_array(np.asarray(encoding.near_words, dtype=np.int32)),
     )
 
 
@@ -107,12 +108,17 @@ def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding")
     descriptors = unpack_array(message.descriptors, name=f"{name}.descriptors", dtype="int8", ndim=2)
     words = unpack_array(message.words, name=f"{name}.words", dtype="int32", ndim=1)
     vector = unpack_array(message.global_vector, name=f"{name}.global_vector", dtype="float32", ndim=1)
+    near_words = None
+    if message.HasField("near_words"):
+        near_words = unpack_array(message.near_words, name=f"{name}.near_words", dtype="int32", ndim=2)
     count = xy.shape[0]
     if xy.shape[1] != 2 or descriptors.shape[0] != count or words.shape[0] != count:
         raise InvalidRequest(
             f"{name}: xy {list(xy.shape)}, descriptors {list(descriptors.shape)} and words "
             f"{list(words.shape)} must describe the same features"
         )
+    if near_words is not None and (near_words.shape[0] != count or near_words.shape[1] < 1):
+        raise InvalidRequest(f"{name}: near_words {list(near_words.shape)} must be ({count}, k)")
     numbers = (message.region_width, message.region_height, message.origin_x, message.origin_y, message.scale)
     if not all(math.isfinite(v) for v in numbers) or message.scale <= 0:
         raise InvalidRequest(f"{name}: region, origin and scale must be finite and scale > 0")
@@ -127,6 +133,7 @@ def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding")
         origin=(float(message.origin_x), float(message.origin_y)),
         scale=float(message.scale),
         codebook_version=message.codebook_version,
+        near_words=near_words,
     )
 
 
