@@ -13,6 +13,7 @@ import pytest
 from kyb import synth
 from kyb.detection import (
     CATEGORIES,
+    Detector,
     DetectorArch,
     DetectorWeights,
     DynamicBatcher,
@@ -236,6 +237,17 @@ def test_training_main_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     assert [r["epoch"] for r in log] == [0, 1]
     weights = DetectorWeights.load(tmp_path / "run/detector.pt")
     assert weights.metrics["epochs"] == 2 and "--resume" in weights.recipe
+    # detector.input_size: the same weights run at another input size, boxes still in the caller's pixels.
+    photo = np.full((300, 400, 3), 90, np.uint8)
+    for size in (0, 112):
+        detector = Detector(weights, device="cpu", score_threshold=0.0, input_size=size)
+        assert detector.model.transform.min_size == ((size or 96),)
+        assert (detector.min_size, detector.max_size) == ((112, 149) if size else (96, 128))
+        for found in detector.detect([photo])[0]:
+            x1, y1, x2, y2 = found.box
+            assert 0 <= x1 < x2 <= 400 and 0 <= y1 < y2 <= 300
+    with pytest.raises(ValueError, match="input_size"):
+        Detector(weights, device="cpu", input_size=10)
 
 
 # ------------------------------------------------------------------ batching

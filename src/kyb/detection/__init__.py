@@ -18,7 +18,7 @@ from kyb.detection._data import (
     write_coco,
     write_voc,
 )
-from kyb.detection._detector import Detection, Detector
+from kyb.detection._detector import Detection, Detector, set_input_size
 from kyb.detection._model import CATEGORIES, DetectorArch, build_detector
 from kyb.detection._regions import MARGIN, expand_box, identify_detected
 from kyb.detection._scenes import (
@@ -57,6 +57,7 @@ __all__ = [
     "read_gt_boxes",
     "read_voc",
     "save_weights",
+    "set_input_size",
     "split_of",
     "write_coco",
     "write_voc",

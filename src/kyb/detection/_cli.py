@@ -30,7 +30,8 @@ def embedded_detector(args: argparse.Namespace) -> Any:
 
     sha256 = cfg.sha256 if not getattr(args, "detector", None) else ""  # a path on the command line pins itself
     detector = Detector.from_file(cfg.weights, sha256=sha256, device=cfg.device, score_threshold=cfg.min_score,
-                                  nms_iou=cfg.nms_iou, max_boxes=cfg.max_boxes, threads=cfg.threads)  # fmt: skip
+                                  nms_iou=cfg.nms_iou, max_boxes=cfg.max_boxes, threads=cfg.threads,
+                                  input_size=cfg.input_size)  # fmt: skip
     detector.warm_up()
     return detector
 
@@ -87,7 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from kyb.detection import DetectorWeights, build_detector
+    from kyb.detection import DetectorWeights, build_detector, set_input_size
     from training.detector import _load
     from training.detector_engine import DetectionDataset, evaluate
 
@@ -96,6 +97,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     weights = DetectorWeights.load(args.weights, sha256=args.sha256)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_detector(weights=weights).to(device)
+    input_size, _ = set_input_size(model, weights, args.input_size)
     rows = {}
     for spec in args.sources:
         samples = _load([spec], args.test_fraction)
@@ -105,9 +107,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         rows[spec] = {"images": len(samples), "boxes": sum(len(s.boxes) for s in samples),
                       **evaluate(model, data, weights.categories, device)}  # fmt: skip
     if args.json:
-        print(json.dumps({"weights": weights.version, "results": rows}, indent=2))
+        print(json.dumps({"weights": weights.version, "input_size": input_size, "results": rows}, indent=2))
         return 0
-    print(f"detector {weights.version}")
+    print(f"detector {weights.version} (input {input_size} px)")
     print(f"{'source':<48} {'images':>6} {'class':<12} {'AP50':>6} {'AP50:95':>8}")
     for spec, r in rows.items():
         for cls in ["", *[c for c in weights.categories[1:] if f"AP50/{c}" in r]]:
@@ -172,6 +174,8 @@ def add_detector_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     e.add_argument("--sha256", default="", help="expected sha256 of the weights")
     e.add_argument("--test-fraction", type=float, default=0.2)
     e.add_argument("--max-image-side", type=int, default=1024)
+    e.add_argument("--input-size", type=int, default=0,
+                   help="network input (shorter side, px) at inference; 0 = as trained")  # fmt: skip
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)

@@ -20,7 +20,7 @@ import numpy as np
 
 from kyb.detection._weights import DetectorWeights
 
-__all__ = ["Detection", "Detector"]
+__all__ = ["Detection", "Detector", "set_input_size"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,19 @@ class Detection:
     score: float
 
 
+def set_input_size(model: Any, weights: DetectorWeights, input_size: int) -> tuple[int, int]:
+    """Sets the torchvision model's input size (shorter side ``input_size``, the longer capped in the
+    trained proportion; 0 = as trained); returns (min_size, max_size)."""
+    arch = weights.arch
+    if not input_size:
+        return arch.min_size, arch.max_size
+    if not 64 <= input_size <= 2048:
+        raise ValueError(f"input_size must be 0 or in 64..2048, not {input_size}")
+    longer = round(input_size * arch.max_size / arch.min_size)
+    model.transform.min_size, model.transform.max_size = (input_size,), longer
+    return input_size, longer
+
+
 class Detector:
     """A loaded, warmed-up detector.
 
@@ -41,11 +54,12 @@ class Detector:
     per class inside torchvision, then across classes here (a region is a logo *or* a cover, so the
     best label wins). ``max_boxes`` per image. ``threads``: torch CPU threads (0 = leave torch's
     setting; 1 is fastest on a shared machine, where idle-spinning OpenMP threads cost more than
-    they give).
+    they give). ``input_size``: the network's shorter side at inference (0 = as trained).
     """
 
     def __init__(self, weights: DetectorWeights, *, device: str = "auto", score_threshold: float = 0.3,
-                 nms_iou: float = 0.5, max_boxes: int = 16, threads: int = 0) -> None:  # fmt: skip
+                 nms_iou: float = 0.5, max_boxes: int = 16, threads: int = 0,
+                 input_size: int = 0) -> None:  # fmt: skip
         import torch
 
         from kyb.detection._model import build_detector
@@ -67,6 +81,7 @@ class Detector:
         self.model = build_detector(weights=weights, box_score_thresh=score_threshold, box_nms_thresh=nms_iou,
                                     box_detections_per_img=max_boxes).to(self.device).eval()  # fmt: skip
         self.arch = weights.arch
+        self.min_size, self.max_size = set_input_size(self.model, weights, input_size)
         # torch modules are not safe to call from several threads at once on CUDA; the batcher
         # serialises anyway, this guards direct callers.
         self._lock = threading.Lock()
@@ -86,22 +101,22 @@ class Detector:
 
     def warm_up(self, batch: int = 1) -> None:
         """One forward pass on a blank image (the first call allocates and picks kernels)."""
-        blank = np.full((self.arch.min_size, self.arch.max_size, 3), 127, np.uint8)
+        blank = np.full((self.min_size, self.max_size, 3), 127, np.uint8)
         self.detect([blank] * batch)
 
-    def _prepare(self, image: np.ndarray) -> tuple[Any, float]:
+    def _prepare(self, image: np.ndarray) -> tuple[Any, tuple[float, float]]:
         import torch
 
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError("images must be RGB uint8 (H, W, 3)")
         h, w = image.shape[:2]
-        s = min(self.arch.min_size / min(h, w), self.arch.max_size / max(h, w))
+        s = min(self.min_size / min(h, w), self.max_size / max(h, w))
         small = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA) \
             if s < 1 else image  # fmt: skip
         if not small.flags.writeable or not small.flags.c_contiguous:  # torch wants its own writable buffer
             small = np.array(small, order="C")
         t = torch.from_numpy(small).to(self.device).permute(2, 0, 1).float().div_(255)
-        return t, small.shape[1] / w
+        return t, (small.shape[1] / w, small.shape[0] / h)
 
     def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Detections per image, best first: one list per input image, in order."""
@@ -114,12 +129,13 @@ class Detector:
         with self._lock, torch.inference_mode(), torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
             outputs = self.model([t for t, _ in prepared])
         results: list[list[Detection]] = []
-        for out, (_, scale) in zip(outputs, prepared, strict=True):
+        for out, (_, (sx, sy)) in zip(outputs, prepared, strict=True):
             boxes, scores, labels = out["boxes"].float(), out["scores"].float(), out["labels"]
             keep = nms(boxes, scores, self.nms_iou)[: self.max_boxes]  # across classes
             dets = []
             for i in keep.tolist():
-                x1, y1, x2, y2 = (float(v) / scale for v in boxes[i].tolist())
+                # Each axis by its own factor: rounding the resized size makes them differ slightly.
+                x1, y1, x2, y2 = (float(v) / f for v, f in zip(boxes[i].tolist(), (sx, sy, sx, sy), strict=True))
                 dets.append(Detection((x1, y1, x2, y2), self.categories[int(labels[i])], float(scores[i])))
             results.append(dets)
         return results

@@ -263,9 +263,13 @@ class DetectorConfig:
     device: str = "auto"
     #: torch CPU threads (0 = torch's default); 1 is fastest where other processes share the cores.
     threads: int = 0
+    #: The network's input (shorter side, px) at inference; 0 = the size it was trained at. Training
+    #: varies the scale by 0.8-1.2x, so up to 1.2x the trained size is within what it has seen.
+    input_size: int = 0
 
     def __post_init__(self) -> None:
         _check_port(self.port, "detector.port")
+        _check(self.input_size == 0 or 64 <= self.input_size <= 2048, "detector.input_size", "must be 0 or 64..2048")
         _check(0 <= self.min_score <= 1, "detector.min_score", "must be in 0..1")
         _check(1 <= self.max_boxes <= 256, "detector.max_boxes", "must be in 1..256")
         _check(0 < self.nms_iou <= 1, "detector.nms_iou", "must be in (0, 1]")
