@@ -60,10 +60,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             return
         from kyb.detection import Detector, DynamicBatcher
 
-        detector = Detector.from_file(cfg.weights, sha256=cfg.sha256, device=cfg.device, score_threshold=cfg.min_score,
-                                      nms_iou=cfg.nms_iou, max_boxes=cfg.max_boxes, threads=cfg.threads,
-                                  input_size=cfg.input_size)  # fmt: skip
-        detector.warm_up()
+        detector = Detector.from_config(cfg)
         self._batcher = DynamicBatcher(detector.detect, max_batch=cfg.batch_size, max_wait_ms=cfg.batch_wait_ms,
                                        name="kyb-detector-batch")  # fmt: skip
         self._detector = detector

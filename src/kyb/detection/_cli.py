@@ -29,11 +29,7 @@ def embedded_detector(args: argparse.Namespace) -> Any:
     from kyb.detection import Detector
 
     sha256 = cfg.sha256 if not getattr(args, "detector", None) else ""  # a path on the command line pins itself
-    detector = Detector.from_file(cfg.weights, sha256=sha256, device=cfg.device, score_threshold=cfg.min_score,
-                                  nms_iou=cfg.nms_iou, max_boxes=cfg.max_boxes, threads=cfg.threads,
-                                  input_size=cfg.input_size)  # fmt: skip
-    detector.warm_up()
-    return detector
+    return Detector.from_config(cfg, sha256=sha256)
 
 
 def _pair(text: str, kind: type = int) -> tuple[Any, Any]:

@@ -13,12 +13,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from kyb.detection._weights import DetectorWeights
+
+if TYPE_CHECKING:
+    from kyb.rpc import DetectorConfig
 
 __all__ = ["Detection", "Detector", "set_input_size"]
 
@@ -90,6 +93,19 @@ class Detector:
     def from_file(cls, path: str | Path, *, sha256: str = "", **kwargs: Any) -> Detector:
         """Load and verify ``path`` (see :meth:`DetectorWeights.load`), then build the detector."""
         return cls(DetectorWeights.load(path, sha256=sha256), **kwargs)
+
+    @classmethod
+    def from_config(cls, config: DetectorConfig, *, sha256: str | None = None) -> Detector:
+        """The detector ``config`` (``[detector]``) describes: its weights (checked against ``sha256``,
+        else ``config.sha256``), device, thresholds, threads and input size; warmed up."""
+        if config.weights is None:
+            raise ValueError("no detector.weights configured")
+        detector = cls.from_file(config.weights, sha256=config.sha256 if sha256 is None else sha256,
+                                 device=config.device, score_threshold=config.min_score, nms_iou=config.nms_iou,
+                                 max_boxes=config.max_boxes, threads=config.threads,
+                                 input_size=config.input_size)  # fmt: skip
+        detector.warm_up()
+        return detector
 
     @property
     def version(self) -> str:
