@@ -651,7 +651,7 @@ def table(results: Sequence[SizeResult]) -> str:
 def breakdown(results: Sequence[SizeResult]) -> str:
     header = (
         "| N | search mean ms | shortlist in search ms | of which word votes ms | verification ms "
-        "| rounds | standalone shortlist: graph+fusion / word votes ms | in shortlist | RSS above baseline MB "
+        "| shortlists | standalone shortlist: graph+fusion / word votes ms | in shortlist | RSS above baseline MB "
         "| filler gen s | load avg |"
     )
     lines = [header, "|" + "---:|" * 11]

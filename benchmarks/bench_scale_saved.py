@@ -10,7 +10,7 @@ Usage::
 query photos of them, generated fillers) with its defaults and saves the index and the query encodings
 in DIR. ``measure`` loads them, keeps the first ``--size`` references (real covers first, then fillers,
 in 2,500-reference segments as bench_scale adds them) and prints bench_scale's measurements: search
-p50/p95, the shortlist and its inverted-file vote, verification, rounds, top-1, bytes per reference.
+p50/p95, the shortlist and its inverted-file vote, verification, shortlist calls, top-1, bytes per reference.
 Because the index and the queries are the same bytes for every run, two checkouts measured one after
 the other compare code, not data -- the point on a machine whose load changes by the minute.
 """
@@ -114,7 +114,7 @@ def measure(folder: Path, size: int, profile: bool, prefilter_inliers: int | Non
     )
     print(
         "columns: references | search p50 ms | search p95 ms | shortlist p50 ms | its vote p50 ms "
-        "| votes in a search (mean ms) | verification in a search (mean ms) | rounds | top-1 | bytes/ref | RSS MB"
+        "| votes in a search (mean ms) | verification in a search (mean ms) | shortlists | top-1 | bytes/ref | RSS MB"
     )
     if profile:
         import cProfile

@@ -1,4 +1,4 @@
-"""``kyb``: the embedded command line (ingest, identify, eval, demo, codebook, catalog, db, reindex, stats).
+"""``kyb``: the embedded command line (ingest, identify, eval, duplicates, demo, codebook, catalog, db, reindex, stats).
 
 Every command works on one index folder and one catalog (``--index-dir``, ``--catalog`` or the config
 file / ``KYB_*`` variables). Exit codes: 0 ok, 1 some items failed, 2 bad usage, then one code per
@@ -70,6 +70,16 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
         return parse_box(text)
     except InvalidRequest as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {value:g}")
+    return value
 
 
 # ---------------------------------------------------------------------------- ingest
@@ -241,7 +251,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kyb.evaluation import evaluate, index_dataset, load_ground_truth
+    from kyb.evaluation import evaluate, index_dataset, load_ground_truth, lookalike_references
 
     config = _config(args)
     gt = load_ground_truth(Path(args.dataset))
@@ -249,14 +259,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
     with _progress(len(gt.database), f"index {gt.name}") as bar:
         engine, mapping = index_dataset(gt, config, cache, progress=lambda _o: bar.update(1))
     engine.detector = _embedded_detector(args)
+    with _progress(len(engine.index), f"look-alikes {gt.name}", unit="ref") as bar:
+        lookalikes = lookalike_references(engine, mapping, progress=bar.update)
     n_queries = min(len(gt.queries), args.limit or len(gt.queries))
     n_distractors = min(len(gt.distractors), args.limit or len(gt.distractors))
     with _progress(n_queries + n_distractors, f"eval {gt.name}", unit="photo") as bar:
-        report = evaluate(engine, gt, mapping, limit=args.limit, progress=bar.update)
+        report = evaluate(engine, gt, mapping, limit=args.limit, progress=bar.update, lookalikes=lookalikes)
     if args.json:
         print(json.dumps(report.to_dict(with_queries=args.per_query), indent=2))
     else:
         print(report.table())
+    return 0
+
+
+# ---------------------------------------------------------------------------- duplicates
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from kyb.engine import find_duplicates
+
+    engine = _engine(args)
+    if not engine.has_index():
+        raise NotFound(f"no index at {engine.config.index_dir}: run `kyb ingest` first")
+    index = engine.index
+    with _progress(len(index), "duplicates", unit="ref") as bar:
+        pairs = find_duplicates(index, engine.config.search, min_share=args.min_share, progress=bar.update)
+
+    def describe(key: str) -> dict[str, Any]:
+        reference_id = key.split("#", 1)[0]
+        reference = engine.catalog.get_reference(reference_id)
+        band = engine.catalog.get_band(reference.band_id) if reference and reference.band_id else None
+        return {
+            "reference_id": key,
+            "band": band.name if band else (reference.band_id if reference else None),
+            "album_id": reference.album_id if reference else None,
+            "source": reference.source if reference else None,
+        }
+
+    answer = [
+        {"first": describe(p.first), "second": describe(p.second), "inliers": p.inliers, "share": p.share}
+        for p in pairs
+    ]
+    if args.json:
+        print(json.dumps(answer, indent=2, ensure_ascii=False))
+    else:
+        for item in answer:
+            first, second = item["first"], item["second"]
+            print(
+                f"{first['reference_id']} ({first['band']}, {first['source']})  ~  "
+                f"{second['reference_id']} ({second['band']}, {second['source']}): "
+                f"{item['inliers']} inliers, {item['share']:.0%} of the features"
+            )
+        print(f"{len(pairs)} pair(s) of look-alike references among {len(index):,}", file=sys.stderr)
     return 0
 
 
@@ -458,6 +510,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="index cache folder (default ~/.cache/kyb/eval or KYB_EVAL_CACHE)")
     p.add_argument("--detector", help="detector weights: detector-first identification (else KYB_DETECTOR__WEIGHTS)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "duplicates", parents=[common], help="references that are one picture: each verifies in the other"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    p.add_argument(
+        "--min-share",
+        type=_share,
+        default=0.25,
+        help="share of each reference's features the other must re-find as inliers (default 0.25)",
+    )
+    p.set_defaults(func=cmd_duplicates)
 
     p = sub.add_parser("demo", parents=[common], help="generate a sample catalog and photos, ingest, identify")
     p.add_argument("--dir", default=".kyb/demo", help="where the sample set goes (default .kyb/demo)")

@@ -38,6 +38,7 @@ from kyb.verify import QueryFeatures, Verification, verify
 __all__ = [
     "NOT_INDEXED",
     "CandidateSource",
+    "DuplicatePair",
     "Engine",
     "FoundObject",
     "IdentifiedObject",
@@ -46,6 +47,7 @@ __all__ = [
     "IngestItem",
     "IngestOutcome",
     "Match",
+    "find_duplicates",
     "inside_outline",
     "one_blas_thread",
     "prefer_complete",
@@ -318,22 +320,36 @@ def run_search(
     active = np.ones(len(xy), dtype=bool)
     tried: set[str] = set(exclude)
     found: list[FoundObject] = []
-    order: list[str] = []
+    order: dict[str, None] = {}  # every shortlisted key once, first seen first (an ordered set)
     for round_number in range(config.max_objects):
         rows = np.flatnonzero(active)
         if rows.size < config.min_inliers:
             break
         limit = min(config.verify_top, first_round) if round_number == 0 else max(8, config.verify_top // 4)
-        # Round 1 fetches up to first_round candidates but goes past verify_top only while nothing
-        # has verified: a steeply tilted or partly hidden cover can rank low in both shortlists.
-        keys = source.shortlist(None if round_number == 0 else rows, tried, first_round if round_number == 0 else limit)
+        keys = source.shortlist(None if round_number == 0 else rows, tried, limit)
         if not keys:
             break
-        order.extend(key for key in keys if key not in order)
+        order.update(dict.fromkeys(keys))
         verified: list[Verification] = []
         misses = 0
+        position = 0
         results = iter(source.verify(keys, rows))
-        for position, key in enumerate(keys):
+        while True:
+            if position == len(keys):
+                # Round 1 goes past verify_top only while nothing has verified (a steeply tilted or
+                # partly hidden cover can rank low in both shortlists): only then is the deeper
+                # shortlist fetched, so the common photo never pays for lists first_round deep.
+                # The deeper shortlist is the one a first_round request makes; what was verified
+                # already is skipped, so the order is as if it had been fetched at once.
+                if round_number > 0 or verified or len(keys) >= first_round:
+                    break
+                deeper = source.shortlist(None, set(exclude), first_round)
+                keys = keys + [key for key in deeper if key not in tried]
+                if position == len(keys):
+                    break
+                order.update(dict.fromkeys(keys[position:]))
+                results = iter(source.verify(keys[position:], rows))
+            key = keys[position]
             # Once something is verified, a run of misses means the rest of the shortlist is noise;
             # what it skips comes back in the next round's shortlist if the photo still supports it.
             # Later rounds look only for further objects with the features no object explained: a
@@ -343,6 +359,7 @@ def run_search(
             if (verified or round_number > 0) and (misses >= config.patience or position >= limit):
                 break
             tried.add(key)
+            position += 1
             result = next(results)
             if result is NOT_INDEXED:
                 continue
@@ -375,7 +392,7 @@ def run_search(
     if image_size is not None:
         for item in found:
             prefer_complete(item, image_size)
-    return found, order
+    return found, list(order)
 
 
 #: An alternative explains an object "about as well" as its best with this share of its inliers.
@@ -415,6 +432,65 @@ def prefer_complete(item: FoundObject, image_size: tuple[int, int]) -> None:
         item.alternatives.remove(pick)
         item.alternatives.insert(0, best)
         item.verification = pick
+
+
+# ---------------------------------------------------------------------------- duplicates
+#: Two references are one picture when each re-finds this share of the other's features as inliers.
+#: A copy (rescaled, recompressed, padded to another frame) re-finds 40-55% of a 450-feature
+#: reference; references that only share a part (a studio logo, a "DVD" mark, one photo of a series'
+#: cast) re-find 2-15%.
+DUPLICATE_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class DuplicatePair:
+    """Two indexed references that each verify in the other's image with most of their features: one
+    picture stored twice (an artwork and its padded scan, one logo filed under two bands).
+    ``inliers`` and ``share`` (inliers / that reference's features) are the weaker direction's."""
+
+    first: str
+    second: str
+    inliers: int
+    share: float
+
+
+def find_duplicates(
+    index: ReferenceIndex,
+    config: SearchConfig,
+    *,
+    min_share: float = DUPLICATE_SHARE,
+    progress: Callable[[int], None] | None = None,
+) -> list[DuplicatePair]:
+    """Every pair of references of ``index`` that are one picture (see :data:`DUPLICATE_SHARE`).
+
+    Each reference's stored features are searched as if they were a photo (itself excluded); a pair
+    counts when each is found in the other with ``min_share`` of its features as inliers, so a cover
+    that holds another reference's logo, or two covers sharing a studio mark, are not duplicates.
+    Costs one search per reference.
+    """
+    seen_in: dict[str, dict[str, Verification]] = {}
+    sizes: dict[str, int] = {}
+    for key in index.reference_ids():
+        encoding = index.encoding(key)
+        sizes[key] = len(encoding)
+        size = (round(encoding.region_size[0]), round(encoding.region_size[1]))
+        with one_blas_thread():
+            source = IndexSource(encoding, index, size)
+            found, _ = run_search(source, source.photo.xy, config, exclude=frozenset({key}))
+        seen_in[key] = {v.reference_id: v for item in found for v in (item.verification, *item.alternatives)}
+        if progress:
+            progress(1)
+    pairs = []
+    for first, inside in seen_in.items():
+        for second, there in inside.items():
+            back = seen_in.get(second, {}).get(first)
+            if first >= second or back is None:
+                continue
+            # `there`: `second` verified in first's image (its inliers are second's features); `back`: the reverse.
+            share = min(there.inliers / max(1, sizes[second]), back.inliers / max(1, sizes[first]))
+            if share >= min_share:
+                pairs.append(DuplicatePair(first, second, min(there.inliers, back.inliers), round(share, 3)))
+    return sorted(pairs, key=lambda pair: (pair.first, pair.second))
 
 
 # ---------------------------------------------------------------------------- ingest

@@ -22,10 +22,11 @@ import numpy as np
 from kyb import __version__
 from kyb.catalog import Band
 from kyb.config import CacheConfig, EngineConfig
-from kyb.engine import Engine, IngestItem, IngestOutcome
+from kyb.engine import Engine, IngestItem, IngestOutcome, find_duplicates
 from kyb.errors import InvalidRequest, KybError
+from kyb.index import current_generation
 
-__all__ = ["EvalReport", "GroundTruth", "evaluate", "index_dataset", "load_ground_truth"]
+__all__ = ["EvalReport", "GroundTruth", "evaluate", "index_dataset", "load_ground_truth", "lookalike_references"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,39 @@ def index_dataset(
     return engine, mapping
 
 
+def lookalike_references(
+    engine: Engine, mapping: dict[str, str], *, progress: Callable[[int], None] | None = None
+) -> dict[str, set[str]]:
+    """Database path -> the paths of the references that are one picture with it
+    (:func:`kyb.engine.find_duplicates`), cached beside the index for its generation.
+
+    Found from the references alone, never from the labels: a set that stores one artwork under two
+    labels (a padded scan and its crop) names either for a photo of it, and the report says how often.
+    """
+    index_dir = Path(engine.config.index_dir)
+    cache_file = index_dir.parent / "lookalikes.json"
+    generation = current_generation(index_dir)
+    pairs: list[list[str]] | None = None
+    if cache_file.exists():
+        try:
+            cached = json.loads(cache_file.read_text())
+            if cached.get("generation") == generation:
+                pairs = cached["pairs"]
+        except (OSError, ValueError, KeyError):
+            pairs = None
+    if pairs is None:
+        found = find_duplicates(engine.index, engine.config.search, progress=progress)
+        pairs = [[p.first, p.second] for p in found]
+        cache_file.write_text(json.dumps({"generation": generation, "pairs": pairs}))
+    lookalikes: dict[str, set[str]] = {}
+    for first, second in pairs:
+        a, b = mapping.get(first.split("#", 1)[0]), mapping.get(second.split("#", 1)[0])
+        if a and b and a != b:
+            lookalikes.setdefault(a, set()).add(b)
+            lookalikes.setdefault(b, set()).add(a)
+    return lookalikes
+
+
 @dataclass
 class EvalReport:
     """The numbers ``kyb eval`` prints; rates are fractions in [0, 1], times in seconds."""
@@ -178,6 +212,10 @@ class EvalReport:
     search_p50_s: float
     bytes_per_reference: float
     failures: int = 0
+    #: With look-alikes known (:func:`lookalike_references`): the pairs of references that are one
+    #: picture, and top-1 counting an answer that is one picture with a positive as right.
+    lookalike_pairs: int | None = None
+    top1_up_to_lookalikes: float | None = None
     per_query: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self, *, with_queries: bool = False) -> dict[str, Any]:
@@ -202,6 +240,8 @@ class EvalReport:
             ("index bytes/ref", f"{self.bytes_per_reference:.0f}"),
             ("failed queries", str(self.failures)),
         ]
+        if self.top1_up_to_lookalikes is not None:
+            rows.insert(4, ("top-1, look-alikes", f"{self.top1_up_to_lookalikes:.3f} ({self.lookalike_pairs} pairs)"))
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -224,17 +264,20 @@ def evaluate(
     *,
     limit: int | None = None,
     progress: Callable[[int], None] | None = None,
+    lookalikes: dict[str, set[str]] | None = None,
 ) -> EvalReport:
     """Runs the queries (and distractors) of ``gt`` through ``engine.identify``.
 
     The ranking a query is scored on is its verified matches (by object order, then alternatives),
     followed by the unverified shortlist: top-1 reads the first verified match only, so a query with
-    nothing verified counts as wrong.
+    nothing verified counts as wrong. With ``lookalikes`` (:func:`lookalike_references`) the report
+    also gives top-1 counting a look-alike of a positive as right; top-1 itself is unchanged.
     """
     queries = gt.queries[:limit] if limit else gt.queries
     distractors = gt.distractors[:limit] if limit else gt.distractors
     ks = (1, 5, 10)
     hits_top1 = 0
+    lookalike_hits = 0
     recall_hits = dict.fromkeys(ks, 0)
     aps: list[float] = []
     times: list[float] = []
@@ -266,6 +309,8 @@ def evaluate(
         top = mapping.get(verified[0]) if verified else None
         correct = relevant(top) if top else False
         hits_top1 += correct
+        as_lookalike = bool(lookalikes) and not correct and any(relevant(p) for p in lookalikes.get(top or "", ()))
+        lookalike_hits += as_lookalike
         for k in ks:
             recall_hits[k] += any(flags[:k])
         n_pos = len(positives) if positives else 1
@@ -278,6 +323,7 @@ def evaluate(
                 "objects": len(result.objects),
                 "inliers": result.objects[0].best.inliers if result.objects else 0,
                 "seconds": round(result.timings_ms["total"] / 1000, 3),
+                **({"lookalike_of_positive": True} if as_lookalike else {}),
             }
         )
         if progress:
@@ -313,5 +359,7 @@ def evaluate(
         search_p50_s=float(np.percentile(search_times, 50)) if search_times else 0.0,
         bytes_per_reference=float(stats["bytes_per_reference"]),
         failures=failures,
+        lookalike_pairs=None if lookalikes is None else sum(len(v) for v in lookalikes.values()) // 2,
+        top1_up_to_lookalikes=None if lookalikes is None else (hits_top1 + lookalike_hits) / n,
         per_query=per_query,
     )

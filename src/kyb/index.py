@@ -531,6 +531,11 @@ class ReferenceIndex:
         if memo is not None and memo.raw and memo.words is not None:
             gone = np.setdiff1d(memo.words, words, assume_unique=True)
             came = np.setdiff1d(words, memo.words, assume_unique=True)
+            # The update touches the postings of the departed and new words; voting afresh touches
+            # those of every word kept (df counts postings): take whichever is fewer. After a large
+            # cover is found, what is left of the photo can be the smaller side.
+            if self._df[gone].sum() + self._df[came].sum() > self._df[words].sum():
+                memo.raw = {}
         gone_weights = np.log(n / self._df[gone]).astype(np.float32) ** 2
         came_weights = np.log(n / self._df[came]).astype(np.float32) ** 2
         results: list[tuple[np.ndarray, np.ndarray, _Segment]] = []

@@ -51,6 +51,9 @@ def test_ingest_identify_draw_eval(demo_dir: Path, tmp_path: Path, capsys: pytes
     code, out, _ = _run(capsys, "eval", str(demo_dir), "--cache", str(tmp_path / "cache"), "--json")
     report = json.loads(out)
     assert code == 0 and report["queries"] == len(gt["queries"]) and 0 <= report["top1"] <= 1
+    # Drawn references are all different pictures: no look-alikes, so the two top-1 figures agree.
+    assert report["lookalike_pairs"] == 0 and report["top1_up_to_lookalikes"] == report["top1"]
+    assert len(list((tmp_path / "cache").glob("*/lookalikes.json"))) == 1
 
 
 def test_exit_codes_and_one_line_errors(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,3 +81,27 @@ def test_exit_codes_and_one_line_errors(demo_dir: Path, tmp_path: Path, capsys: 
 
     code, _, err = _run(capsys, "eval", str(tmp_path / "nowhere"))
     assert code == 2 and "gt.json" in err
+
+
+def test_duplicates_command(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`kyb duplicates`: none among the demo's drawn references; a copy of one (other bytes) is one pair;
+    no index is one clear line and a non-zero code."""
+    import cv2
+
+    where = ["--index-dir", str(tmp_path / "index"), "--catalog", str(tmp_path / "catalog.db")]
+    code, _, err = _run(capsys, "duplicates", *where)
+    assert code != 0 and "no index" in err and len(err.strip().splitlines()) == 1
+    assert _run(capsys, "ingest", str(demo_dir / "catalog.json"), *where)[0] == 0
+    code, out, _ = _run(capsys, "duplicates", "--json", *where)
+    assert code == 0 and json.loads(out) == []
+    source = sorted((demo_dir / "references").glob("album_*.jpg"))[0]
+    copy = tmp_path / "copy.png"
+    cv2.imwrite(str(copy), cv2.resize(cv2.imread(str(source)), None, fx=0.8, fy=0.8))
+    assert _run(capsys, "ingest", str(copy), *where)[0] == 0
+    code, out, _ = _run(capsys, "duplicates", "--json", *where)
+    pairs = json.loads(out)
+    assert code == 0 and len(pairs) == 1 and pairs[0]["share"] >= 0.25
+    assert {pairs[0]["first"]["source"], pairs[0]["second"]["source"]} >= {str(copy)}
+    with pytest.raises(SystemExit) as usage:
+        main(["duplicates", "--min-share", "1.5", *where])
+    assert usage.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err

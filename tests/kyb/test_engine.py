@@ -344,6 +344,47 @@ def test_later_rounds_stop_after_a_run_of_misses() -> None:
     assert len(source.verified) == first_round + config.patience  # round 2: one run of misses, not its whole list
 
 
+class _RankedSource(_ScriptedSource):
+    """One fixed ranking, cut at each request's limit; records the limits asked for."""
+
+    def __init__(self, found: Verification, ranking: list[str]) -> None:
+        super().__init__(found, [])
+        self.ranking, self.limits = ranking, []
+
+    def shortlist(self, rows: np.ndarray | None, exclude: set[str], limit: int) -> list[str]:
+        self.limits.append(limit)
+        return [key for key in self.ranking if key not in exclude][:limit]
+
+
+def test_the_reserve_is_fetched_only_when_the_first_shortlist_verifies_nothing() -> None:
+    """Round 1 asks for verify_top candidates; only when none verifies does it fetch the deeper
+    verify_max shortlist and go on where it stopped (nothing verified twice)."""
+    config = SearchConfig()
+    xy = np.random.default_rng(0).uniform(0, 1000, (400, 2)).astype(np.float32)
+    outline = np.array([[0, 0], [500, 0], [500, 1000], [0, 1000]], dtype=np.float32)
+    inside = np.flatnonzero(xy[:, 0] < 500)
+    found = Verification("cover", 50, 60, np.eye(3), outline, inside[:50], 0.5, 0.8)
+    strangers = [f"stranger-{i}" for i in range(500)]
+
+    near = _RankedSource(found, ["cover", *strangers])
+    objects, _ = run_search(near, xy, config)
+    assert [o.verification.reference_id for o in objects] == ["cover"]
+    assert near.limits[0] == config.verify_top and config.verify_max not in near.limits
+
+    deep_rank = config.verify_top + 50
+    deep = _RankedSource(found, [*strangers[:deep_rank], "cover", *strangers[deep_rank:]])
+    objects, order = run_search(deep, xy, config)
+    assert [o.verification.reference_id for o in objects] == ["cover"]
+    assert deep.limits[:2] == [config.verify_top, config.verify_max]
+    assert deep.verified[: deep_rank + 1] == [*strangers[:deep_rank], "cover"]
+    assert len(deep.verified) == len(set(deep.verified))  # the deeper list went on, it did not start over
+    assert order[: deep_rank + 1] == deep.verified[: deep_rank + 1]
+
+    nothing = _RankedSource(found, strangers)
+    objects, order = run_search(nothing, xy, config)
+    assert objects == [] and nothing.verified == strangers[: config.verify_max] == order
+
+
 def test_a_photo_keeps_its_near_words_for_the_first_look(library: Library, engine: Engine) -> None:
     """features.query_near_words: a photo's features carry their next-nearest words (within
     query_near_ratio of the nearest), a reference's do not; the first look then shares a superset of
@@ -377,3 +418,29 @@ def test_a_photo_keeps_its_near_words_for_the_first_look(library: Library, engin
     assert grew > 0
     result = engine.identify(data)
     assert sorted(_bands(result)) == sorted(library.band_of[n] for n in names)
+
+
+def test_find_duplicates_names_one_picture_stored_twice(library: Library, tmp_path) -> None:
+    """kyb.engine.find_duplicates: a cover and its scan padded onto a white square (another reference,
+    as a catalog can hold both) are one pair; the other covers and logos, drawn apart, are in none."""
+    import shutil
+
+    from kyb.engine import find_duplicates
+
+    shutil.copytree(library.root, tmp_path / "lib")
+    engine = Engine(make_config(tmp_path / "lib"))
+    name = sorted(library.covers)[0]
+    cover = library.covers[name]
+    side = max(cover.shape[:2]) + 160
+    padded = np.full((side, side, 3), 255, np.uint8)
+    top, left = (side - cover.shape[0]) // 2, (side - cover.shape[1]) // 2
+    padded[top : top + cover.shape[0], left : left + cover.shape[1]] = cover
+    item = IngestItem("padded-scan.jpg", "album_cover", library.band_of[name], None, data=encode_jpeg(padded, 95))
+    (outcome,) = engine.ingest([item])
+    assert outcome.status == "added"
+    original = next(r.reference_id for r in engine.catalog.list_references() if r.source == name)
+    pairs = find_duplicates(engine.index, engine.config.search)
+    assert [{p.first, p.second} for p in pairs] == [{original, outcome.reference_id}]
+    assert pairs[0].share >= 0.25 and pairs[0].inliers >= engine.config.search.min_inliers
+    assert find_duplicates(engine.index, engine.config.search, min_share=0.99) == []
+    engine.close()

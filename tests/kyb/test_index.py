@@ -117,27 +117,46 @@ def test_tiered_compaction_merges_ten_of_a_tier(library: Library, tmp_path: Path
     assert [(c.reference_id, round(c.word_score, 4)) for c in reloaded.shortlist(query)] == before
 
 
-def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library) -> None:
-    """A search's later rounds update the first round's word vote; the shortlist must not change."""
+def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, monkeypatch) -> None:
+    """A search's later rounds update the first round's word vote (or vote afresh when that touches
+    fewer postings); either way the shortlist must not change."""
+    import kyb.index
+
     engine = Engine(library.config)
     index = engine.index
     # A photo holding two references: one's features, then the other's (as a found object removes them).
     first, second = (index.encoding(r) for r in index.reference_ids()[:2])
-    both = Encoding(
-        xy=np.concatenate([first.xy, second.xy]),
-        descriptors=np.concatenate([first.descriptors, second.descriptors]),
-        words=np.concatenate([first.words, second.words]),
-        global_vector=first.global_vector,
-        region_size=first.region_size,
-        codebook_version=first.codebook_version,
-    )
-    memo = VoteMemo()
-    index.shortlist(both, memo=memo)
-    updated = index.shortlist(second, memo=memo)
-    fresh = index.shortlist(second)
-    # Same candidates with the same vote (float rounding may swap two exactly tied ones).
-    assert {c.reference_id: c.word_score for c in updated} == pytest.approx(
-        {c.reference_id: c.word_score for c in fresh}, rel=1e-4
-    )
-    # The vote moves to the words that remained: the second reference leads its own vote.
+
+    def photo(*parts: Encoding, drop: int = 0) -> Encoding:
+        stop = sum(len(p) for p in parts) - drop
+        return Encoding(
+            xy=np.concatenate([p.xy for p in parts])[:stop],
+            descriptors=np.concatenate([p.descriptors for p in parts])[:stop],
+            words=np.concatenate([p.words for p in parts])[:stop],
+            global_vector=first.global_vector,
+            region_size=first.region_size,
+            codebook_version=first.codebook_version,
+        )
+
+    voted: list[int] = []
+    real_vote = kyb.index._vote
+
+    def counted_vote(segment: object, words: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        voted.append(words.size)
+        return real_vote(segment, words, weights)
+
+    monkeypatch.setattr(kyb.index, "_vote", counted_vote)
+    # Few features gone (the update is cheaper), then one reference's features gone (either may be).
+    for later, update_expected in ((photo(second, first, drop=10), True), (photo(second), None)):
+        memo = VoteMemo()
+        index.shortlist(photo(first, second), memo=memo)
+        voted.clear()
+        updated = index.shortlist(later, memo=memo)
+        if update_expected:
+            assert max(voted) < len(np.unique(later.words)) / 4  # only the departed words were voted
+        fresh = index.shortlist(later)
+        # Same candidates with the same vote (float rounding may swap two exactly tied ones).
+        assert {c.reference_id: c.word_score for c in updated} == pytest.approx(
+            {c.reference_id: c.word_score for c in fresh}, rel=1e-4
+        )
     assert max(updated, key=lambda c: c.word_score).reference_id == index.reference_ids()[1]
