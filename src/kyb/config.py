@@ -152,6 +152,11 @@ class SearchConfig:
     #: distinct inliers the candidate is rejected without the full descriptor product. Chance
     #: agreement is 4-5 (4 points always fit a homography); 0 turns the first look off.
     prefilter_inliers: int = 6
+    #: Lowe's ratio for the first look's matches (full verification keeps ``ratio``). Stricter is
+    #: faster where most photos hold nothing known (a stranger keeps fewer chance matches to run
+    #: RANSAC on) but loses faint logos: 0.8 took logos p50 0.43 -> 0.33 s and lost 1 of 81 logos
+    #: (docs/engine.md, "Lazy reserve").
+    prefilter_ratio: float = 0.85
     #: Objects returned per photo at most.
     max_objects: int = 12
     #: Also-matched references kept per object (other references of the same object, for explanation).
@@ -176,6 +181,7 @@ class SearchConfig:
             "search.prefilter_inliers",
             "must be 0 (off) or in 5..search.min_inliers",
         )
+        _check(0.5 <= self.prefilter_ratio <= 1.0, "search.prefilter_ratio", "must be in 0.5..1.0")
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
 
 

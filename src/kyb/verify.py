@@ -182,7 +182,7 @@ def worth_verifying(
     shared = _shared_word_rows(query, reference.words, rows)
     if shared.size < need:
         return False
-    qi, ri = match_descriptors(query, ref_descriptors, config.ratio, shared)
+    qi, ri = match_descriptors(query, ref_descriptors, config.prefilter_ratio, shared)
     if qi.size < need:
         return False
     fit = _homography(reference.xy[ri].astype(np.float32), query.xy[qi].astype(np.float32), config)

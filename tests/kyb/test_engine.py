@@ -328,14 +328,18 @@ class _ScriptedSource:
             yield self.found if key == self.found.reference_id else None
 
 
+def _left_half_cover() -> tuple[np.ndarray, Verification]:
+    """400 photo features and a verified "cover" over the left half (round 2 still has features)."""
+    xy = np.random.default_rng(0).uniform(0, 1000, (400, 2)).astype(np.float32)
+    outline = np.array([[0, 0], [500, 0], [500, 1000], [0, 1000]], dtype=np.float32)
+    inside = np.flatnonzero(xy[:, 0] < 500)
+    return xy, Verification("cover", 50, 60, np.eye(3), outline, inside[:50], 0.5, 0.8)
+
+
 def test_later_rounds_stop_after_a_run_of_misses() -> None:
     """After the first object, a round that verifies nothing ends after `patience` misses in a row."""
     config = SearchConfig()
-    xy = np.random.default_rng(0).uniform(0, 1000, (400, 2)).astype(np.float32)
-    # The found object covers the left half of the photo, so the second round still has features.
-    outline = np.array([[0, 0], [500, 0], [500, 1000], [0, 1000]], dtype=np.float32)
-    inside = np.flatnonzero(xy[:, 0] < 500)
-    found = Verification("cover", 50, 60, np.eye(3), outline, inside[:50], 0.5, 0.8)
+    xy, found = _left_half_cover()
     strangers = [f"stranger-{i}" for i in range(40)]
     source = _ScriptedSource(found, [["cover", *strangers[:20]], strangers[20:]])
     objects, _ = run_search(source, xy, config)
@@ -360,10 +364,7 @@ def test_the_reserve_is_fetched_only_when_the_first_shortlist_verifies_nothing()
     """Round 1 asks for verify_top candidates; only when none verifies does it fetch the deeper
     verify_max shortlist and go on where it stopped (nothing verified twice)."""
     config = SearchConfig()
-    xy = np.random.default_rng(0).uniform(0, 1000, (400, 2)).astype(np.float32)
-    outline = np.array([[0, 0], [500, 0], [500, 1000], [0, 1000]], dtype=np.float32)
-    inside = np.flatnonzero(xy[:, 0] < 500)
-    found = Verification("cover", 50, 60, np.eye(3), outline, inside[:50], 0.5, 0.8)
+    xy, found = _left_half_cover()
     strangers = [f"stranger-{i}" for i in range(500)]
 
     near = _RankedSource(found, ["cover", *strangers])
