@@ -57,6 +57,7 @@ from kyb.rpc import (
     album_to_proto,
     band_from_proto,
     band_to_proto,
+    base_reference_id,
     bearer_metadata,
     box_from_proto,
     box_to_proto,
@@ -492,7 +493,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     @staticmethod
     def _match(candidate: Candidate, scale: float, described: _Described) -> common_pb2.Match:
-        reference_id = candidate.key.split("#", 1)[0]
+        reference_id = base_reference_id(candidate.key)
         outline = [[round(float(x) * scale, 1), round(float(y) * scale, 1)] for x, y in candidate.outline]
         match = common_pb2.Match(
             reference_id=reference_id,

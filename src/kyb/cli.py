@@ -275,6 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- duplicates
 def cmd_duplicates(args: argparse.Namespace) -> int:
     from kyb.engine import find_duplicates
+    from kyb.index import base_reference_id
 
     engine = _engine(args)
     if not engine.has_index():
@@ -284,8 +285,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         pairs = find_duplicates(index, engine.config.search, min_share=args.min_share, progress=bar.update)
 
     def describe(key: str) -> dict[str, Any]:
-        reference_id = key.split("#", 1)[0]
-        reference = engine.catalog.get_reference(reference_id)
+        reference = engine.catalog.get_reference(base_reference_id(key))
         band = engine.catalog.get_band(reference.band_id) if reference and reference.band_id else None
         return {
             "reference_id": key,

@@ -32,7 +32,15 @@ from kyb.encoder import Box, Encoder, Encoding, extract_reference
 from kyb.errors import InvalidRequest, KybError, NotFound, NotReady
 from kyb.features import LocalFeatures
 from kyb.imageio import DecodedImage, decode_image
-from kyb.index import RankedLists, ReferenceIndex, VoteMemo, current_generation, has_index, writer_lock
+from kyb.index import (
+    RankedLists,
+    ReferenceIndex,
+    VoteMemo,
+    base_reference_id,
+    current_generation,
+    has_index,
+    writer_lock,
+)
 from kyb.verify import QueryFeatures, Verification, verify
 
 __all__ = [
@@ -721,7 +729,7 @@ class Engine:
         )
 
     def _match(self, verification: Verification, scale: float) -> Match:
-        reference_id = verification.reference_id.split("#", 1)[0]
+        reference_id = base_reference_id(verification.reference_id)
         outline = [[round(float(x) * scale, 1), round(float(y) * scale, 1)] for x, y in verification.outline]
         match = Match(
             reference_id=reference_id,
@@ -948,7 +956,7 @@ class Engine:
         if old is not None:
             seen = set()
             for key in old.reference_ids():
-                reference = self.catalog.get_reference(key.split("#", 1)[0])
+                reference = self.catalog.get_reference(base_reference_id(key))
                 if reference is not None and reference.reference_id not in seen:
                     seen.add(reference.reference_id)
                     sources.append(

@@ -24,7 +24,7 @@ from kyb.catalog import Band
 from kyb.config import CacheConfig, EngineConfig
 from kyb.engine import Engine, IngestItem, IngestOutcome, find_duplicates
 from kyb.errors import InvalidRequest, KybError
-from kyb.index import current_generation
+from kyb.index import base_reference_id, current_generation
 
 __all__ = ["EvalReport", "GroundTruth", "evaluate", "index_dataset", "load_ground_truth", "lookalike_references"]
 
@@ -187,7 +187,7 @@ def lookalike_references(
         cache_file.write_text(json.dumps({"generation": generation, "pairs": pairs}))
     lookalikes: dict[str, set[str]] = {}
     for first, second in pairs:
-        a, b = mapping.get(first.split("#", 1)[0]), mapping.get(second.split("#", 1)[0])
+        a, b = mapping.get(base_reference_id(first)), mapping.get(base_reference_id(second))
         if a and b and a != b:
             lookalikes.setdefault(a, set()).add(b)
             lookalikes.setdefault(b, set()).add(a)
@@ -303,7 +303,7 @@ def evaluate(
         times.append(result.timings_ms["total"] / 1000)
         search_times.append(result.timings_ms["search"] / 1000)
         verified = [m.reference_id for o in result.objects for m in o.matches]
-        ranked_ids = verified + [c.split("#", 1)[0] for c in result.candidates]
+        ranked_ids = verified + [base_reference_id(c) for c in result.candidates]
         ranked_paths = list(dict.fromkeys(mapping.get(r) for r in ranked_ids))
         flags = [relevant(p) for p in ranked_paths]
         top = mapping.get(verified[0]) if verified else None

@@ -47,6 +47,7 @@ __all__ = [
     "ReferenceFeatures",
     "ReferenceIndex",
     "VoteMemo",
+    "base_reference_id",
     "current_generation",
     "fuse_ranked",
     "has_index",
@@ -61,6 +62,11 @@ FORMAT = 1
 #: Fixed-point factor for stored keypoint positions: 1/16 px steps, up to 4095 px.
 XY_SCALE = 16.0
 XY_MAX = 65535 / XY_SCALE
+
+
+def base_reference_id(key: str) -> str:
+    """The reference id of an index key (``"abc#1"``, the 2nd region of ``abc`` -> ``"abc"``)."""
+    return key.split("#", 1)[0]
 
 
 @dataclass(frozen=True)

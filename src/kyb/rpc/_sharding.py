@@ -15,18 +15,13 @@ from pathlib import Path
 from kyb.config import SearchConfig
 from kyb.encoder import Encoding
 from kyb.errors import InvalidRequest
-from kyb.index import ReferenceIndex
+from kyb.index import ReferenceIndex, base_reference_id
 
 __all__ = ["base_reference_id", "shard_for", "shard_name", "split_index"]
 
 log = logging.getLogger(__name__)
 
 _MASK64 = (1 << 64) - 1
-
-
-def base_reference_id(key: str) -> str:
-    """The reference id of an index key (``"abc#1"``, the 2nd region of ``abc`` -> ``"abc"``)."""
-    return key.split("#", 1)[0]
 
 
 def shard_for(reference_id: str, count: int) -> int:
