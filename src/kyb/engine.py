@@ -482,9 +482,7 @@ def find_duplicates(
         encoding = index.encoding(key)
         sizes[key] = len(encoding)
         size = (round(encoding.region_size[0]), round(encoding.region_size[1]))
-        with one_blas_thread():
-            source = IndexSource(encoding, index, size)
-            found, _ = run_search(source, source.photo.xy, config, exclude=frozenset({key}))
+        found, _ = search(encoding, size, index, config, exclude=frozenset({key}))
         seen_in[key] = {v.reference_id: v for item in found for v in (item.verification, *item.alternatives)}
         if progress:
             progress(1)
