@@ -160,3 +160,37 @@ def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, mo
             {c.reference_id: c.word_score for c in fresh}, rel=1e-4
         )
     assert max(updated, key=lambda c: c.word_score).reference_id == index.reference_ids()[1]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_word_vote_is_the_idf_weighted_damped_count_in_every_segment(library: Library, threads: int) -> None:
+    """The compiled vote against the formula it implements, computed here from the encodings alone:
+    sum over the photo's distinct words of idf^2 * sqrt(occurrences in the reference), over
+    sqrt(reference features); references spread over three segments voted by ``threads`` threads."""
+    import dataclasses
+
+    source = Engine(library.config).index
+    config = dataclasses.replace(source.search_config, vote_threads=threads)
+    index = ReferenceIndex(source.codebook, config)
+    ids = source.reference_ids()
+    encodings = {r: source.encoding(r) for r in ids}
+    for part in (ids[0::3], ids[1::3], ids[2::3]):  # one segment per add
+        index.add([(r, source.sha256_of(r) or "", encodings[r]) for r in part])
+    photo = encodings[ids[0]]
+    n = len(ids)
+    df: dict[int, int] = {}
+    for encoding in encodings.values():
+        for word in np.unique(encoding.words):
+            df[int(word)] = df.get(int(word), 0) + 1
+    words = [int(w) for w in np.unique(photo.words) if df[int(w)] <= max(2, 0.25 * n)]
+    expected = {}
+    for reference_id, encoding in encodings.items():
+        occurrences = dict(zip(*np.unique(encoding.words, return_counts=True), strict=True))
+        vote = sum(np.log(n / df[w]) ** 2 * np.sqrt(occurrences.get(w, 0)) for w in words)
+        if vote > 0:
+            expected[reference_id] = vote / np.sqrt(len(encoding))
+    limit = len(expected)
+    got = {c.reference_id: c.word_score for c in index.shortlist(photo, limit=limit * config.verify_top)}
+    got = {r: s for r, s in got.items() if s > 0}
+    assert got == pytest.approx(expected, rel=1e-4)
+    assert max(got, key=got.__getitem__) == ids[0]
