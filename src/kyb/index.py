@@ -794,6 +794,16 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _forget_pools() -> None:
+    # A forked child inherits the pools but not their threads: work submitted there would never run.
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
+
+
 def _vote_pool(threads: int) -> ThreadPoolExecutor:
     """The process-wide pool of ``threads`` workers (``search.vote_threads``) every search's vote
     shares; its tasks never wait on each other."""

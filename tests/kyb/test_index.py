@@ -194,3 +194,28 @@ def test_word_vote_is_the_idf_weighted_damped_count_in_every_segment(library: Li
     got = {r: s for r, s in got.items() if s > 0}
     assert got == pytest.approx(expected, rel=1e-4)
     assert max(got, key=got.__getitem__) == ids[0]
+
+
+def test_threaded_vote_works_in_a_forked_child(library: Library) -> None:
+    """A child forked after a threaded vote (a pre-forking server) inherits the pool object but not
+    its threads; its own vote must get fresh workers, not wait forever."""
+    import dataclasses
+    import os
+    import signal
+
+    source = Engine(library.config).index
+    index = ReferenceIndex(source.codebook, dataclasses.replace(source.search_config, vote_threads=2))
+    ids = source.reference_ids()
+    for part in (ids[0::2], ids[1::2]):
+        index.add([(r, source.sha256_of(r) or "", source.encoding(r)) for r in part])
+    photo = source.encoding(ids[0])
+    expected = [c.reference_id for c in index.shortlist(photo)]  # the pool's threads start here
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        signal.alarm(20)  # a hang ends the child with SIGALRM
+        try:
+            os._exit(0 if [c.reference_id for c in index.shortlist(photo)] == expected else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status:#x}"
