@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ __all__ = ["Codebook", "kmeans", "train_codebook"]
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+#: hnswlib search depth for assigning a reference's features their words (photos: a setting).
+REFERENCE_ASSIGN_EF = 32
 
 
 def _nearest(centroids: np.ndarray, data: np.ndarray, *, exact_below: int = 512) -> np.ndarray:
@@ -53,7 +56,7 @@ def _nearest(centroids: np.ndarray, data: np.ndarray, *, exact_below: int = 512)
     return labels[:, 0].astype(np.int64)
 
 
-def _graph(centroids: np.ndarray, ef: int = 32) -> hnswlib.Index:
+def _graph(centroids: np.ndarray, ef: int = REFERENCE_ASSIGN_EF) -> hnswlib.Index:
     """An hnswlib graph over the centroids for nearest-word assignment.
 
     ef=32 suffices for k=1 (a near-tie between two words makes either a fine assignment); one
@@ -121,7 +124,7 @@ class Codebook:
     params: dict
 
     def __post_init__(self) -> None:
-        self._graph: hnswlib.Index | None = None
+        self._graphs: dict[int, hnswlib.Index] = {}  # assignment graphs by search depth (ef)
         self._version: str | None = None
 
     # ----------------------------------------------------------------- properties
@@ -160,19 +163,33 @@ class Codebook:
     def dequantize(self, stored: np.ndarray) -> np.ndarray:
         return stored.astype(np.float32) * np.float32(1.0 / self.int8_scale)
 
-    def assign(self, projected: np.ndarray, k: int = 1, within: float = np.inf) -> np.ndarray:
+    def assign(
+        self, projected: np.ndarray, k: int = 1, within: float = np.inf, ef: int = REFERENCE_ASSIGN_EF
+    ) -> np.ndarray:
         """Nearest fine word of each projected descriptor, (N,) int32.
 
         With ``k`` > 1, (N, k): the k nearest words, nearest first, keeping a further word only when
         its distance is within ``within`` times the nearest's (else the nearest word is repeated):
-        only descriptors near a word boundary get a second chance.
+        only descriptors near a word boundary get a second chance. ``ef`` is hnswlib's search depth:
+        a photo's features may be assigned less exactly than a reference's (``features.query_assign_ef``).
         """
         k = max(1, min(k, self.n_words))
         if projected.shape[0] == 0:
             return np.zeros((0,) if k == 1 else (0, k), np.int32)
-        if self._graph is None:
-            self._graph = _graph(self.words)
-        labels, sq_dist = self._graph.knn_query(np.ascontiguousarray(projected, dtype=np.float32), k=k)
+        ef = max(ef, k)
+        graph = self._graphs.get(ef)
+        if graph is None:
+            if self._graphs:
+                # hnswlib's ef belongs to the index, and setting it per call would race between
+                # threads encoding photos and references: a copy (~10 ms, ~6 MB at 16k words) of the
+                # graph already built, not a rebuild (seconds).
+                graph = pickle.loads(pickle.dumps(next(iter(self._graphs.values()))))
+                graph.set_ef(ef)
+                graph.set_num_threads(1)
+            else:
+                graph = _graph(self.words, ef=ef)
+            self._graphs[ef] = graph
+        labels, sq_dist = graph.knn_query(np.ascontiguousarray(projected, dtype=np.float32), k=k)
         labels = labels.astype(np.int32)
         if k == 1:
             return labels[:, 0]

@@ -79,6 +79,9 @@ class FeatureConfig:
     query_near_words: int = 2
     #: ... a further word is kept only within this factor of the nearest word's distance.
     query_near_ratio: float = 1.05
+    #: hnswlib search depth when a photo's features are assigned their words (references: 32, as
+    #: the codebook was trained for); smaller is faster and a little less exact.
+    query_assign_ef: int = 32
 
     def __post_init__(self) -> None:
         _check(50 <= self.query_features <= 20000, "features.query_features", "must be in 50..20000")
@@ -89,6 +92,7 @@ class FeatureConfig:
         _check(8 <= self.pca_dims <= 128, "features.pca_dims", "must be in 8..128")
         _check(1 <= self.query_near_words <= 8, "features.query_near_words", "must be in 1..8")
         _check(self.query_near_ratio >= 1.0, "features.query_near_ratio", "must be >= 1")
+        _check(4 <= self.query_assign_ef <= 512, "features.query_assign_ef", "must be in 4..512")
 
 
 @dataclass(frozen=True)

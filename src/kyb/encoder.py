@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kyb.codebook import Codebook
+from kyb.codebook import REFERENCE_ASSIGN_EF, Codebook
 from kyb.config import FeatureConfig
 from kyb.errors import InvalidImage, InvalidRequest
 from kyb.features import LocalFeatures, extract_rootsift
@@ -93,7 +93,7 @@ class Encoder:
         return (
             f"{self.codebook.version}-q{f.query_features}-r{f.reference_features}"
             f"-c{f.contrast_threshold:g}-m{f.min_region_side}-s{f.query_min_side}"
-            f"-n{f.query_near_words}x{f.query_near_ratio:g}"
+            f"-n{f.query_near_words}x{f.query_near_ratio:g}-e{f.query_assign_ef}"
         )
 
     def extract(self, image: DecodedImage, box: Box | None, *, reference: bool) -> tuple[LocalFeatures, Box]:
@@ -105,7 +105,8 @@ class Encoder:
         """The encoding of extracted ``features``; a ``photo``'s also carries its near words."""
         projected = self.codebook.project(features.descriptors)
         near = self.features.query_near_words if photo else 1
-        words = self.codebook.assign(projected, near, self.features.query_near_ratio)
+        ef = self.features.query_assign_ef if photo else REFERENCE_ASSIGN_EF
+        words = self.codebook.assign(projected, near, self.features.query_near_ratio, ef=ef)
         return Encoding(
             xy=features.xy.astype(np.float32),
             descriptors=self.codebook.quantize(projected),

@@ -104,7 +104,7 @@ def cache_key(gt: GroundTruth, config: EngineConfig) -> str:
     # Only what changes the indexed references: query-side settings (query_features, query_min_side)
     # and search settings are evaluated against the same cached index.
     features = asdict(config.features)
-    for query_only in ("query_features", "query_min_side", "query_near_words", "query_near_ratio"):
+    for query_only in ("query_features", "query_min_side", "query_near_words", "query_near_ratio", "query_assign_ef"):
         features.pop(query_only)
     settings = {
         "features": features,

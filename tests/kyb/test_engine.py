@@ -437,6 +437,32 @@ def test_a_photo_keeps_its_near_words_for_the_first_look(library: Library, engin
     assert sorted(_bands(result)) == sorted(library.band_of[n] for n in names)
 
 
+def test_a_photo_is_assigned_its_words_at_features_query_assign_ef(library: Library, engine: Engine) -> None:
+    """features.query_assign_ef is the hnswlib depth for a photo's words only: deeper finds more of
+    the exact nearest words; a reference's words do not move with it; it is part of the encoder's
+    version, so a cached photo encoding made at another depth is not reused."""
+    from dataclasses import replace
+
+    from kyb.encoder import Encoder
+    from kyb.imageio import decode_image
+
+    codebook = engine.index.codebook
+    data, _ = _photo(library, sorted(library.covers)[:2], 84, glare=0.0, occlusion=0.0)
+    decoded = decode_image(data, library.config.limits)
+    features = replace(library.config.features, query_near_words=1)
+    deep = Encoder(codebook, replace(features, query_assign_ef=512))
+    shallow = Encoder(codebook, replace(features, query_assign_ef=4))
+    assert deep.version != shallow.version
+
+    projected = codebook.project(deep.extract(decoded, None, reference=False)[0].descriptors)
+    sq_distances = (codebook.words**2).sum(1)[None, :] - 2.0 * projected @ codebook.words.T
+    exact = sq_distances.argmin(1)
+    deep_agrees = (deep.encode(decoded).words == exact).mean()
+    shallow_agrees = (shallow.encode(decoded).words == exact).mean()
+    assert deep_agrees > 0.99 and shallow_agrees < deep_agrees, (deep_agrees, shallow_agrees, codebook.n_words)
+    assert np.array_equal(deep.encode(decoded, reference=True).words, shallow.encode(decoded, reference=True).words)
+
+
 def test_find_duplicates_names_one_picture_stored_twice(library: Library, tmp_path) -> None:
     """kyb.engine.find_duplicates: a cover and its scan padded onto a white square (another reference,
     as a catalog can hold both) are one pair; the other covers and logos, drawn apart, are in none."""
