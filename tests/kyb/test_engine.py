@@ -443,6 +443,7 @@ def test_a_photo_is_assigned_its_words_at_features_query_assign_ef(library: Libr
     version, so a cached photo encoding made at another depth is not reused."""
     from dataclasses import replace
 
+    from kyb.codebook import _nearest
     from kyb.encoder import Encoder
     from kyb.imageio import decode_image
 
@@ -454,13 +455,13 @@ def test_a_photo_is_assigned_its_words_at_features_query_assign_ef(library: Libr
     shallow = Encoder(codebook, replace(features, query_assign_ef=4))
     assert deep.version != shallow.version
 
-    projected = codebook.project(deep.extract(decoded, None, reference=False)[0].descriptors)
-    sq_distances = (codebook.words**2).sum(1)[None, :] - 2.0 * projected @ codebook.words.T
-    exact = sq_distances.argmin(1)
-    deep_agrees = (deep.encode(decoded).words == exact).mean()
-    shallow_agrees = (shallow.encode(decoded).words == exact).mean()
+    extracted, region = deep.extract(decoded, None, reference=False)  # one extraction for every encoding
+    exact = _nearest(codebook.words, codebook.project(extracted.descriptors), exact_below=codebook.n_words)
+    deep_agrees = (deep.encode_features(extracted, region, photo=True).words == exact).mean()
+    shallow_agrees = (shallow.encode_features(extracted, region, photo=True).words == exact).mean()
     assert deep_agrees > 0.99 and shallow_agrees < deep_agrees, (deep_agrees, shallow_agrees, codebook.n_words)
-    assert np.array_equal(deep.encode(decoded, reference=True).words, shallow.encode(decoded, reference=True).words)
+    as_reference = [encoder.encode_features(extracted, region).words for encoder in (deep, shallow)]
+    assert np.array_equal(*as_reference)
 
 
 def test_find_duplicates_names_one_picture_stored_twice(library: Library, tmp_path) -> None:
