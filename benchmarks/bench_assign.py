@@ -55,14 +55,15 @@ def measure(dataset: Path, cache: Path, queries: int, depths: list[int], rounds:
                 seconds[ef].append(time.perf_counter() - started)
             for ef in depths:
                 agrees[ef].append(float((words[ef][:, 0] == words[depths[0]][:, 0]).mean()))
-    base = float(np.median(seconds[depths[0]]))
+    p50 = {ef: float(np.median(seconds[ef])) for ef in depths}
+    per_photo = float(np.mean([len(p) for p in projected]))
     return [
         {
             "ef": ef,
-            "p50_ms": float(np.median(seconds[ef])) * 1000,
-            "speedup": base / float(np.median(seconds[ef])),
+            "p50_ms": p50[ef] * 1000,
+            "speedup": p50[depths[0]] / p50[ef],
             "agrees": float(np.mean(agrees[ef])),
-            "features": float(np.mean([len(p) for p in projected])),
+            "features": per_photo,
         }
         for ef in depths
     ]
