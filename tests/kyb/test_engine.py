@@ -437,6 +437,26 @@ def test_a_photo_keeps_its_near_words_for_the_first_look(library: Library, engin
     assert sorted(_bands(result)) == sorted(library.band_of[n] for n in names)
 
 
+@pytest.mark.parametrize("near", [1, 2, 3])
+def test_the_first_look_takes_exactly_the_features_that_share_a_word(near: int) -> None:
+    """verify._shared_word_rows, feature by feature against its definition: a photo feature is taken
+    when any of its words is one of the reference's, among the given rows (ascending) or all."""
+    from kyb.verify import QueryFeatures, _shared_word_rows
+
+    rng = np.random.default_rng(near)
+    for trial in range(40):
+        n = int(rng.integers(0, 400))
+        words = rng.integers(0, 300, (n, near)) if near > 1 else rng.integers(0, 300, n)
+        photo = QueryFeatures.build(
+            rng.random((n, 2)).astype(np.float32), rng.random((n, 8)).astype(np.float32), (64, 64), words
+        )
+        reference_words = rng.integers(0, 350, int(rng.integers(0, 60)))  # may exceed the photo's words
+        rows = None if trial % 2 else np.sort(rng.choice(n, int(rng.integers(0, n + 1)), replace=False))
+        held = set(reference_words.tolist())
+        expected = [i for i in (range(n) if rows is None else rows) if held & set(np.atleast_1d(words[i]).tolist())]
+        assert _shared_word_rows(photo, reference_words, rows).tolist() == expected
+
+
 def test_a_photo_is_assigned_its_words_at_features_query_assign_ef(library: Library, engine: Engine) -> None:
     """features.query_assign_ef is the hnswlib depth for a photo's words only: deeper finds more of
     the exact nearest words; a reference's words do not move with it; it is part of the encoder's

@@ -219,3 +219,17 @@ def test_threaded_vote_works_in_a_forked_child(library: Library) -> None:
             os._exit(2)
     _, status = os.waitpid(child, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status:#x}"
+
+
+def test_the_word_graph_is_a_function_of_the_centroids() -> None:
+    """kyb.codebook._graph: built from the same centroids twice (as two processes would), the hnswlib
+    graph is byte for byte the same, so a photo's words never depend on which process assigned them."""
+    import pickle
+
+    from kyb.codebook import _graph
+
+    centroids = np.random.default_rng(3).standard_normal((3000, 16)).astype(np.float32)
+    first, second = _graph(centroids), _graph(centroids)
+    assert pickle.dumps(first) == pickle.dumps(second)
+    probes = np.random.default_rng(4).standard_normal((500, 16)).astype(np.float32)
+    assert np.array_equal(first.knn_query(probes, k=2)[0], second.knn_query(probes, k=2)[0])
