@@ -57,7 +57,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             while not self._stop.is_set():
                 try:
                     codebook = load_codebook(self.index_dir)
-                    self._encoder = Encoder(codebook, self._config.engine.features)
+                    encoder = Encoder(codebook, self._config.engine.features)
+                    encoder.warm_up()  # NOT_SERVING until the assignment graphs exist, not on the first Encode
+                    self._encoder = encoder
                 except KybError as exc:
                     if not logged:
                         log.warning("encoder: %s; retrying every %g s", exc, self._config.encoder.reload_s)

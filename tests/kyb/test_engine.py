@@ -484,6 +484,27 @@ def test_a_photo_is_assigned_its_words_at_features_query_assign_ef(library: Libr
     assert np.array_equal(*as_reference)
 
 
+def test_warm_up_builds_the_graphs_a_photo_and_a_reference_use(engine: Engine) -> None:
+    """Encoder.warm_up (what the encoder service runs before it reports SERVING): afterwards encoding
+    a photo or a reference builds no further assignment graph."""
+    from dataclasses import replace
+
+    from kyb.codebook import REFERENCE_ASSIGN_EF
+    from kyb.encoder import Encoder
+
+    codebook = replace(engine.index.codebook)  # the same arrays, no graph built yet
+    assert codebook._graphs == {}
+    features = replace(engine.config.features, query_assign_ef=16)
+    encoder = Encoder(codebook, features)
+    encoder.warm_up()
+    built = dict(codebook._graphs)
+    assert set(built) == {16, REFERENCE_ASSIGN_EF}
+    projected = codebook.project(np.full((3, 128), 1 / np.sqrt(128), np.float32))
+    codebook.assign(projected, features.query_near_words, features.query_near_ratio, ef=features.query_assign_ef)
+    codebook.assign(projected)
+    assert codebook._graphs == built  # the same graph objects, nothing rebuilt
+
+
 def test_find_duplicates_names_one_picture_stored_twice(library: Library, tmp_path) -> None:
     """kyb.engine.find_duplicates: a cover and its scan padded onto a white square (another reference,
     as a catalog can hold both) are one pair; the other covers and logos, drawn apart, are in none."""
