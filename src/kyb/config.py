@@ -132,7 +132,8 @@ class SearchConfig:
     #: Cheap since the first look rejects most strangers: a blurred or steeply tilted cover can rank
     #: past 100 in both lists (docs/engine.md, "Deeper reserve").
     verify_max: int = 400
-    #: After a verified match, stop a round's verification after this many misses in a row.
+    #: After a verified match, stop round 1's verification after this many misses in a row (later
+    #: rounds verify their short list of max(8, verify_top // 4) whole).
     patience: int = 6
     #: hnswlib graph degree and search breadth: memory ~ M * 8 bytes per reference; ef >= shortlist.
     hnsw_m: int = 16

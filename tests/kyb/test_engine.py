@@ -352,8 +352,9 @@ def _left_half_cover() -> tuple[np.ndarray, Verification]:
     return xy, Verification("cover", 50, 60, np.eye(3), outline, inside[:50], 0.5, 0.8)
 
 
-def test_later_rounds_stop_after_a_run_of_misses() -> None:
-    """After the first object, a round that verifies nothing ends after `patience` misses in a row."""
+def test_round_one_stops_after_a_run_of_misses_and_later_rounds_verify_their_short_list() -> None:
+    """After the first object, round 1 ends after `patience` misses in a row; round 2 verifies its
+    short list (max(8, verify_top // 4)) whole, however many of it miss, and no more."""
     config = SearchConfig()
     xy, found = _left_half_cover()
     strangers = [f"stranger-{i}" for i in range(40)]
@@ -361,7 +362,30 @@ def test_later_rounds_stop_after_a_run_of_misses() -> None:
     objects, _ = run_search(source, xy, config)
     assert [o.verification.reference_id for o in objects] == ["cover"]
     first_round = 1 + config.patience  # the cover, then a run of misses ends round 1
-    assert len(source.verified) == first_round + config.patience  # round 2: one run of misses, not its whole list
+    assert len(source.verified) == first_round + max(8, config.verify_top // 4)
+
+
+def test_a_further_object_behind_a_run_of_strangers_is_found() -> None:
+    """Round 2's shortlist ranks a second cover (right half) behind more strangers than `patience`:
+    it is still verified and returned."""
+    config = SearchConfig()
+    xy, left = _left_half_cover()
+    right_rows = np.flatnonzero(xy[:, 0] >= 500)[:40]
+    outline = np.array([[500, 0], [1000, 0], [1000, 1000], [500, 1000]], dtype=np.float32)
+    right = Verification("second", 40, 50, np.eye(3), outline, right_rows, 0.5, 0.8)
+    strangers = [f"stranger-{i}" for i in range(40)]
+
+    class TwoCovers(_ScriptedSource):
+        def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | None]:
+            for key in keys:
+                self.verified.append(key)
+                yield {"cover": left, "second": right}.get(key)
+
+    late = config.patience + 1  # past one run of misses, within the short list
+    assert late < max(8, config.verify_top // 4)
+    source = TwoCovers(left, [["cover", *strangers[:20]], [*strangers[20 : 20 + late], "second"]])
+    objects, _ = run_search(source, xy, config)
+    assert [o.verification.reference_id for o in objects] == ["cover", "second"]
 
 
 class _RankedSource(_ScriptedSource):
