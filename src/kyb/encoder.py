@@ -97,11 +97,19 @@ class Encoder:
         )
 
     def warm_up(self) -> None:
-        """Builds the word-assignment graphs a photo and a reference need (~0.65 s each at 16,384 words,
-        once a process), so that a service reports ready only when its first request will not pay it."""
+        """Builds the word-assignment graphs a photo and a reference need (~0.65 s at 16,384 words once
+        a process; a second depth is a copy), so that a service reports ready only when its first
+        request will not pay for them."""
         probe = np.zeros((1, self.codebook.pca_dims), np.float32)
-        self.codebook.assign(probe, self.features.query_near_words, ef=self.features.query_assign_ef)
-        self.codebook.assign(probe, ef=REFERENCE_ASSIGN_EF)
+        for photo in (True, False):
+            self._assign_words(probe, photo=photo)
+
+    def _assign_words(self, projected: np.ndarray, *, photo: bool) -> np.ndarray:
+        """Fine words of projected descriptors: a photo's k near words at features.query_assign_ef,
+        (N, k); a reference's nearest word at REFERENCE_ASSIGN_EF, (N,)."""
+        near = self.features.query_near_words if photo else 1
+        ef = self.features.query_assign_ef if photo else REFERENCE_ASSIGN_EF
+        return self.codebook.assign(projected, near, self.features.query_near_ratio, ef=ef)
 
     def extract(self, image: DecodedImage, box: Box | None, *, reference: bool) -> tuple[LocalFeatures, Box]:
         return extract_region(image, box, self.features, reference=reference)
@@ -111,14 +119,13 @@ class Encoder:
     ) -> Encoding:
         """The encoding of extracted ``features``; a ``photo``'s also carries its near words."""
         projected = self.codebook.project(features.descriptors)
-        near = self.features.query_near_words if photo else 1
-        ef = self.features.query_assign_ef if photo else REFERENCE_ASSIGN_EF
-        words = self.codebook.assign(projected, near, self.features.query_near_ratio, ef=ef)
+        words = self._assign_words(projected, photo=photo)
+        single = words.ndim == 1
         return Encoding(
             xy=features.xy.astype(np.float32),
             descriptors=self.codebook.quantize(projected),
-            words=words if near == 1 else np.ascontiguousarray(words[:, 0]),
-            near_words=None if near == 1 else words,
+            words=words if single else np.ascontiguousarray(words[:, 0]),
+            near_words=None if single else words,
             global_vector=self.codebook.global_vector(projected),
             region_size=(region[2] - region[0], region[3] - region[1]),
             origin=(region[0], region[1]),
