@@ -27,8 +27,9 @@ from typing import Any
 import grpc
 import numpy as np
 
+from kyb.blas import one_blas_thread
 from kyb.encoder import Encoding
-from kyb.engine import NOT_INDEXED, IndexSource, one_blas_thread, search
+from kyb.engine import NOT_INDEXED, IndexSource, search
 from kyb.errors import InvalidRequest, KybError, NotReady, Unavailable
 from kyb.index import ReferenceIndex, has_index, load_codebook, writer_lock
 from kyb.rpc import (

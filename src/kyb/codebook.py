@@ -60,7 +60,8 @@ def _graph(centroids: np.ndarray, ef: int = REFERENCE_ASSIGN_EF) -> hnswlib.Inde
     """An hnswlib graph over the centroids for nearest-word assignment.
 
     ef=32 suffices for k=1 (a near-tie between two words makes either a fine assignment); one
-    query thread, because requests already run in parallel and spare threads only contend.
+    query thread unless a call asks for more (a photo's words: ``features.query_assign_threads``),
+    because references are encoded side by side and spare threads would only contend.
     Built on one thread too: hnswlib's parallel insertion links the graph in whatever order the
     threads run, so each process got a slightly different graph and a few features another near
     word (one logos photo named another reference of its brand from run to run). One thread makes
@@ -168,7 +169,12 @@ class Codebook:
         return stored.astype(np.float32) * np.float32(1.0 / self.int8_scale)
 
     def assign(
-        self, projected: np.ndarray, k: int = 1, within: float = np.inf, ef: int = REFERENCE_ASSIGN_EF
+        self,
+        projected: np.ndarray,
+        k: int = 1,
+        within: float = np.inf,
+        ef: int = REFERENCE_ASSIGN_EF,
+        threads: int = 1,
     ) -> np.ndarray:
         """Nearest fine word of each projected descriptor, (N,) int32.
 
@@ -176,6 +182,7 @@ class Codebook:
         its distance is within ``within`` times the nearest's (else the nearest word is repeated):
         only descriptors near a word boundary get a second chance. ``ef`` is hnswlib's search depth:
         a photo's features may be assigned less exactly than a reference's (``features.query_assign_ef``).
+        ``threads`` split the rows between hnswlib threads; each row's search is the same on any of them.
         """
         k = max(1, min(k, self.n_words))
         if projected.shape[0] == 0:
@@ -193,7 +200,7 @@ class Codebook:
             else:
                 graph = _graph(self.words, ef=ef)
             self._graphs[ef] = graph
-        labels, sq_dist = graph.knn_query(np.ascontiguousarray(projected, dtype=np.float32), k=k)
+        labels, sq_dist = graph.knn_query(np.ascontiguousarray(projected, dtype=np.float32), k=k, num_threads=threads)
         labels = labels.astype(np.int32)
         if k == 1:
             return labels[:, 0]

@@ -82,6 +82,10 @@ class FeatureConfig:
     #: hnswlib search depth when a photo's features are assigned their words (a reference's: 32);
     #: 16 assigns ~1.65x faster, ~1% of features to another word (docs/engine.md).
     query_assign_ef: int = 32
+    #: hnswlib threads assigning one photo's words (~40 ms -> ~27 ms at 2,500 features on 2 cores,
+    #: the same words): the photo's SIFT already uses every core, and this is the other step of a
+    #: photo's encoding that waits on one. References keep one each, ingest encodes them side by side.
+    query_assign_threads: int = 2
 
     def __post_init__(self) -> None:
         _check(50 <= self.query_features <= 20000, "features.query_features", "must be in 50..20000")
@@ -93,6 +97,7 @@ class FeatureConfig:
         _check(1 <= self.query_near_words <= 8, "features.query_near_words", "must be in 1..8")
         _check(self.query_near_ratio >= 1.0, "features.query_near_ratio", "must be >= 1")
         _check(4 <= self.query_assign_ef <= 512, "features.query_assign_ef", "must be in 4..512")
+        _check(1 <= self.query_assign_threads <= 256, "features.query_assign_threads", "must be in 1..256")
 
 
 @dataclass(frozen=True)
@@ -164,9 +169,13 @@ class SearchConfig:
     prefilter_ratio: float = 0.85
     #: Threads a search's inverted-file vote uses: a large index's segments vote side by side (one
     #: process-wide pool of this size, so concurrent searches share it rather than multiply it); 1
-    #: votes in the caller's thread. Verification stays in the caller's: its many small numpy steps
-    #: hold the GIL, and verifying two candidates at a time saved 10% of a landmarks search.
+    #: votes in the caller's thread.
     vote_threads: int = 2
+    #: Threads that verify ahead of the caller once a walk down a shortlist is past its first
+    #: kyb.engine.SERIAL_LOOKS candidates (a photo where nothing verifies looks at up to verify_max):
+    #: the same pool as the vote, a few candidates a task. The answers do not change, only when they
+    #: are ready; 1 verifies in the caller's thread (a server whose cores are all busy loses nothing).
+    verify_threads: int = 2
     #: Objects returned per photo at most.
     max_objects: int = 12
     #: Also-matched references kept per object (other references of the same object, for explanation).
@@ -193,6 +202,7 @@ class SearchConfig:
         )
         _check(0.5 <= self.prefilter_ratio <= 1.0, "search.prefilter_ratio", "must be in 0.5..1.0")
         _check(1 <= self.vote_threads <= 64, "search.vote_threads", "must be in 1..64")
+        _check(1 <= self.verify_threads <= 64, "search.verify_threads", "must be in 1..64")
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
 
 

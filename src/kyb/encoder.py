@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kyb.blas import one_blas_thread
 from kyb.codebook import REFERENCE_ASSIGN_EF, Codebook
 from kyb.config import FeatureConfig
 from kyb.errors import InvalidImage, InvalidRequest
@@ -105,11 +106,14 @@ class Encoder:
             self._assign_words(probe, photo=photo)
 
     def _assign_words(self, projected: np.ndarray, *, photo: bool) -> np.ndarray:
-        """Fine words of projected descriptors: a photo's k near words at features.query_assign_ef,
-        (N, k); a reference's nearest word at REFERENCE_ASSIGN_EF, (N,)."""
-        near = self.features.query_near_words if photo else 1
-        ef = self.features.query_assign_ef if photo else REFERENCE_ASSIGN_EF
-        return self.codebook.assign(projected, near, self.features.query_near_ratio, ef=ef)
+        """Fine words of projected descriptors: a photo's k near words at features.query_assign_ef on
+        features.query_assign_threads, (N, k); a reference's nearest word at REFERENCE_ASSIGN_EF, (N,)."""
+        f = self.features
+        if photo:
+            return self.codebook.assign(
+                projected, f.query_near_words, f.query_near_ratio, ef=f.query_assign_ef, threads=f.query_assign_threads
+            )
+        return self.codebook.assign(projected, 1, f.query_near_ratio, ef=REFERENCE_ASSIGN_EF)
 
     def extract(self, image: DecodedImage, box: Box | None, *, reference: bool) -> tuple[LocalFeatures, Box]:
         return extract_region(image, box, self.features, reference=reference)
@@ -118,15 +122,17 @@ class Encoder:
         self, features: LocalFeatures, region: Box, *, scale: float = 1.0, photo: bool = False
     ) -> Encoding:
         """The encoding of extracted ``features``; a ``photo``'s also carries its near words."""
-        projected = self.codebook.project(features.descriptors)
-        words = self._assign_words(projected, photo=photo)
+        with one_blas_thread():  # small products: a second BLAS thread would only spin (kyb.blas)
+            projected = self.codebook.project(features.descriptors)
+            words = self._assign_words(projected, photo=photo)
+            global_vector = self.codebook.global_vector(projected)
         single = words.ndim == 1
         return Encoding(
             xy=features.xy.astype(np.float32),
             descriptors=self.codebook.quantize(projected),
             words=words if single else np.ascontiguousarray(words[:, 0]),
             near_words=None if single else words,
-            global_vector=self.codebook.global_vector(projected),
+            global_vector=global_vector,
             region_size=(region[2] - region[0], region[3] - region[1]),
             origin=(region[0], region[1]),
             scale=scale,

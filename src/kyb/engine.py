@@ -7,6 +7,7 @@ across process boundaries, so embedded and served answers are the same by constr
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import itertools
@@ -14,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,8 @@ from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
+from kyb.blas import one_blas_thread
 from kyb.cache import EncodingCache, encode_photo, open_cache
 from kyb.catalog import Album, Band, Catalog, ReferenceImage, open_catalog
 from kyb.codebook import Codebook, train_codebook
@@ -39,6 +40,7 @@ from kyb.index import (
     base_reference_id,
     current_generation,
     has_index,
+    search_pool,
     writer_lock,
 )
 from kyb.verify import QueryFeatures, Verification, verify
@@ -57,12 +59,12 @@ __all__ = [
     "Match",
     "find_duplicates",
     "inside_outline",
-    "one_blas_thread",
     "prefer_complete",
     "probe_encoding",
     "reference_id_for",
     "run_search",
     "search",
+    "verify_ahead",
 ]
 
 log = logging.getLogger(__name__)
@@ -170,23 +172,6 @@ def inside_outline(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return np.all(cross >= 0, axis=1)
 
 
-_BLAS: ThreadpoolController | None = None
-
-
-def one_blas_thread() -> Any:
-    """Limits BLAS to one thread while a search runs.
-
-    The matrices of one verification are small (2,500 x 64 x 450): a second BLAS thread saves
-    nothing and, when other work shares the cores (other requests, other services), OpenBLAS's
-    spinning threads made search 5-7x slower (measured: 203 ms -> 30 ms per photo on covers).
-    Requests run in parallel with each other instead.
-    """
-    global _BLAS
-    if _BLAS is None:
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
-
-
 class CandidateSource(Protocol):
     """Where :func:`run_search` gets shortlists and verifications from.
 
@@ -268,13 +253,67 @@ class IndexSource:
     def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | _NotIndexed | None]:
         codebook = self.index.codebook
         subset = None if rows.size == len(self.query) else rows  # None: every feature, no copy
-        for key in keys:
+        photo = self.photo  # built here, not in a pool thread
+
+        def check(key: str) -> Verification | _NotIndexed | None:
             try:
                 reference = self.index.features(key)
             except KeyError:  # deleted since the shortlist was made
-                yield NOT_INDEXED
-                continue
-            yield verify(self.photo, reference, codebook.dequantize(reference.descriptors), self.config, subset)
+                return NOT_INDEXED
+            return verify(photo, reference, codebook.dequantize(reference.descriptors), self.config, subset)
+
+        return verify_ahead(check, keys, self.config.verify_threads)
+
+
+#: A walk down a shortlist verifies this many candidates in the caller's thread before the pool
+#: verifies ahead: most photos that hold a reference find it among the first and stop 6 misses
+#: later (search.patience), so look-ahead there would only be work thrown away.
+SERIAL_LOOKS = 8
+#: Candidates per pool task: one candidate a task spent a tenth of a first look handing it over.
+LOOKS_PER_TASK = 4
+
+
+def verify_ahead(check: Callable[[str], Any], keys: Sequence[str], threads: int) -> Iterator[Any]:
+    """``check(key)`` of each key, yielded in order. Past the first SERIAL_LOOKS keys, and while
+    none has verified, ``threads`` workers of the search pool run LOOKS_PER_TASK keys a task, at most
+    ``threads + 1`` tasks ahead of the caller.
+
+    A first look is mostly BLAS and OpenCV, which release the GIL, so two threads take a walk of
+    strangers (a photo where nothing verifies looks at up to verify_max) ~1.5x as fast. Once one
+    verifies, the caller is about to stop (search.patience), so the tasks not started are taken
+    back and the rest is checked in the caller's thread; when the caller stops, the tasks not
+    started are cancelled and at most ``threads`` run on, discarded.
+    """
+    pool = search_pool(threads) if threads > 1 and len(keys) > SERIAL_LOOKS + LOOKS_PER_TASK else None
+    pending: collections.deque[tuple[Future[list[Any]], Sequence[str]]] = collections.deque()
+    scheduled = 0  # keys[:scheduled] are checked or in a pending task
+    found = False
+    try:
+        while True:
+            while pool is not None and not found and scheduled >= SERIAL_LOOKS and len(pending) <= threads:
+                task = keys[scheduled : scheduled + LOOKS_PER_TASK]
+                if not task:
+                    break
+                pending.append((pool.submit(lambda task=task: [check(key) for key in task]), task))
+                scheduled += len(task)
+            if pending:
+                future, task = pending.popleft()
+                taken_back = found and (future.cancelled() or future.cancel())
+                results: Iterable[Any] = (check(key) for key in task) if taken_back else future.result()
+            elif scheduled < len(keys):
+                results = (check(keys[scheduled]),)
+                scheduled += 1
+            else:
+                return
+            for result in results:
+                if not found and isinstance(result, Verification):
+                    found = True
+                    for later, _ in pending:  # what has not started is checked here, in order
+                        later.cancel()
+                yield result
+    finally:
+        for future, _ in pending:
+            future.cancel()
 
 
 def search(

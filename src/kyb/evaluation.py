@@ -104,8 +104,10 @@ def cache_key(gt: GroundTruth, config: EngineConfig) -> str:
     # Only what changes the indexed references: query-side settings (query_features, query_min_side)
     # and search settings are evaluated against the same cached index.
     features = asdict(config.features)
-    for query_only in ("query_features", "query_min_side", "query_near_words", "query_near_ratio", "query_assign_ef"):
-        features.pop(query_only)
+    query_only = ("query_features", "query_min_side", "query_near_words", "query_near_ratio", "query_assign_ef",
+                  "query_assign_threads")  # fmt: skip
+    for name in query_only:
+        features.pop(name)
     settings = {
         "features": features,
         "codebook": asdict(config.codebook),

@@ -568,7 +568,7 @@ class ReferenceIndex:
         # (several segments) they vote side by side.
         threads = self.search_config.vote_threads
         if threads > 1 and len(segments) > 1:
-            votes = list(_vote_pool(threads).map(vote_segment, segments))
+            votes = list(search_pool(threads).map(vote_segment, segments))
         else:
             votes = [vote_segment(segment) for segment in segments]
         fresh = {id(segment): (segment, vote[0]) for segment, vote in zip(segments, votes, strict=True)}
@@ -804,13 +804,14 @@ def _forget_pools() -> None:
 os.register_at_fork(after_in_child=_forget_pools)
 
 
-def _vote_pool(threads: int) -> ThreadPoolExecutor:
-    """The process-wide pool of ``threads`` workers (``search.vote_threads``) every search's vote
-    shares; its tasks never wait on each other."""
+def search_pool(threads: int) -> ThreadPoolExecutor:
+    """The process-wide pool of ``threads`` workers that every search's vote (``search.vote_threads``)
+    and look-ahead verification (``search.verify_threads``) share, so concurrent searches share the
+    cores rather than multiply threads; its tasks never wait on each other."""
     with _POOLS_LOCK:
         pool = _POOLS.get(threads)
         if pool is None:
-            pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kyb-vote")
+            pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kyb-search")
         return pool
 
 

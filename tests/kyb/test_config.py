@@ -27,7 +27,9 @@ def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
         ({"KYB_SEARCH__PREFILTER_INLIERS": "11"}, "search.prefilter_inliers"),  # above min_inliers
         ({"KYB_SEARCH__PREFILTER_RATIO": "1.2"}, "search.prefilter_ratio"),
         ({"KYB_SEARCH__VOTE_THREADS": "0"}, "search.vote_threads"),
+        ({"KYB_SEARCH__VERIFY_THREADS": "0"}, "search.verify_threads"),
         ({"KYB_FEATURES__QUERY_ASSIGN_EF": "2"}, "features.query_assign_ef"),
+        ({"KYB_FEATURES__QUERY_ASSIGN_THREADS": "0"}, "features.query_assign_threads"),
         ({"KYB_SEARCH__NOPE": "1"}, "search.nope"),
         ({"KYB_LIMITS__MAX_BYTES": "-1"}, "limits.max_bytes"),
     ],

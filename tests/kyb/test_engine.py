@@ -426,6 +426,97 @@ def test_the_reserve_is_fetched_only_when_the_first_shortlist_verifies_nothing()
     assert objects == [] and nothing.verified == strangers[: config.verify_max] == order
 
 
+def test_verify_ahead_yields_every_answer_in_order_and_stops_with_its_caller() -> None:
+    """kyb.engine.verify_ahead: the first SERIAL_LOOKS keys in the caller's thread, the rest on pool
+    threads, yielded in key order however long each takes; a caller that stops early leaves at most
+    `threads` tasks running, and the tasks not started are never run; an error reaches the caller."""
+    import threading
+    import time
+
+    from kyb.engine import LOOKS_PER_TASK, SERIAL_LOOKS, verify_ahead
+
+    caller = threading.get_ident()
+    checked: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def check(key: str) -> str:
+        time.sleep(0.002 * (int(key) % 3))  # later keys often finish first
+        with lock:
+            checked[int(key)] = threading.get_ident()
+        return f"answer-{key}"
+
+    keys = [str(i) for i in range(60)]
+    assert list(verify_ahead(check, keys, threads=2)) == [f"answer-{k}" for k in keys]
+    assert all(checked[i] == caller for i in range(SERIAL_LOOKS))
+    assert any(thread != caller for i, thread in checked.items() if i >= SERIAL_LOOKS)
+
+    checked.clear()
+    assert list(verify_ahead(check, keys, threads=1)) == [f"answer-{k}" for k in keys]
+    assert set(checked.values()) == {caller}
+
+    checked.clear()
+    walk = verify_ahead(check, keys, threads=2)
+    taken = [next(walk) for _ in range(SERIAL_LOOKS + 1)]
+    walk.close()
+    time.sleep(0.1)  # what was running has finished
+    assert taken == [f"answer-{k}" for k in keys[: SERIAL_LOOKS + 1]]
+    assert len(checked) <= SERIAL_LOOKS + (2 + 1) * LOOKS_PER_TASK < len(keys)
+
+    # Once one verifies, the caller is about to stop: the rest is checked in its thread, in order.
+    match = Verification("20", 30, 40, np.eye(3), np.zeros((4, 2), np.float32), np.arange(30), 0.5, 0.75)
+
+    def finds_20(key: str) -> Any:
+        check(key)
+        return match if key == "20" else None
+
+    checked.clear()
+    answers = list(verify_ahead(finds_20, keys, threads=2))
+    assert answers == [match if k == "20" else None for k in keys]
+    in_flight = (2 + 1) * LOOKS_PER_TASK  # at most this many were handed out when "20" verified
+    assert all(checked[i] == caller for i in range(20 + in_flight + LOOKS_PER_TASK, len(keys)))
+
+    def failing(key: str) -> str:
+        if key == "30":
+            raise RuntimeError("reference 30 is unreadable")
+        return key
+
+    walk = verify_ahead(failing, keys, threads=2)
+    with pytest.raises(RuntimeError, match="reference 30"):
+        for _ in walk:
+            pass
+
+
+def test_a_search_gives_the_same_answer_on_one_or_two_verify_threads(library: Library) -> None:
+    """search.verify_threads only changes when the answers are ready: the objects, inliers and the
+    shortlist order are the same, for a photo of references and for one of nothing (which walks
+    past SERIAL_LOOKS into the pool)."""
+    import dataclasses
+
+    from kyb.engine import SERIAL_LOOKS, search
+
+    names = sorted(library.covers)[:2] + sorted(library.logos)[:1]
+    photos = [_photo(library, names, 62, glare=0.0, occlusion=0.0)[0]]
+    photos.append(encode_jpeg(synth.draw_background(np.random.default_rng(78))))
+    engines = [
+        Engine(library.config.replace(search=dataclasses.replace(library.config.search, verify_threads=threads)))
+        for threads in (1, 2)
+    ]
+    assert [engine.index.search_config.verify_threads for engine in engines] == [1, 2]  # what verifies
+    answers: list[list[Any]] = []
+    for data in photos:
+        decoded = engines[0].decode_query(data)
+        query, size = engines[0].encoder.encode(decoded), (decoded.width, decoded.height)
+        answers.append([])
+        for engine in engines:
+            found, order = search(query, size, engine.index, engine.config.search)
+            answers[-1].append(([(o.verification.reference_id, o.verification.inliers) for o in found], order))
+    for engine in engines:
+        engine.close()
+    (references, _), (nothing, walk) = answers[0][0], answers[1][0]
+    assert len(references) >= 2 and nothing == [] and len(walk) > SERIAL_LOOKS + 4
+    assert answers[0][1] == answers[0][0] and answers[1][1] == answers[1][0]
+
+
 def test_a_photo_keeps_its_near_words_for_the_first_look(library: Library, engine: Engine) -> None:
     """features.query_near_words: a photo's features carry their next-nearest words (within
     query_near_ratio of the nearest), a reference's do not; the first look then shares a superset of
@@ -506,6 +597,25 @@ def test_a_photo_is_assigned_its_words_at_features_query_assign_ef(library: Libr
     assert deep_agrees > 0.99 and shallow_agrees < deep_agrees, (deep_agrees, shallow_agrees, codebook.n_words)
     as_reference = [encoder.encode_features(extracted, region).words for encoder in (deep, shallow)]
     assert np.array_equal(*as_reference)
+
+
+def test_a_photo_gets_the_same_words_on_any_number_of_assignment_threads(library: Library, engine: Engine) -> None:
+    """features.query_assign_threads only splits the photo's rows between hnswlib threads: the near
+    words are identical on 1 and 4 threads, so it is no part of the encoder's version."""
+    from dataclasses import replace
+
+    from kyb.encoder import Encoder
+    from kyb.imageio import decode_image
+
+    data, _ = _photo(library, sorted(library.covers)[:3], 85, glare=0.0, occlusion=0.0)
+    decoded = decode_image(data, library.config.limits)
+    one = Encoder(engine.index.codebook, replace(library.config.features, query_assign_threads=1))
+    four = Encoder(engine.index.codebook, replace(library.config.features, query_assign_threads=4))
+    assert one.version == four.version
+    extracted, region = one.extract(decoded, None, reference=False)
+    words = [encoder.encode_features(extracted, region, photo=True).near_words for encoder in (one, four)]
+    assert words[0] is not None and words[0].shape[0] > 500, words[0]
+    assert np.array_equal(*words)
 
 
 def test_warm_up_builds_the_graphs_a_photo_and_a_reference_use(engine: Engine) -> None:
