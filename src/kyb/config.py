@@ -82,7 +82,7 @@ class FeatureConfig:
     #: hnswlib search depth when a photo's features are assigned their words (a reference's: 32);
     #: 16 assigns ~1.65x faster, ~1% of features to another word (docs/engine.md).
     query_assign_ef: int = 32
-    #: hnswlib threads assigning one photo's words (~40 ms -> ~27 ms at 2,500 features on 2 cores,
+    #: hnswlib threads assigning one photo's words (~35 ms -> ~19 ms at 2,500 features on 2 cores,
     #: the same words): the photo's SIFT already uses every core, and this is the other step of a
     #: photo's encoding that waits on one. References keep one each, ingest encodes them side by side.
     query_assign_threads: int = 2
