@@ -6,6 +6,9 @@ One :class:`Codebook` turns RootSIFT descriptors into everything the index store
   keeping nearest-neighbour order (PCA-SIFT keeps most of the distinctiveness in 64 dimensions).
 * ``assign``: each projected descriptor -> its nearest fine word (an hnswlib graph over the
   centroids, so 2,500 descriptors against 16k words take a few ms); the words feed the inverted file.
+* ``signatures``: each feature's 64-bit Hamming embedding, the signs of its residual from its word's
+  centroid, so the inverted file can tell a descriptor that really resembles a reference's from one
+  that only fell in the same cell (:mod:`kyb.index`).
 * ``global_vector``: VLAD over the coarse words with intra-normalisation and power-law
   normalisation, then PCA-whitening learned from reference images (Jégou & Chum 2012), L2-normalised.
 
@@ -37,6 +40,10 @@ __all__ = ["Codebook", "kmeans", "train_codebook"]
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+#: Bits of a feature's Hamming-embedding signature (one uint64): the first 64 PCA dimensions.
+SIGNATURE_BITS = 64
+#: Rows converted per step by Codebook.signatures (bounds its float32 scratch at ~64 MB).
+_SIGNATURE_CHUNK = 131_072
 #: hnswlib search depth for assigning a reference's features their words (photos: a setting).
 REFERENCE_ASSIGN_EF = 32
 
@@ -207,6 +214,27 @@ class Codebook:
         far = sq_dist[:, 1:] > (within * within) * sq_dist[:, :1]
         labels[:, 1:][far] = np.broadcast_to(labels[:, :1], far.shape)[far]
         return labels
+
+    def signatures(self, stored: np.ndarray, words: np.ndarray) -> np.ndarray:
+        """Hamming-embedding signatures of int8 ``stored`` descriptors with fine ``words``: (N,) uint64.
+
+        Bit j is set when the (dequantised) descriptor lies above its word's centroid in PCA
+        dimension j, for the first 64 dimensions: the binarised residual of Tolias et al.'s ASMK*, a
+        parameter-free variant of Jégou et al.'s Hamming embedding (PCA dimensions are already
+        decorrelated, so no random rotation or per-word medians are needed). Two features that
+        share a word and resemble each other differ in few bits; two that merely fell in the same
+        cell differ in about half of them. Photo and reference are computed from the same int8
+        descriptors, so both sides binarise the same numbers.
+        """
+        bits = min(self.pca_dims, SIGNATURE_BITS)
+        out = np.zeros(len(words), dtype=np.uint64)
+        for start in range(0, len(words), _SIGNATURE_CHUNK):
+            rows = slice(start, start + _SIGNATURE_CHUNK)
+            residual = self.dequantize(stored[rows, :bits]) > self.words[np.asarray(words[rows], np.int64), :bits]
+            packed = np.zeros((residual.shape[0], SIGNATURE_BITS // 8), dtype=np.uint8)
+            packed[:, : (bits + 7) // 8] = np.packbits(residual, axis=1, bitorder="little")
+            out[rows] = packed.view("<u8")[:, 0]
+        return out
 
     def raw_vlad(self, projected: np.ndarray) -> np.ndarray:
         """Intra- and power-normalised, L2-normalised VLAD of (N, pca_dims) descriptors."""

@@ -131,6 +131,12 @@ class SearchConfig:
     shortlist_global: int = 30
     #: Candidates taken from the inverted file (visual-word votes): finds small objects in clutter.
     shortlist_words: int = 30
+    #: Hamming embedding in the inverted file: a photo feature votes for a reference's feature of
+    #: the same word only when their 64-bit signatures differ in at most this many bits, weighted
+    #: exp(-bits^2 / sigma^2) (Jégou et al.'s values, 24 and 16). 64 lets every shared word vote
+    #: (weighted), as a plain bag of words would; docs/engine.md section 5 has what it buys.
+    hamming_threshold: int = 24
+    hamming_sigma: float = 16.0
     #: Candidates verified per round (the fused shortlist is cut to this).
     verify_top: int = 40
     #: When none of the first verify_top candidates verifies, keep going down the shortlist to this many.
@@ -185,6 +191,8 @@ class SearchConfig:
         _check(self.shortlist_global >= 0, "search.shortlist_global", "must be >= 0")
         _check(self.shortlist_words >= 0, "search.shortlist_words", "must be >= 0")
         _check(self.shortlist_global + self.shortlist_words > 0, "search.shortlist_*", "one must be > 0")
+        _check(0 <= self.hamming_threshold <= 64, "search.hamming_threshold", "must be in 0..64")
+        _check(1.0 <= self.hamming_sigma <= 1000.0, "search.hamming_sigma", "must be in 1..1000")
         _check(self.verify_top >= 1, "search.verify_top", "must be >= 1")
         _check(self.verify_max >= self.verify_top, "search.verify_max", "must be >= search.verify_top")
         _check(1 <= self.patience <= 1000, "search.patience", "must be in 1..1000")

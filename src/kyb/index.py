@@ -36,7 +36,6 @@ from pathlib import Path
 
 import hnswlib
 import numpy as np
-from scipy import sparse
 
 from kyb.codebook import Codebook
 from kyb.config import SearchConfig
@@ -108,6 +107,7 @@ class _Segment:
         words: np.ndarray,
         region: np.ndarray,
         global_vectors: np.ndarray,
+        signatures: np.ndarray,
         n_words: int,
     ) -> None:
         self.name = name
@@ -124,19 +124,15 @@ class _Segment:
         self.saved = False
         counts = np.diff(offsets)
         self.inv_sqrt_count = 1.0 / np.sqrt(np.maximum(counts, 1)).astype(np.float32)
-        # Inverted file with one posting per (word, reference) pair and the square root of how often
-        # the word occurs there: a repeated pattern (a brick wall, a row of letters) then votes
-        # like a few features, not like dozens (burstiness).
-        feature_row = np.repeat(np.arange(len(ordinals), dtype=np.int64), counts)
-        pair = np.unique(words.astype(np.int64) * max(1, len(ordinals)) + feature_row, return_counts=True)
-        pair_words = pair[0] // max(1, len(ordinals))
-        postings = (pair[0] % max(1, len(ordinals))).astype(np.int32)
-        word_starts = np.searchsorted(pair_words, np.arange(n_words + 1)).astype(np.int32)
-        # A (words x references) sparse matrix: each word's postings are one contiguous run, which
-        # the vote (:func:`_vote`) walks for the photo's words only.
-        self.postings = sparse.csr_matrix(
-            (np.sqrt(pair[1]).astype(np.float32), postings, word_starts), shape=(n_words, len(ordinals))
-        )
+        # Inverted file with one posting per feature, in word order: each word's postings are one
+        # contiguous run (word_starts[w]:word_starts[w + 1]) of the feature's reference row and its
+        # Hamming-embedding signature, which the vote (:func:`_vote`) walks for the photo's words
+        # only. Held in word order only; save() puts the signatures back in feature order.
+        feature_row = np.repeat(np.arange(len(ordinals), dtype=np.int32), counts)
+        order = np.argsort(words, kind="stable")
+        self.word_starts = np.searchsorted(words[order], np.arange(n_words + 1)).astype(np.int64)
+        self.posting_rows = feature_row[order]
+        self.posting_signatures = np.ascontiguousarray(signatures[order], dtype=np.uint64)
 
     def __len__(self) -> int:
         return len(self.ordinals)
@@ -151,6 +147,7 @@ class _Segment:
             + self.region.nbytes
             + self.global_vectors.nbytes
             + self.ordinals.nbytes
+            + self.posting_signatures.nbytes
         )
 
     def features(self, row: int) -> ReferenceFeatures:
@@ -176,22 +173,34 @@ class _Segment:
                 words=self.words,
                 region=self.region,
                 global_vectors=self.global_vectors,
+                signatures=self.signatures(),
             )
             handle.flush()
             os.fsync(handle.fileno())
 
+    def signatures(self) -> np.ndarray:
+        """The features' signatures in feature order (as stored)."""
+        signatures = np.empty_like(self.posting_signatures)
+        # The order __init__ sorted them in (a stable sort of the same words), not kept in memory.
+        signatures[np.argsort(self.words, kind="stable")] = self.posting_signatures
+        return signatures
+
     @classmethod
-    def load(cls, path: Path, n_words: int) -> _Segment:
+    def load(cls, path: Path, codebook: Codebook) -> _Segment:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
-        segment = cls(name=path.name, n_words=n_words, **arrays)
+        if "signatures" not in arrays:  # written before signatures were stored: derived once here
+            arrays["signatures"] = codebook.signatures(arrays["descriptors"], arrays["words"])
+        segment = cls(name=path.name, n_words=codebook.n_words, **arrays)
         segment.saved = True
         return segment
 
     @classmethod
-    def build(cls, name: str, ordinals: Sequence[int], items: Sequence[tuple[str, str, Encoding]], n_words: int):
+    def build(cls, name: str, ordinals: Sequence[int], items: Sequence[tuple[str, str, Encoding]], codebook: Codebook):
         counts = [len(e) for _, _, e in items]
-        word_dtype = np.uint16 if n_words <= 65536 else np.uint32
+        word_dtype = np.uint16 if codebook.n_words <= 65536 else np.uint32
+        descriptors = np.concatenate([e.descriptors for _, _, e in items]).astype(np.int8)
+        words = np.concatenate([e.words for _, _, e in items]).astype(word_dtype)
         return cls(
             name=name,
             ordinals=np.asarray(ordinals, dtype=np.int64),
@@ -199,11 +208,12 @@ class _Segment:
             sha256=np.asarray([s for _, s, _ in items], dtype=str),
             offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
             xy=np.concatenate([np.rint(np.clip(e.xy, 0, XY_MAX) * XY_SCALE) for _, _, e in items]).astype(np.uint16),
-            descriptors=np.concatenate([e.descriptors for _, _, e in items]).astype(np.int8),
-            words=np.concatenate([e.words for _, _, e in items]).astype(word_dtype),
+            descriptors=descriptors,
+            words=words,
             region=np.asarray([e.region_size for _, _, e in items], dtype=np.float32),
             global_vectors=np.stack([e.global_vector for _, _, e in items]).astype(np.float32),
-            n_words=n_words,
+            signatures=codebook.signatures(descriptors, words),
+            n_words=codebook.n_words,
         )
 
 
@@ -257,24 +267,46 @@ def fuse_ranked(lists: RankedLists, config: SearchConfig, limit: int) -> list[tu
     return [(reference_id, values[0], values[1], values[2]) for reference_id, values in ranked]
 
 
+@dataclass(frozen=True)
+class PhotoVote:
+    """What a photo votes with: its features whose word the inverted file uses, in word order.
+
+    ``words`` (N,) int64, ``signatures`` (N,) uint64 (Codebook.signatures) and ``weights`` (N,)
+    float64: the word's idf^2 over the square root of how many of the photo's features have that
+    word (a repeated pattern in the photo votes like a few features, not like dozens).
+    """
+
+    words: np.ndarray
+    signatures: np.ndarray
+    weights: np.ndarray
+
+    def take(self, rows: np.ndarray, sign: float = 1.0) -> PhotoVote:
+        return PhotoVote(self.words[rows], self.signatures[rows], sign * self.weights[rows])
+
+    @staticmethod
+    def join(*parts: PhotoVote) -> PhotoVote:
+        return PhotoVote(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("words", "signatures", "weights")))
+
+
 class VoteMemo:
     """The inverted-file vote of one photo, kept between the rounds of one search.
 
-    A later round votes with the words of the features no found object explained, a subset of the
-    previous round's words: taking the departed words' votes off the previous scores touches far
-    fewer postings than voting again with every word that stayed. Pass one fresh memo per photo.
+    A later round votes with the features no found object explained, a subset of the previous
+    round's: taking back the votes of the words whose features changed touches far fewer postings
+    than voting again with every feature that stayed. Pass one fresh memo per photo.
     """
 
     def __init__(self) -> None:
-        self.words: np.ndarray | None = None
+        self.photo: PhotoVote | None = None
         self.references = -1
         # id(segment) -> (segment, raw vote per row); the segment is held so its id is not reused.
         self.raw: dict[int, tuple[_Segment, np.ndarray]] = {}
 
 
-#: A real vote is at least one posting (weight >= 1) times the smallest idf^2 kept ((ln 4)^2 ~ 1.9):
-#: anything below this after a subtraction is float32 rounding of a vote that was taken back.
-_VOTE_FLOOR = 0.5
+#: A real vote is at least the smallest weight kept ((ln 4)^2 / sqrt(2,500) for a word repeated over
+#: a whole photo) times exp(-24^2/16^2) ~ 0.004; the vote sums in float64, so anything below this
+#: after a subtraction is rounding of a vote that was taken back.
+_VOTE_FLOOR = 1e-6
 
 
 def _fsync_dir(path: Path) -> None:
@@ -417,7 +449,7 @@ class ReferenceIndex:
             if fresh:
                 ordinals = list(range(self._next_ordinal, self._next_ordinal + len(fresh)))
                 self._next_ordinal += len(fresh)
-                segment = _Segment.build(f"seg-{ordinals[0]:09d}.npz", ordinals, fresh, self.codebook.n_words)
+                segment = _Segment.build(f"seg-{ordinals[0]:09d}.npz", ordinals, fresh, self.codebook)
                 self._attach(segment)
                 needed = self._graph.get_current_count() + len(fresh)
                 if needed > self._graph.get_max_elements():
@@ -517,6 +549,22 @@ class ReferenceIndex:
         words = self._word_votes(query, self._segments, exclude, depth_words, memo)[:depth_words] if depth_words else []
         return RankedLists(global_list, words)
 
+    def photo_vote(self, query: Encoding) -> PhotoVote:
+        """The photo's vote (:class:`PhotoVote`) over this index's current word statistics."""
+        n = max(1, len(self._where))
+        words = np.asarray(query.words, dtype=np.int64)
+        # idf weighting already discounts common words; only words in over a quarter of the
+        # references are dropped outright (they vote for nearly everything and cost the most).
+        df = self._df[words]
+        keep = np.flatnonzero((df > 0) & (df <= max(2, 0.25 * n)))
+        keep = keep[np.argsort(words[keep], kind="stable")]
+        words, df = words[keep], df[keep]
+        repeats = np.unique(words, return_counts=True)[1]
+        burst = np.repeat(repeats, repeats)  # words are sorted: each run is one word
+        weights = np.log(n / df) ** 2 / np.sqrt(burst)
+        signatures = self.codebook.signatures(np.asarray(query.descriptors)[keep], words)
+        return PhotoVote(words, signatures, weights)
+
     def _word_votes(
         self,
         query: Encoding,
@@ -526,35 +574,27 @@ class ReferenceIndex:
         memo: VoteMemo | None = None,
     ) -> list[tuple[str, float]]:
         n = max(1, len(self._where))
-        words = np.unique(query.words)
-        # idf weighting already discounts common words; only words in over a quarter of the
-        # references are dropped outright (they vote for nearly everything and cost the most).
-        df = self._df[words]
-        keep = (df > 0) & (df <= max(2, 0.25 * n))
-        words = words[keep]
-        weights = np.log(n / df[keep]).astype(np.float32) ** 2
-        if memo is not None and (memo.words is None or memo.references != n):
+        photo = self.photo_vote(query)
+        if memo is not None and (memo.photo is None or memo.references != n):
             memo.raw = {}  # first round, or the collection changed (idf moved): vote afresh
-        gone = came = np.zeros(0, dtype=words.dtype)
-        if memo is not None and memo.raw and memo.words is not None:
-            gone = np.setdiff1d(memo.words, words, assume_unique=True)
-            came = np.setdiff1d(words, memo.words, assume_unique=True)
-            # The update touches the postings of the departed and new words; voting afresh touches
+        change = None
+        if memo is not None and memo.raw and memo.photo is not None:
+            change = _vote_change(memo.photo, photo)
+            # The update touches the postings of the words whose features changed, voting afresh
             # those of every word kept (df counts postings): take whichever is fewer. After a large
             # cover is found, what is left of the photo can be the smaller side.
-            if self._df[gone].sum() + self._df[came].sum() > self._df[words].sum():
-                memo.raw = {}
-        gone_weights = np.log(n / self._df[gone]).astype(np.float32) ** 2
-        came_weights = np.log(n / self._df[came]).astype(np.float32) ** 2
+            if change is None or self._df[change.words].sum() > self._df[photo.words].sum():
+                memo.raw, change = {}, None
+        table = _similarity_table(self.search_config)
 
         def vote_segment(segment: _Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             previous = memo.raw.get(id(segment)) if memo is not None else None
-            if previous is not None:
-                raw = previous[1] - _vote(segment, gone, gone_weights) + _vote(segment, came, came_weights)
+            if previous is not None and change is not None:
+                raw = previous[1] + _vote(segment, change, table)
                 raw[raw < _VOTE_FLOOR] = 0.0
             else:
-                raw = _vote(segment, words, weights)
-            scores = raw * segment.inv_sqrt_count
+                raw = _vote(segment, photo, table)
+            scores = (raw * segment.inv_sqrt_count).astype(np.float32)
             scores[~segment.alive] = 0.0
             want = min(depth + len(exclude), len(scores))
             # Partial selection, then order only the winners: a full argsort of a 100k-reference
@@ -574,7 +614,7 @@ class ReferenceIndex:
         fresh = {id(segment): (segment, vote[0]) for segment, vote in zip(segments, votes, strict=True)}
         results = [(top, scores, seg) for seg, (_, top, scores) in zip(segments, votes, strict=True) if top.size]
         if memo is not None:
-            memo.words, memo.references, memo.raw = words, n, fresh
+            memo.photo, memo.references, memo.raw = photo, n, fresh
         if not results:
             return []
         # Merge the segments' winners as arrays and name only the best `depth` (naming every
@@ -672,7 +712,7 @@ class ReferenceIndex:
           more than 8 small ones (< 2,048 references): one group;
         * of the larger segments, ten of one size tier (2,048-20,479, 20,480-204,799, ... references)
           merge into one of the next tier, the oldest first: a search visits every segment (the word
-          vote is one sparse product per segment), so 100k references in 2,500-reference ingests
+          vote is one pass over the postings per segment), so 100k references in 2,500-reference ingests
           are 4 segments instead of 40, while each reference is rewritten only once per tier.
         """
         segments = sorted(self._segments, key=_insertion_order)
@@ -710,7 +750,7 @@ class ReferenceIndex:
                     ordinals.append(int(segment.ordinals[row]))
             if items:
                 name = f"seg-{min(ordinals):09d}-m{len(items)}.npz"
-                merged.append(_Segment.build(name, ordinals, items, self.codebook.n_words))
+                merged.append(_Segment.build(name, ordinals, items, self.codebook))
         keep = [s for s in self._segments if id(s) not in merging]
         self._segments = []
         self._where = {}
@@ -753,7 +793,7 @@ class ReferenceIndex:
         segments = []
         try:
             for entry in manifest["segments"]:
-                segment = _Segment.load(folder / entry["file"], codebook.n_words)
+                segment = _Segment.load(folder / entry["file"], codebook)
                 if len(segment) != entry["references"]:
                     raise IndexCorrupt(f"index {folder}: segment {entry['file']} has the wrong size")
                 if deleted:
@@ -815,46 +855,113 @@ def search_pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _scatter_postings(
-    starts: np.ndarray, rows: np.ndarray, values: np.ndarray, words: np.ndarray, weights: np.ndarray, out: np.ndarray
+def _vote_change(before: PhotoVote, after: PhotoVote) -> PhotoVote | None:
+    """The votes that turn ``before``'s scores into ``after``'s: for each word whose features changed,
+    its old features with negated weights and its new ones (a word's weights depend on how many
+    features it has, so a word that lost some is re-voted whole). None when ``after`` is not a
+    subset of ``before`` word by word (then voting afresh is the only way)."""
+    old_words, old_counts = np.unique(before.words, return_counts=True)
+    new_words, new_counts = np.unique(after.words, return_counts=True)
+    position = np.searchsorted(old_words, new_words)
+    if new_words.size and (
+        position.max() >= old_words.size
+        or np.any(old_words[position] != new_words)
+        or np.any(old_counts[position] < new_counts)
+    ):
+        return None
+    kept = np.zeros(old_words.size, dtype=np.int64)
+    kept[position] = new_counts
+    changed = old_words[kept != old_counts]
+    return PhotoVote.join(
+        before.take(np.flatnonzero(np.isin(before.words, changed)), sign=-1.0),
+        after.take(np.flatnonzero(np.isin(after.words, changed))),
+    )
+
+
+def _similarity_table(config: SearchConfig) -> np.ndarray:
+    """Vote weight of a shared word by the Hamming distance of the two signatures (0..64 bits)."""
+    bits = np.arange(65, dtype=np.float64)
+    table = np.exp(-(bits**2) / config.hamming_sigma**2)
+    table[bits > config.hamming_threshold] = 0.0
+    return table
+
+
+_M1, _M2, _M4, _H01 = (
+    np.uint64(v) for v in (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x0101010101010101)
+)
+_SHIFTS = tuple(np.uint64(v) for v in (1, 2, 4, 56))
+
+
+def _hamming_scatter(
+    starts: np.ndarray,
+    rows: np.ndarray,
+    signatures: np.ndarray,
+    words: np.ndarray,
+    photo_signatures: np.ndarray,
+    weights: np.ndarray,
+    table: np.ndarray,
+    best: np.ndarray,
+    touched: np.ndarray,
+    out: np.ndarray,
 ) -> None:
-    """``out[row] += value * weight`` over the run of postings of each of ``words`` (CSR arrays)."""
+    """For each photo feature k, ``out[row] += weights[k] * table[bits]`` for every reference row
+    holding its word, with ``bits`` the Hamming distance to the closest of that row's features of the
+    word (one photo feature counts once per reference, however often the word repeats there).
+    ``best`` (zeros) and ``touched`` are scratch arrays of the segment's length."""
+    one, two, four, top = _SHIFTS
     for k in range(words.size):
-        weight = weights[k]
+        signature = photo_signatures[k]
+        n_touched = 0
         for p in range(starts[words[k]], starts[words[k] + 1]):
-            out[rows[p]] += values[p] * weight
+            x = signature ^ signatures[p]
+            x = x - ((x >> one) & _M1)  # popcount (SWAR; LLVM emits popcnt where the CPU has it)
+            x = (x & _M2) + ((x >> two) & _M2)
+            x = (x + (x >> four)) & _M4
+            similarity = table[(x * _H01) >> top]
+            if similarity > 0.0:
+                row = rows[p]
+                if best[row] == 0.0:
+                    touched[n_touched] = row
+                    n_touched += 1
+                if similarity > best[row]:
+                    best[row] = similarity
+        for j in range(n_touched):
+            row = touched[j]
+            out[row] += weights[k] * best[row]
+            best[row] = 0.0
 
 
 @functools.cache
 def _compiled_scatter() -> Callable[..., None]:
-    """:func:`_scatter_postings` compiled by numba on the first vote (processes that never search do
+    """:func:`_hamming_scatter` compiled by numba on the first vote (processes that never search do
     not import it), its machine code cached beside this module where that folder is writable; in a
     read-only install it is compiled once per process (~0.5 s)."""
     import numba
 
     try:
-        return numba.njit(nogil=True, cache=True)(_scatter_postings)
+        return numba.njit(nogil=True, cache=True)(_hamming_scatter)
     except RuntimeError:  # numba found no writable cache folder
-        return numba.njit(nogil=True)(_scatter_postings)
+        return numba.njit(nogil=True)(_hamming_scatter)
 
 
-def _vote(segment: _Segment, words: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Raw inverted-file vote of ``words`` (idf^2 ``weights``) for every row of ``segment``.
+def _vote(segment: _Segment, photo: PhotoVote, table: np.ndarray) -> np.ndarray:
+    """Raw inverted-file vote of ``photo`` for every row of ``segment`` (float64).
 
-    One compiled pass over the words' postings, adding in place (~2 ns a posting, a photo touches
-    ~3M at 100k references): scipy's ``postings[words].T @ weights`` copied the selected rows first
-    and read them again, 11.5 -> 9.3 ms for a 100k vote (docs/engine.md). It releases the GIL, so
-    segments (and concurrent searches) vote in parallel.
+    One compiled pass over the postings of the photo's words, comparing signatures and adding in
+    place. It releases the GIL, so segments (and concurrent searches) vote in parallel.
     """
-    out = np.zeros(len(segment), dtype=np.float32)
-    if words.size:
-        postings = segment.postings
+    out = np.zeros(len(segment), dtype=np.float64)
+    if photo.words.size:
         _compiled_scatter()(
-            postings.indptr,
-            postings.indices,
-            postings.data,
-            np.asarray(words, dtype=np.int64),
-            np.asarray(weights, dtype=np.float32),
+            segment.word_starts,
+            segment.posting_rows,
+            segment.posting_signatures,
+            photo.words,
+            photo.signatures,
+            photo.weights,
+            table,
+            np.zeros(len(segment), dtype=np.float64),
+            np.empty(len(segment), dtype=np.int64),
             out,
         )
     return out

@@ -12,7 +12,7 @@ import pytest
 
 from kyb.encoder import Encoding
 from kyb.engine import Engine
-from kyb.index import ReferenceIndex, VoteMemo
+from kyb.index import PhotoVote, ReferenceIndex, VoteMemo
 from tests.conftest import Library, make_config
 
 CHILD = textwrap.dedent(
@@ -141,9 +141,9 @@ def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, mo
     voted: list[int] = []
     real_vote = kyb.index._vote
 
-    def counted_vote(segment: object, words: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        voted.append(words.size)
-        return real_vote(segment, words, weights)
+    def counted_vote(segment: object, photo: PhotoVote, table: np.ndarray) -> np.ndarray:
+        voted.append(photo.words.size)
+        return real_vote(segment, photo, table)
 
     monkeypatch.setattr(kyb.index, "_vote", counted_vote)
     # Few features gone (the update is cheaper), then one reference's features gone (either may be).
@@ -153,7 +153,7 @@ def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, mo
         voted.clear()
         updated = index.shortlist(later, memo=memo)
         if update_expected:
-            assert max(voted) < len(np.unique(later.words)) / 4  # only the departed words were voted
+            assert max(voted) < len(later.words) / 4  # only the changed words' features were voted
         fresh = index.shortlist(later)
         # Same candidates with the same vote (float rounding may swap two exactly tied ones).
         assert {c.reference_id: c.word_score for c in updated} == pytest.approx(
@@ -163,30 +163,50 @@ def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, mo
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_word_vote_is_the_idf_weighted_damped_count_in_every_segment(library: Library, threads: int) -> None:
+def test_word_vote_is_the_hamming_embedding_vote_in_every_segment(library: Library, threads: int) -> None:
     """The compiled vote against the formula it implements, computed here from the encodings alone:
-    sum over the photo's distinct words of idf^2 * sqrt(occurrences in the reference), over
-    sqrt(reference features); references spread over three segments voted by ``threads`` threads."""
+    for each of the photo's features whose word is kept (df <= a quarter of the references), a
+    reference holding the word gets the word's idf^2 / sqrt(the word's features in the photo) times
+    exp(-d^2 / sigma^2), d the fewest differing residual signs (of the first 64 PCA dimensions) among
+    its features of that word, when d <= the threshold; the sum over sqrt(reference features).
+    References spread over three segments voted by ``threads`` threads."""
     import dataclasses
 
     source = Engine(library.config).index
     config = dataclasses.replace(source.search_config, vote_threads=threads)
-    index = ReferenceIndex(source.codebook, config)
+    codebook = source.codebook
+    index = ReferenceIndex(codebook, config)
     ids = source.reference_ids()
     encodings = {r: source.encoding(r) for r in ids}
     for part in (ids[0::3], ids[1::3], ids[2::3]):  # one segment per add
         index.add([(r, source.sha256_of(r) or "", encodings[r]) for r in part])
+
+    def signs(encoding: Encoding) -> np.ndarray:  # (N, 64) bool, unpacked: checks the packing too
+        residual = codebook.dequantize(encoding.descriptors) - codebook.words[encoding.words.astype(np.int64)]
+        return residual[:, :64] > 0
+
     photo = encodings[ids[0]]
     n = len(ids)
     df: dict[int, int] = {}
     for encoding in encodings.values():
         for word in np.unique(encoding.words):
             df[int(word)] = df.get(int(word), 0) + 1
-    words = [int(w) for w in np.unique(photo.words) if df[int(w)] <= max(2, 0.25 * n)]
+    kept = [k for k, w in enumerate(photo.words) if df[int(w)] <= max(2, 0.25 * n)]
+    in_photo = {int(w): int(np.sum(photo.words[kept] == w)) for w in photo.words[kept]}
+    photo_signs = signs(photo)
     expected = {}
     for reference_id, encoding in encodings.items():
-        occurrences = dict(zip(*np.unique(encoding.words, return_counts=True), strict=True))
-        vote = sum(np.log(n / df[w]) ** 2 * np.sqrt(occurrences.get(w, 0)) for w in words)
+        reference_signs = signs(encoding)
+        vote = 0.0
+        for k in kept:
+            word = int(photo.words[k])
+            same_word = np.flatnonzero(encoding.words == word)
+            if same_word.size == 0:
+                continue
+            bits = int((reference_signs[same_word] != photo_signs[k]).sum(axis=1).min())
+            if bits <= config.hamming_threshold:
+                weight = np.log(n / df[word]) ** 2 / np.sqrt(in_photo[word])
+                vote += weight * np.exp(-(bits**2) / config.hamming_sigma**2)
         if vote > 0:
             expected[reference_id] = vote / np.sqrt(len(encoding))
     limit = len(expected)
@@ -194,6 +214,34 @@ def test_word_vote_is_the_idf_weighted_damped_count_in_every_segment(library: Li
     got = {r: s for r, s in got.items() if s > 0}
     assert got == pytest.approx(expected, rel=1e-4)
     assert max(got, key=got.__getitem__) == ids[0]
+
+
+def test_hamming_embedding_ranks_the_resembling_reference_above_one_sharing_only_words(library: Library) -> None:
+    """Two references with exactly the same visual words, one with the photo's descriptors and one
+    with descriptors mirrored through their words' centroids (same cells, opposite residuals): a
+    bag of words ties them; the Hamming-embedded vote puts the resembling one first and gives the
+    other nothing."""
+    source = Engine(library.config).index
+    codebook = source.codebook
+    real = source.encoding(source.reference_ids()[0])
+    centroids = codebook.words[real.words.astype(np.int64)]
+    mirrored = codebook.quantize(2 * centroids - codebook.dequantize(real.descriptors))
+    impostor = Encoding(
+        xy=real.xy,
+        descriptors=mirrored,
+        words=real.words,
+        global_vector=real.global_vector,
+        region_size=real.region_size,
+        codebook_version=real.codebook_version,
+    )
+    index = ReferenceIndex(codebook, source.search_config)
+    # Fillers so that the pair's words are not in over a quarter of the references.
+    fillers = [r for r in source.reference_ids()[1:]]
+    index.add([(r, "f" + r, source.encoding(r)) for r in fillers])
+    index.add([("real", "a", real), ("impostor", "b", impostor)])
+    scores = {c.reference_id: c.word_score for c in index.shortlist(real, limit=len(index) * 40)}
+    assert scores["real"] > 0
+    assert scores.get("impostor", 0.0) < 0.05 * scores["real"]
 
 
 def test_threaded_vote_works_in_a_forked_child(library: Library) -> None:
