@@ -64,6 +64,12 @@ class FeatureConfig:
     query_features: int = 2500
     #: Features kept per reference: bounds index bytes (about 72 bytes each).
     reference_features: int = 450
+    #: Which keypoints a whole-image reference keeps: the reference_features best by detector
+    #: response x keypoint size ** this. 0 keeps the strongest responses, which are mostly the finest
+    #: scale (~2 px): a phone photo of a cover smaller in the frame than the scan, or blurred, has lost
+    #: exactly those. 1 keeps larger, more repeatable keypoints too. Boxed regions (a logo in a merch
+    #: photo, already photographed) keep the strongest (docs/engine.md section 2).
+    reference_scale_weight: float = 1.0
     #: SIFT contrast threshold; OpenCV's 0.04 drops too much on low-contrast phone photos.
     contrast_threshold: float = 0.025
     #: Small reference regions (logo boxes) are upscaled to this shorter side before extraction.
@@ -90,6 +96,7 @@ class FeatureConfig:
     def __post_init__(self) -> None:
         _check(50 <= self.query_features <= 20000, "features.query_features", "must be in 50..20000")
         _check(20 <= self.reference_features <= 5000, "features.reference_features", "must be in 20..5000")
+        _check(0 <= self.reference_scale_weight <= 4, "features.reference_scale_weight", "must be in 0..4")
         _check(0 < self.contrast_threshold < 0.5, "features.contrast_threshold", "must be in (0, 0.5)")
         _check(32 <= self.min_region_side <= 2048, "features.min_region_side", "must be in 32..2048")
         _check(64 <= self.query_min_side <= 4096, "features.query_min_side", "must be in 64..4096")

@@ -94,7 +94,7 @@ class Encoder:
         return (
             f"{self.codebook.version}-q{f.query_features}-r{f.reference_features}"
             f"-c{f.contrast_threshold:g}-m{f.min_region_side}-s{f.query_min_side}"
-            f"-n{f.query_near_words}x{f.query_near_ratio:g}-e{f.query_assign_ef}"
+            f"-n{f.query_near_words}x{f.query_near_ratio:g}-e{f.query_assign_ef}-w{f.reference_scale_weight:g}"
         )
 
     def warm_up(self) -> None:
@@ -190,6 +190,10 @@ def extract_region(
         max_features=features.reference_features if reference else features.query_features,
         contrast_threshold=features.contrast_threshold,
         upscale=upscale,
+        # A whole reference image is artwork or a scan, with detail finer than a photo of it resolves;
+        # a boxed region (a logo in a merch photo) was photographed already: its strongest keypoints
+        # are ones a photo has, so it keeps them (docs/engine.md section 2).
+        scale_weight=features.reference_scale_weight if reference and box is None else 0.0,
     )
     return extracted, used
 

@@ -31,7 +31,7 @@ __all__ = ["EvalReport", "GroundTruth", "evaluate", "index_dataset", "load_groun
 log = logging.getLogger(__name__)
 
 #: Bump when indexing changes in a way the cache key would not see.
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 
 
 @dataclass(frozen=True)

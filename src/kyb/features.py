@@ -23,7 +23,8 @@ class LocalFeatures:
 
     ``xy`` is (N, 2) float32 pixel coordinates (x right, y down) in the frame the caller asked for;
     ``size`` is (N,) float32 keypoint diameters in the same frame; ``descriptors`` is (N, 128) float32
-    RootSIFT, each row of unit L2 norm. Rows are ordered by decreasing detector response.
+    RootSIFT, each row of unit L2 norm. Rows are ordered best first (by detector response, or
+    by response x size ** scale_weight, see :func:`extract_rootsift`).
     """
 
     xy: np.ndarray
@@ -57,11 +58,15 @@ def extract_rootsift(
     max_features: int,
     contrast_threshold: float = 0.04,
     upscale: float = 1.0,
+    scale_weight: float = 0.0,
 ) -> LocalFeatures:
     """Detects up to ``max_features`` SIFT keypoints in ``gray`` (H×W uint8) and describes them.
 
     With ``upscale`` > 1 the image is enlarged first (cubic) so that small logos and small photos
-    still give enough keypoints; coordinates are always returned in ``gray``'s frame.
+    still give enough keypoints; coordinates are always returned in ``gray``'s frame. With
+    ``scale_weight`` > 0 the keypoints kept are the best by response x size ** scale_weight instead of
+    by response (every keypoint is detected, only those kept are described): the strongest
+    responses are mostly the finest scale, which a smaller or blurred view of the image loses first.
     """
     if gray.ndim != 2 or gray.dtype != np.uint8:
         raise ValueError(f"gray must be a 2-D uint8 array, got shape {gray.shape} dtype {gray.dtype}")
@@ -70,11 +75,20 @@ def extract_rootsift(
     if factor > 1.0:
         size = (round(gray.shape[1] * factor), round(gray.shape[0] * factor))
         work = cv2.resize(gray, size, interpolation=cv2.INTER_CUBIC)
-    keypoints, descriptors = _detector(max_features, contrast_threshold).detectAndCompute(work, None)
-    if descriptors is None or not keypoints:
-        return LocalFeatures.empty()
-    # SIFT may return a few more than asked (ties on response); keep the strongest max_features.
-    order = np.argsort([-kp.response for kp in keypoints], kind="stable")[:max_features]
+    if scale_weight > 0:
+        detector = _detector(0, contrast_threshold)  # 0: every keypoint, ranked here
+        found = detector.detect(work, None)
+        rank = np.argsort([-kp.response * kp.size**scale_weight for kp in found], kind="stable")[:max_features]
+        keypoints, descriptors = detector.compute(work, [found[i] for i in rank])
+        if descriptors is None or not keypoints:
+            return LocalFeatures.empty()
+        order = np.arange(len(keypoints))  # compute() keeps the order given (best first)
+    else:
+        keypoints, descriptors = _detector(max_features, contrast_threshold).detectAndCompute(work, None)
+        if descriptors is None or not keypoints:
+            return LocalFeatures.empty()
+        # SIFT may return a few more than asked (ties on response); keep the strongest max_features.
+        order = np.argsort([-kp.response for kp in keypoints], kind="stable")[:max_features]
     xy = np.array([keypoints[i].pt for i in order], dtype=np.float32) / factor
     size = np.array([keypoints[i].size for i in order], dtype=np.float32) / factor
     desc = descriptors[order].astype(np.float32)
