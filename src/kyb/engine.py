@@ -184,9 +184,12 @@ class CandidateSource(Protocol):
         """Up to ``limit`` index keys, best first, for the photo's features ``rows`` (None = all)."""
         ...
 
-    def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | _NotIndexed | None]:
+    def verify(
+        self, keys: Sequence[str], rows: np.ndarray, *, whole: bool = False
+    ) -> Iterator[Verification | _NotIndexed | None]:
         """The verification of each key in order (None: not in the photo; :data:`NOT_INDEXED`: deleted
-        since it was shortlisted). Consumed lazily: the loop stops pulling when it has seen enough."""
+        since it was shortlisted). Consumed lazily: the loop stops pulling when it has seen enough;
+        ``whole``: the caller will take every key, so any may be verified ahead of its turn."""
         ...
 
 
@@ -250,7 +253,9 @@ class IndexSource:
         candidates = self.index.shortlist(self.probe(rows), exclude=exclude, limit=limit, memo=self.memo)
         return [c.reference_id for c in candidates]
 
-    def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | _NotIndexed | None]:
+    def verify(
+        self, keys: Sequence[str], rows: np.ndarray, *, whole: bool = False
+    ) -> Iterator[Verification | _NotIndexed | None]:
         codebook = self.index.codebook
         subset = None if rows.size == len(self.query) else rows  # None: every feature, no copy
         photo = self.photo  # built here, not in a pool thread
@@ -262,7 +267,7 @@ class IndexSource:
                 return NOT_INDEXED
             return verify(photo, reference, codebook.dequantize(reference.descriptors), self.config, subset)
 
-        return verify_ahead(check, keys, self.config.verify_threads)
+        return verify_ahead(check, keys, self.config.verify_threads, whole=whole)
 
 
 #: A walk down a shortlist verifies this many candidates in the caller's thread before the pool
@@ -273,10 +278,13 @@ SERIAL_LOOKS = 8
 LOOKS_PER_TASK = 4
 
 
-def verify_ahead(check: Callable[[str], Any], keys: Sequence[str], threads: int) -> Iterator[Any]:
+def verify_ahead(
+    check: Callable[[str], Any], keys: Sequence[str], threads: int, *, whole: bool = False
+) -> Iterator[Any]:
     """``check(key)`` of each key, yielded in order. Past the first SERIAL_LOOKS keys, and while
     none has verified, ``threads`` workers of the search pool run LOOKS_PER_TASK keys a task, at most
-    ``threads + 1`` tasks ahead of the caller.
+    ``threads + 1`` tasks ahead of the caller. ``whole`` (the caller takes every key: a later round
+    verifies its short list whole) hands the workers one key a task from the first, found or not.
 
     A first look is mostly BLAS and OpenCV, which release the GIL, so two threads take a walk of
     strangers (a photo where nothing verifies looks at up to verify_max) ~1.5x as fast. Once one
@@ -284,14 +292,15 @@ def verify_ahead(check: Callable[[str], Any], keys: Sequence[str], threads: int)
     back and the rest is checked in the caller's thread; when the caller stops, the tasks not
     started are cancelled and at most ``threads`` run on, discarded.
     """
-    pool = search_pool(threads) if threads > 1 and len(keys) > SERIAL_LOOKS + LOOKS_PER_TASK else None
+    serial, per_task = (0, 1) if whole else (SERIAL_LOOKS, LOOKS_PER_TASK)
+    pool = search_pool(threads) if threads > 1 and len(keys) > serial + per_task else None
     pending: collections.deque[tuple[Future[list[Any]], Sequence[str]]] = collections.deque()
     scheduled = 0  # keys[:scheduled] are checked or in a pending task
     found = False
     try:
         while True:
-            while pool is not None and not found and scheduled >= SERIAL_LOOKS and len(pending) <= threads:
-                task = keys[scheduled : scheduled + LOOKS_PER_TASK]
+            while pool is not None and not found and scheduled >= serial and len(pending) <= threads:
+                task = keys[scheduled : scheduled + per_task]
                 if not task:
                     break
                 pending.append((pool.submit(lambda task=task: [check(key) for key in task]), task))
@@ -306,7 +315,7 @@ def verify_ahead(check: Callable[[str], Any], keys: Sequence[str], threads: int)
             else:
                 return
             for result in results:
-                if not found and isinstance(result, Verification):
+                if not found and not whole and isinstance(result, Verification):
                     found = True
                     for later, _ in pending:  # what has not started is checked here, in order
                         later.cancel()
@@ -380,7 +389,8 @@ def run_search(
         verified: list[Verification] = []
         misses = 0
         position = 0
-        results = iter(source.verify(keys, rows))
+        # Later rounds verify their short list whole (below): every candidate may be looked at at once.
+        results = iter(source.verify(keys, rows, whole=round_number > 0))
         while True:
             if position == len(keys):
                 # Round 1 goes past verify_top only while nothing has verified (a steeply tilted or

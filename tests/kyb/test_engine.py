@@ -338,7 +338,7 @@ class _ScriptedSource:
     def shortlist(self, rows: np.ndarray | None, exclude: set[str], limit: int) -> list[str]:
         return [key for key in self.rounds.pop(0) if key not in exclude][:limit] if self.rounds else []
 
-    def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | None]:
+    def verify(self, keys: Sequence[str], rows: np.ndarray, *, whole: bool = False) -> Iterator[Verification | None]:
         for key in keys:
             self.verified.append(key)
             yield self.found if key == self.found.reference_id else None
@@ -376,7 +376,9 @@ def test_a_further_object_behind_a_run_of_strangers_is_found() -> None:
     strangers = [f"stranger-{i}" for i in range(40)]
 
     class TwoCovers(_ScriptedSource):
-        def verify(self, keys: Sequence[str], rows: np.ndarray) -> Iterator[Verification | None]:
+        def verify(
+            self, keys: Sequence[str], rows: np.ndarray, *, whole: bool = False
+        ) -> Iterator[Verification | None]:
             for key in keys:
                 self.verified.append(key)
                 yield {"cover": left, "second": right}.get(key)
@@ -474,6 +476,13 @@ def test_verify_ahead_yields_every_answer_in_order_and_stops_with_its_caller() -
     assert answers == [match if k == "20" else None for k in keys]
     in_flight = (2 + 1) * LOOKS_PER_TASK  # at most this many were handed out when "20" verified
     assert all(checked[i] == caller for i in range(20 + in_flight + LOOKS_PER_TASK, len(keys)))
+
+    # A later round takes every key: the workers start at the first key and keep going after a match.
+    checked.clear()
+    short = keys[:10]
+    assert list(verify_ahead(finds_20, [*short, "20"], threads=2, whole=True))[-1] is match
+    assert any(thread != caller for i, thread in checked.items() if i < SERIAL_LOOKS)
+    assert list(verify_ahead(check, short, threads=1, whole=True)) == [f"answer-{k}" for k in short]
 
     def failing(key: str) -> str:
         if key == "30":

@@ -283,3 +283,66 @@ def test_the_word_graph_is_a_function_of_the_centroids() -> None:
     assert pickle.dumps(first) == pickle.dumps(second)
     probes = np.random.default_rng(4).standard_normal((500, 16)).astype(np.float32)
     assert np.array_equal(first.knn_query(probes, k=2)[0], second.knn_query(probes, k=2)[0])
+
+
+def test_vote_kernel_takes_each_rows_closest_feature_across_blocks(monkeypatch) -> None:
+    """The compiled vote on postings built here: long word runs (several blocks, a row's features
+    straddling a block edge), rows repeating a word, photo features sharing a word, signatures at
+    and around the threshold. Checked against the formula, and the pure-Python kernel with a
+    3-posting block must agree with the compiled one with its real block."""
+    import kyb.index as index_module
+    from kyb.config import SearchConfig
+
+    rng = np.random.default_rng(7)
+    n_rows, n_words = 600, 5
+    posting_words = np.sort(rng.integers(0, n_words, 3000))  # ~600 postings a word
+    posting_rows = np.empty(posting_words.size, dtype=np.int32)
+    for word in range(n_words):  # ascending rows within a word, some rows several times
+        run = posting_words == word
+        posting_rows[run] = np.sort(rng.integers(0, n_rows, int(run.sum())))
+    photo_words = np.array([0, 0, 1, 3, 3, 3, 4], dtype=np.int64)
+    photo_signatures = rng.integers(0, 2**63, photo_words.size, dtype=np.uint64)
+    # Each posting: a photo signature of its word with a few bits flipped (near) or a random one.
+    flips = rng.integers(0, 40, posting_words.size)
+    signatures = rng.integers(0, 2**63, posting_words.size, dtype=np.uint64)
+    for p, word in enumerate(posting_words):
+        owners = np.flatnonzero(photo_words == word)
+        if owners.size and flips[p] < 30:
+            bits = rng.choice(64, size=int(flips[p]), replace=False)
+            signatures[p] = photo_signatures[rng.choice(owners)] ^ np.uint64(sum(1 << int(b) for b in bits))
+    starts = np.searchsorted(posting_words, np.arange(n_words + 1)).astype(np.int64)
+    weights = rng.uniform(0.5, 2.0, photo_words.size)
+    config = SearchConfig()
+    table = index_module._similarity_table(config)
+
+    expected = np.zeros(n_rows)
+    for k, word in enumerate(photo_words):
+        for row in range(n_rows):
+            mine = np.flatnonzero((posting_words == word) & (posting_rows == row))
+            if mine.size:
+                bits = min(bin(int(photo_signatures[k] ^ signatures[p])).count("1") for p in mine)
+                expected[row] += weights[k] * table[bits]
+    assert 0 < np.count_nonzero(expected) < n_rows
+
+    def run(kernel, block: int) -> np.ndarray:
+        out = np.zeros(n_rows)
+        kernel(
+            starts,
+            posting_rows,
+            signatures,
+            photo_words,
+            photo_signatures,
+            weights,
+            table,
+            config.hamming_threshold,
+            np.empty(block, dtype=np.int64),
+            out,
+        )
+        return out
+
+    compiled = run(index_module._compiled_scatter(), index_module._VOTE_BLOCK)
+    np.testing.assert_allclose(compiled, expected, rtol=1e-12)
+    monkeypatch.setattr(index_module, "_VOTE_BLOCK", 3)
+    with np.errstate(over="ignore"):  # the popcount's multiply wraps modulo 2^64 by design
+        interpreted = run(index_module._hamming_scatter, 3)
+    np.testing.assert_allclose(interpreted, expected, rtol=1e-12)
