@@ -100,11 +100,9 @@ class ShardedSource:
         merged = merge_ranked([ranked_from_proto(answer) for _, answer in answers], self._config, limit)
         return [key for key, *_scores in fuse_ranked(merged, self._config, limit)]
 
-    def verify(
-        self, keys: Sequence[str], rows: np.ndarray, *, whole: bool = False
-    ) -> Iterator[Verification | object | None]:
-        # Each shard verifies its part of a chunk at once, so ``whole`` changes nothing here: a later
-        # round's short list (max(8, verify_top // 4)) is one chunk already.
+    def verify(self, keys: Sequence[str], rows: np.ndarray, *, sure: int = 0) -> Iterator[Verification | object | None]:
+        # Each shard verifies its part of a chunk at once, and the first chunk (max(8, verify_top // 4))
+        # holds what ``sure`` asks for already (1 + patience in round 1, a later round's short list).
         chunk = max(8, self._config.verify_top // 4)
         start = 0
         while start < len(keys):

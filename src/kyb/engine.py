@@ -185,11 +185,11 @@ class CandidateSource(Protocol):
         ...
 
     def verify(
-        self, keys: Sequence[str], rows: np.ndarray, *, whole: bool = False
+        self, keys: Sequence[str], rows: np.ndarray, *, sure: int = 0
     ) -> Iterator[Verification | _NotIndexed | None]:
         """The verification of each key in order (None: not in the photo; :data:`NOT_INDEXED`: deleted
-        since it was shortlisted). Consumed lazily: the loop stops pulling when it has seen enough;
-        ``whole``: the caller will take every key, so any may be verified ahead of its turn."""
+        since it was shortlisted). Consumed lazily: the loop stops pulling when it has seen enough,
+        never before the first ``sure`` keys (those may be verified ahead of their turn)."""
         ...
 
 
@@ -254,7 +254,7 @@ class IndexSource:
         return [c.reference_id for c in candidates]
 
     def verify(
-        self, keys: Sequence[str], rows: np.ndarray, *, whole: bool = False
+        self, keys: Sequence[str], rows: np.ndarray, *, sure: int = 0
     ) -> Iterator[Verification | _NotIndexed | None]:
         codebook = self.index.codebook
         subset = None if rows.size == len(self.query) else rows  # None: every feature, no copy
@@ -267,7 +267,7 @@ class IndexSource:
                 return NOT_INDEXED
             return verify(photo, reference, codebook.dequantize(reference.descriptors), self.config, subset)
 
-        return verify_ahead(check, keys, self.config.verify_threads, whole=whole)
+        return verify_ahead(check, keys, self.config.verify_threads, sure=sure)
 
 
 #: A walk down a shortlist verifies this many candidates in the caller's thread before the pool
@@ -278,36 +278,43 @@ SERIAL_LOOKS = 8
 LOOKS_PER_TASK = 4
 
 
-def verify_ahead(
-    check: Callable[[str], Any], keys: Sequence[str], threads: int, *, whole: bool = False
-) -> Iterator[Any]:
-    """``check(key)`` of each key, yielded in order. Past the first SERIAL_LOOKS keys, and while
-    none has verified, ``threads`` workers of the search pool run LOOKS_PER_TASK keys a task, at most
-    ``threads + 1`` tasks ahead of the caller. ``whole`` (the caller takes every key: a later round
-    verifies its short list whole) hands the workers one key a task from the first, found or not.
+def verify_ahead(check: Callable[[str], Any], keys: Sequence[str], threads: int, *, sure: int = 0) -> Iterator[Any]:
+    """``check(key)`` of each key, yielded in order, ``threads`` workers of the search pool checking
+    ahead of the caller (at most ``threads + 1`` tasks ahead).
+
+    The first ``sure`` keys are ones the caller takes whatever they show (round 1 always looks at
+    1 + search.patience candidates, a later round at its whole short list): they go to the workers
+    one a task from the first. Past them, the caller checks up to SERIAL_LOOKS keys itself; then,
+    while none has verified, the workers take LOOKS_PER_TASK keys a task.
 
     A first look is mostly BLAS and OpenCV, which release the GIL, so two threads take a walk of
     strangers (a photo where nothing verifies looks at up to verify_max) ~1.5x as fast. Once one
-    verifies, the caller is about to stop (search.patience), so the tasks not started are taken
-    back and the rest is checked in the caller's thread; when the caller stops, the tasks not
-    started are cancelled and at most ``threads`` run on, discarded.
+    verifies, the caller is about to stop (search.patience), so the tasks not started past ``sure``
+    are taken back and checked in the caller's thread; when the caller stops, the tasks not started
+    are cancelled and at most ``threads`` run on, discarded.
     """
-    serial, per_task = (0, 1) if whole else (SERIAL_LOOKS, LOOKS_PER_TASK)
-    pool = search_pool(threads) if threads > 1 and len(keys) > serial + per_task else None
-    pending: collections.deque[tuple[Future[list[Any]], Sequence[str]]] = collections.deque()
+    sure = min(sure, len(keys))
+    pool = search_pool(threads) if threads > 1 and (sure > 1 or len(keys) > SERIAL_LOOKS + LOOKS_PER_TASK) else None
+    # (future, its keys, whether the caller takes them whatever happens)
+    pending: collections.deque[tuple[Future[list[Any]], Sequence[str], bool]] = collections.deque()
     scheduled = 0  # keys[:scheduled] are checked or in a pending task
     found = False
     try:
         while True:
-            while pool is not None and not found and scheduled >= serial and len(pending) <= threads:
-                task = keys[scheduled : scheduled + per_task]
+            while pool is not None and len(pending) <= threads:
+                if scheduled < sure:
+                    task, certain = keys[scheduled : scheduled + 1], True
+                elif not found and scheduled >= SERIAL_LOOKS:
+                    task, certain = keys[scheduled : scheduled + LOOKS_PER_TASK], False
+                else:
+                    break
                 if not task:
                     break
-                pending.append((pool.submit(lambda task=task: [check(key) for key in task]), task))
+                pending.append((pool.submit(lambda task=task: [check(key) for key in task]), task, certain))
                 scheduled += len(task)
             if pending:
-                future, task = pending.popleft()
-                taken_back = found and (future.cancelled() or future.cancel())
+                future, task, certain = pending.popleft()
+                taken_back = found and not certain and (future.cancelled() or future.cancel())
                 results: Iterable[Any] = (check(key) for key in task) if taken_back else future.result()
             elif scheduled < len(keys):
                 results = (check(keys[scheduled]),)
@@ -315,13 +322,14 @@ def verify_ahead(
             else:
                 return
             for result in results:
-                if not found and not whole and isinstance(result, Verification):
+                if not found and isinstance(result, Verification):
                     found = True
-                    for later, _ in pending:  # what has not started is checked here, in order
-                        later.cancel()
+                    for later, _, later_certain in pending:  # what has not started is checked here, in order
+                        if not later_certain:
+                            later.cancel()
                 yield result
     finally:
-        for future, _ in pending:
+        for future, _, _ in pending:
             future.cancel()
 
 
@@ -389,8 +397,10 @@ def run_search(
         verified: list[Verification] = []
         misses = 0
         position = 0
-        # Later rounds verify their short list whole (below): every candidate may be looked at at once.
-        results = iter(source.verify(keys, rows, whole=round_number > 0))
+        # Round 1 looks at its first candidate and the run of misses after it at least, a later round
+        # at its whole short list (below): those may all be verified at once.
+        sure = len(keys) if round_number > 0 else min(len(keys), limit, 1 + config.patience)
+        results = iter(source.verify(keys, rows, sure=sure))
         while True:
             if position == len(keys):
                 # Round 1 goes past verify_top only while nothing has verified (a steeply tilted or

@@ -338,7 +338,7 @@ class _ScriptedSource:
     def shortlist(self, rows: np.ndarray | None, exclude: set[str], limit: int) -> list[str]:
         return [key for key in self.rounds.pop(0) if key not in exclude][:limit] if self.rounds else []
 
-    def verify(self, keys: Sequence[str], rows: np.ndarray, *, whole: bool = False) -> Iterator[Verification | None]:
+    def verify(self, keys: Sequence[str], rows: np.ndarray, *, sure: int = 0) -> Iterator[Verification | None]:
         for key in keys:
             self.verified.append(key)
             yield self.found if key == self.found.reference_id else None
@@ -376,9 +376,7 @@ def test_a_further_object_behind_a_run_of_strangers_is_found() -> None:
     strangers = [f"stranger-{i}" for i in range(40)]
 
     class TwoCovers(_ScriptedSource):
-        def verify(
-            self, keys: Sequence[str], rows: np.ndarray, *, whole: bool = False
-        ) -> Iterator[Verification | None]:
+        def verify(self, keys: Sequence[str], rows: np.ndarray, *, sure: int = 0) -> Iterator[Verification | None]:
             for key in keys:
                 self.verified.append(key)
                 yield {"cover": left, "second": right}.get(key)
@@ -477,12 +475,19 @@ def test_verify_ahead_yields_every_answer_in_order_and_stops_with_its_caller() -
     in_flight = (2 + 1) * LOOKS_PER_TASK  # at most this many were handed out when "20" verified
     assert all(checked[i] == caller for i in range(20 + in_flight + LOOKS_PER_TASK, len(keys)))
 
-    # A later round takes every key: the workers start at the first key and keep going after a match.
+    # Keys the caller is sure to take go to the workers from the first, one a task, and a match among
+    # them takes none back: here "2" verifies and "3".."6" are still checked on the workers.
+    def finds_2(key: str) -> Any:
+        check(key)
+        return match if key == "2" else None
+
     checked.clear()
+    walk = verify_ahead(finds_2, keys, threads=2, sure=7)
+    assert [next(walk) for _ in range(7)] == [match if k == "2" else None for k in keys[:7]]
+    walk.close()
+    assert all(checked[i] != caller for i in range(7))
     short = keys[:10]
-    assert list(verify_ahead(finds_20, [*short, "20"], threads=2, whole=True))[-1] is match
-    assert any(thread != caller for i, thread in checked.items() if i < SERIAL_LOOKS)
-    assert list(verify_ahead(check, short, threads=1, whole=True)) == [f"answer-{k}" for k in short]
+    assert list(verify_ahead(check, short, threads=1, sure=10)) == [f"answer-{k}" for k in short]
 
     def failing(key: str) -> str:
         if key == "30":
