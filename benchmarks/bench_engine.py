@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {e['bytes_per_reference']:.0f} | {s['top1']:.3f} / {s['p50_s']:.3f} "
             f"| {b.get('top1', float('nan')):.3f} ({b.get('queries', 0)} q) "
             f"| {b.get('false_accepts', 0)}/{b.get('distractors', 0)} | {b.get('p50_s', float('nan')):.2f} "
-            f"| {speedup:.0f}x |"
+            f"| {speedup:.1f}x |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
