@@ -586,7 +586,6 @@ def measure(
             del loaded
         finally:
             shutil.rmtree(target, ignore_errors=True)
-            gc.collect()
     gc.collect()
     rss, peak = memory_mb()
     stats = index.stats()
@@ -630,9 +629,8 @@ def measure(
         rss_above_baseline_mb=rss - baseline_rss,
         load_average=(load_before + os.getloadavg()[0]) / 2,
         misses=[q.reference_id for q, r in zip(queries, last, strict=True) if not r.top1],
+        **saved,
     )
-    for name, value in saved.items():
-        setattr(result, name, value)
     return result
 
 

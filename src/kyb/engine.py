@@ -399,7 +399,7 @@ def run_search(
         position = 0
         # Round 1 looks at its first candidate and the run of misses after it at least, a later round
         # at its whole short list (below): those may all be verified at once.
-        sure = len(keys) if round_number > 0 else min(len(keys), limit, 1 + config.patience)
+        sure = len(keys) if round_number > 0 else min(limit, 1 + config.patience)
         results = iter(source.verify(keys, rows, sure=sure))
         while True:
             if position == len(keys):

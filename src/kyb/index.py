@@ -586,14 +586,15 @@ class ReferenceIndex:
             if change is None or self._df[change.words].sum() > self._df[photo.words].sum():
                 memo.raw, change = {}, None
         table = _similarity_table(self.search_config)
+        threshold = self.search_config.hamming_threshold
 
         def vote_segment(segment: _Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             previous = memo.raw.get(id(segment)) if memo is not None else None
             if previous is not None and change is not None:
-                raw = previous[1] + _vote(segment, change, table)
+                raw = previous[1] + _vote(segment, change, table, threshold)
                 raw[raw < _VOTE_FLOOR] = 0.0
             else:
-                raw = _vote(segment, photo, table)
+                raw = _vote(segment, photo, table, threshold)
             scores = (raw * segment.inv_sqrt_count).astype(np.float32)
             scores[~segment.alive] = 0.0
             want = min(depth + len(exclude), len(scores))
@@ -960,7 +961,7 @@ def _compiled_scatter() -> Callable[..., None]:
         return numba.njit(nogil=True)(_hamming_scatter)
 
 
-def _vote(segment: _Segment, photo: PhotoVote, table: np.ndarray) -> np.ndarray:
+def _vote(segment: _Segment, photo: PhotoVote, table: np.ndarray, threshold: int) -> np.ndarray:
     """Raw inverted-file vote of ``photo`` for every row of ``segment`` (float64).
 
     One compiled pass over the postings of the photo's words, comparing signatures and adding in
@@ -976,7 +977,7 @@ def _vote(segment: _Segment, photo: PhotoVote, table: np.ndarray) -> np.ndarray:
             photo.signatures,
             photo.weights,
             table,
-            int(np.flatnonzero(table > 0.0)[-1]) if table.any() else -1,
+            threshold,
             np.empty(_VOTE_BLOCK, dtype=np.int64),
             out,
         )

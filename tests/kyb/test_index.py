@@ -141,9 +141,9 @@ def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, mo
     voted: list[int] = []
     real_vote = kyb.index._vote
 
-    def counted_vote(segment: object, photo: PhotoVote, table: np.ndarray) -> np.ndarray:
+    def counted_vote(segment: object, photo: PhotoVote, table: np.ndarray, threshold: int) -> np.ndarray:
         voted.append(photo.words.size)
-        return real_vote(segment, photo, table)
+        return real_vote(segment, photo, table, threshold)
 
     monkeypatch.setattr(kyb.index, "_vote", counted_vote)
     # Few features gone (the update is cheaper), then one reference's features gone (either may be).
