@@ -55,3 +55,27 @@ def test_an_error_inside_still_restores_the_original() -> None:
     except RuntimeError:
         pass
     assert _blas_threads() == original
+
+
+def test_the_original_comes_back_when_the_last_to_leave_is_not_the_thread_that_lowered_it() -> None:
+    """The main thread enters first and leaves first, a worker leaves last while the main thread
+    lives on, as a server's request threads do: OpenBLAS ignored a raise made from any thread but
+    the one that had lowered the limit, so this restored "1" for good every time."""
+    original = _blas_threads()
+    worker_in, main_out = threading.Event(), threading.Event()
+    seen: dict[str, set[int]] = {}
+
+    def worker() -> None:
+        with one_blas_thread():
+            worker_in.set()
+            main_out.wait(5)
+            seen["inside"] = _blas_threads()
+
+    thread = threading.Thread(target=worker)
+    with one_blas_thread():
+        thread.start()
+        assert worker_in.wait(5)
+    main_out.set()
+    thread.join(10)
+    assert seen == {"inside": {1}}
+    assert _blas_threads() == original
