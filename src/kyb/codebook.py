@@ -48,15 +48,20 @@ _SIGNATURE_CHUNK = 131_072
 REFERENCE_ASSIGN_EF = 32
 
 
-def _nearest(centroids: np.ndarray, data: np.ndarray, *, exact_below: int = 512) -> np.ndarray:
-    """Index of the nearest centroid for each row of ``data`` (exact for small k, hnswlib otherwise)."""
+def _nearest(
+    centroids: np.ndarray, data: np.ndarray, *, exact_below: int = 512, exact_pairs: int = 64_000_000
+) -> np.ndarray:
+    """Index of the nearest centroid for each row of ``data``: exact for few centroids (``exact_below``)
+    or few rows x centroids (``exact_pairs``: a small collection's k-means, where building a graph
+    over the centroids every iteration cost more than the products), hnswlib otherwise."""
     k = centroids.shape[0]
-    if k <= exact_below:
+    if k <= exact_below or k * data.shape[0] <= exact_pairs:
         out = np.empty(data.shape[0], dtype=np.int64)
         c_sq = (centroids * centroids).sum(1)
-        for start in range(0, data.shape[0], 16384):
-            block = data[start : start + 16384]
-            out[start : start + 16384] = np.argmin(c_sq[None, :] - 2.0 * block @ centroids.T, axis=1)
+        rows = max(256, (1 << 22) // k)  # a block's distances stay at ~16 MB
+        for start in range(0, data.shape[0], rows):
+            block = data[start : start + rows]
+            out[start : start + rows] = np.argmin(c_sq[None, :] - 2.0 * block @ centroids.T, axis=1)
         return out
     graph = _graph(centroids, ef=64)  # training: a more exact assignment than search needs
     labels, _ = graph.knn_query(data, k=1)
@@ -316,8 +321,8 @@ def train_codebook(
     """Trains a codebook from the RootSIFT descriptors of reference images (one (n_i, 128) array each).
 
     Sizes adapt to small collections so a demo of 20 images still gets a sound codebook: the fine
-    vocabulary is capped at sample/12 words, the VLAD vocabulary at sample/100, and the whitened
-    dimensionality at the number of images minus one.
+    vocabulary is capped at sample/descriptors_per_word words, the VLAD vocabulary at sample/100,
+    and the whitened dimensionality at the number of images minus one.
     """
     rng = np.random.default_rng(config.seed)
     images = [d for d in per_image if d.shape[0] > 0]
@@ -339,7 +344,7 @@ def train_codebook(
     components = eigvecs[:, ::-1][:, :pca_dims].T.astype(np.float32)
     projected = (centred @ components.T).astype(np.float32)
     scale = 127.0 / max(float(np.quantile(np.abs(projected), 0.9995)), 1e-6)
-    n_words = int(min(config.words, max(16, projected.shape[0] // 12)))
+    n_words = int(min(config.words, max(16, projected.shape[0] // config.descriptors_per_word)))
     n_vlad = int(min(config.vlad_words, max(4, projected.shape[0] // 100)))
     log.info(
         "training codebook: %d descriptors from %d images -> %d words, %d VLAD words",

@@ -111,8 +111,13 @@ class FeatureConfig:
 class CodebookConfig:
     """The visual vocabulary trained by ``kyb codebook train`` from a sample of reference descriptors."""
 
-    #: Fine vocabulary for the inverted file; capped at sample/12 so every word sees enough data.
+    #: Fine vocabulary for the inverted file, at most; a small collection gets sample/descriptors_per_word.
     words: int = 16384
+    #: Sampled descriptors per fine word in a small collection: the word vote and the first look of a
+    #: candidate discriminate by word, and a coarse vocabulary makes every stranger share words with
+    #: much of the photo (landmarks, 101 references: 12 -> 3,436 words, top-1 0.396, mAP 0.631; 3 ->
+    #: 13,747 words, 0.446 and 0.703; docs/engine.md "Vocabulary of a small collection").
+    descriptors_per_word: int = 3
     #: Coarse vocabulary for the VLAD global vector (words x pca_dims dimensions before whitening).
     vlad_words: int = 64
     #: Dimensions of the whitened global vector stored in the hnswlib index.
@@ -124,6 +129,7 @@ class CodebookConfig:
 
     def __post_init__(self) -> None:
         _check(16 <= self.words <= 1 << 20, "codebook.words", "must be in 16..1048576")
+        _check(1 <= self.descriptors_per_word <= 1000, "codebook.descriptors_per_word", "must be in 1..1000")
         _check(4 <= self.vlad_words <= 1024, "codebook.vlad_words", "must be in 4..1024")
         _check(8 <= self.global_dims <= 4096, "codebook.global_dims", "must be in 8..4096")
         _check(self.sample_size >= 1000, "codebook.sample_size", "must be >= 1000")
