@@ -116,7 +116,7 @@ class CodebookConfig:
     #: Sampled descriptors per fine word in a small collection: the word vote and the first look of a
     #: candidate discriminate by word, and a coarse vocabulary makes every stranger share words with
     #: much of the photo (landmarks, 101 references: 12 -> 3,436 words, top-1 0.396, mAP 0.631; 3 ->
-    #: 13,747 words, 0.446 and 0.703; docs/engine.md "Vocabulary of a small collection").
+    #: 13,747 words, 0.446 and 0.703; docs/engine.md "A finer vocabulary for small collections").
     descriptors_per_word: int = 3
     #: Coarse vocabulary for the VLAD global vector (words x pca_dims dimensions before whitening).
     vlad_words: int = 64
