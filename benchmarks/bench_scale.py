@@ -32,10 +32,11 @@ What it builds
 
 Per size, the index grows in ``--batch`` references per ``ReferenceIndex.add`` call (one segment each),
 is saved to a fresh folder and loaded back (both timed; the save compacts the segments as every save
-does, ten 2,500-reference segments into one, so 100k is 4 segments as a served index is, not 40), and
-the saved index is measured: shortlist and full ``search`` latency (p50/p95 over the queries after a
-warm-up pass), whether the query's cover is still the first verified object, its segments, index bytes
-(``stats()``) and process RSS. ``--no-save`` measures the index as the adds left it.
+does: a size tier's segments merge ten or more at a time, so 100k is a few segments as a served
+index is, not 40), and the saved index is measured: shortlist and full ``search`` latency (p50/p95
+over the queries after a warm-up pass), whether the query's cover is still the first verified
+object, its segments, index bytes (``stats()``) and process RSS. ``--no-save`` measures the index as
+the adds left it.
 Timings are single-process wall clock on whatever cores the machine has (numpy's BLAS may use several).
 """
 

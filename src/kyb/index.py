@@ -711,10 +711,11 @@ class ReferenceIndex:
 
         * every segment whose deleted rows are 20% of it or more, with the small ones once there are
           more than 8 small ones (< 2,048 references): one group;
-        * of the larger segments, ten of one size tier (2,048-20,479, 20,480-204,799, ... references)
-          merge into one of the next tier, the oldest first: a search visits every segment (the word
+        * of the larger segments, once ten or more share a size tier (2,048-20,479, 20,480-204,799,
+          ... references) they all merge, oldest first, ten at a time into the next tier, and the last
+          group takes the tier's remainder (up to nineteen): a search visits every segment (the word
           vote is one pass over the postings per segment), so 100k references in 2,500-reference ingests
-          are 4 segments instead of 40, while each reference is rewritten only once per tier.
+          are 4 segments instead of 40, while each reference is rewritten only about once per tier.
         """
         segments = sorted(self._segments, key=_insertion_order)
         wasteful = [s for s in segments if (~s.alive).sum() >= max(1, 0.2 * len(s))]
@@ -728,8 +729,12 @@ class ReferenceIndex:
                 tier = int(np.log10(len(segment) / _SMALL_SEGMENT))
                 tiers.setdefault(tier, []).append(segment)
         for members in tiers.values():
-            for at in range(0, len(members) - _TIER_FANOUT + 1, _TIER_FANOUT):
-                groups.append(members[at : at + _TIER_FANOUT])
+            full = len(members) // _TIER_FANOUT
+            for k in range(full):
+                # The tier's remainder joins its last group instead of waiting as up to nine small
+                # segments, each of which the vote visits (many small segments cost it the most).
+                end = len(members) if k == full - 1 else (k + 1) * _TIER_FANOUT
+                groups.append(members[k * _TIER_FANOUT : end])
         return groups
 
     def _maybe_compact(self) -> None:

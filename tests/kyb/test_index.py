@@ -92,27 +92,33 @@ def test_compaction_keeps_the_survivors(library: Library, tmp_path: Path) -> Non
     assert stats["segments"] <= 9  # small segments are merged once there are more than 8
 
 
-def test_tiered_compaction_merges_ten_of_a_tier(library: Library, tmp_path: Path, monkeypatch) -> None:
+def test_tiered_compaction_merges_a_whole_tier_ten_at_a_time(library: Library, tmp_path: Path, monkeypatch) -> None:
     """Large segments merge a tier's worth at a time (here with tiny tiers: 1 reference is 'large'
-    and 3 make a tier), keeping insertion order and every answer."""
+    and 3 make a tier), the remainder joining the last group, keeping insertion order and every
+    answer."""
     import kyb.index
 
     monkeypatch.setattr(kyb.index, "_SMALL_SEGMENT", 1)
     monkeypatch.setattr(kyb.index, "_TIER_FANOUT", 3)
     source = Engine(library.config).index
     index = ReferenceIndex(source.codebook, source.search_config, tmp_path / "index")
-    order = source.reference_ids()[:11]
-    index.add([(r, source.sha256_of(r) or "", source.encoding(r)) for r in order[:2]])
-    for r in order[2:]:  # then one segment per reference: 10 segments
-        index.add([(r, source.sha256_of(r) or "", source.encoding(r))])
+    order = source.reference_ids()[:12]
+
+    def add(ids: list[str]) -> None:
+        index.add([(r, source.sha256_of(r) or "", source.encoding(r)) for r in ids])
+
+    add(order[:2])
+    for r in order[2:11]:  # then one segment per reference: 10 segments
+        add([r])
+    assert index.stats()["segments"] == 10
+    index.save()  # one tier of 10 segments: groups of 3, 3 and 4 (the remainder joins the last) -> 3
+    assert index.stats()["segments"] == 3
+    add(order[11:])
     query = index.encoding(order[4])
     before = [(c.reference_id, round(c.word_score, 4)) for c in index.shortlist(query)]
-    assert index.stats()["segments"] == 10
-    index.save()  # one tier of 10 segments: three groups of 3 merge, the newest waits -> 4
-    assert index.stats()["segments"] == 4
-    index.save()  # those 4 are still one tier: the oldest 3 merge -> 2
+    index.save()  # segments of 4, 3, 4 and 1 references, all in the first tier: one group -> 1
     reloaded = ReferenceIndex.load(tmp_path / "index", source.search_config)
-    assert reloaded.stats()["segments"] == 2
+    assert reloaded.stats()["segments"] == 1
     assert reloaded.reference_ids() == order
     assert [(c.reference_id, round(c.word_score, 4)) for c in reloaded.shortlist(query)] == before
 
