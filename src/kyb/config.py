@@ -253,6 +253,10 @@ class EngineConfig:
     catalog_url: str = ".kyb/catalog.db"
     #: Worker threads for ingest/eval encoding (OpenCV releases the GIL while extracting).
     workers: int = 2
+    #: Freed C-heap memory (MiB) a process keeps for the next photo instead of returning it to the
+    #: kernel: a photo's SIFT frees ~150 MB, and taking it back page by page made SIFT 1.7-1.9x
+    #: slower (kyb.heap; docs/engine.md "The heap kept between photos"). 0 = glibc's own policy.
+    heap_retain_mb: int = 256
     limits: ImageLimits = field(default_factory=ImageLimits)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
@@ -261,6 +265,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         _check(1 <= self.workers <= 64, "engine.workers", "must be in 1..64")
+        _check(0 <= self.heap_retain_mb <= 2047, "engine.heap_retain_mb", "must be in 0..2047")
 
     def replace(self, **changes: Any) -> EngineConfig:
         """A copy with top-level fields changed (sections as whole dataclasses)."""

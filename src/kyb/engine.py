@@ -32,6 +32,7 @@ from kyb.config import EngineConfig, SearchConfig
 from kyb.encoder import Box, Encoder, Encoding, extract_reference
 from kyb.errors import InvalidRequest, KybError, NotFound, NotReady
 from kyb.features import LocalFeatures
+from kyb.heap import retain_freed_heap
 from kyb.imageio import DecodedImage, decode_image
 from kyb.index import (
     RankedLists,
@@ -639,6 +640,7 @@ class Engine:
 
     def __init__(self, config: EngineConfig, *, catalog: Catalog | None = None) -> None:
         self.config = config
+        retain_freed_heap(config.heap_retain_mb)  # process-wide: a photo's SIFT reuses the last one's pages
         self._catalog = catalog
         self._index: ReferenceIndex | None = None
         self._encoder: Encoder | None = None

@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kyb.errors import Unavailable
+from kyb.heap import retain_freed_heap
 from kyb.rpc._auth import TokenCheck
 from kyb.rpc._channels import channel_options
 from kyb.rpc._config import RpcConfig, ServiceConfig
@@ -143,6 +144,7 @@ class ServiceServer:
     def __init__(self, config: ServiceConfig, role: str, *, metrics: Metrics | None = None) -> None:
         self.config = config
         self.role = role
+        retain_freed_heap(config.engine.heap_retain_mb)  # process-wide (kyb.heap)
         self.metrics = metrics if metrics is not None else Metrics()
         self._owns_metrics = metrics is None
         self._tokens = TokenCheck(config.rpc.tokens)
