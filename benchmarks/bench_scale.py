@@ -69,10 +69,11 @@ from tqdm import tqdm
 
 from kyb import synth
 from kyb.codebook import Codebook, train_codebook
-from kyb.config import CodebookConfig, FeatureConfig, ImageLimits, SearchConfig
+from kyb.config import CodebookConfig, FeatureConfig, ImageLimits, SearchConfig, load_config
 from kyb.encoder import Box, Encoder, Encoding, extract_region
 from kyb.engine import search
 from kyb.features import LocalFeatures
+from kyb.heap import retain_freed_heap
 from kyb.imageio import DecodedImage, decode_image
 from kyb.index import ReferenceIndex
 
@@ -778,6 +779,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # As a process serving the index does (Engine, ServiceServer: kyb.heap); KYB_HEAP_RETAIN_MB=0 measures without.
+    retain_freed_heap(load_config(env=os.environ).heap_retain_mb)
     show = not args.no_progress
     limits, features, search_config = ImageLimits(), FeatureConfig(), SearchConfig()
     timings: dict[str, float] = {}

@@ -36,6 +36,7 @@ from kyb import synth
 from kyb.codebook import Codebook
 from kyb.config import FeatureConfig, ImageLimits, SearchConfig, load_config
 from kyb.encoder import Encoder, Encoding
+from kyb.heap import retain_freed_heap
 
 
 def build(folder: Path, size: int, real: int = 50, vocabulary: int = 700, queries: int = 30) -> None:
@@ -138,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--prefilter-inliers", type=int, help="measure with this search.prefilter_inliers (0 = no first look)"
     )
     args = parser.parse_args(argv)
+    # As a process serving the index does (Engine, ServiceServer: kyb.heap); KYB_HEAP_RETAIN_MB=0 measures without.
+    retain_freed_heap(load_config(env=os.environ).heap_retain_mb)
     if args.action == "build":
         build(args.folder, args.size)
     else:

@@ -40,6 +40,13 @@ _lock = threading.Lock()
 _applied: int | None = None
 
 
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the cores this process may run on, not the machine's
+    except AttributeError:
+        return os.cpu_count() or 2
+
+
 def retain_freed_heap(megabytes: int) -> bool:
     """Lets the process keep up to ``megabytes`` of freed heap (0: leave glibc's defaults).
 
@@ -63,7 +70,7 @@ def retain_freed_heap(megabytes: int) -> bool:
             # A thread's own arena (a gRPC worker's) is carved from 64 MB heaps that it maps and
             # unmaps as SIFT's buffers come and go, whatever the thresholds; with one arena per core
             # the workers share arenas that stay mapped (a worker's SIFT 138 -> 120 ms).
-            took = libc.mallopt(_M_ARENA_MAX, max(2, os.cpu_count() or 2)) == 1 and took
+            took = libc.mallopt(_M_ARENA_MAX, max(2, _usable_cores())) == 1 and took
         except (OSError, AttributeError) as exc:
             log.warning("could not set the C heap's thresholds (%s); photos may encode slower", exc)
             return False
