@@ -716,6 +716,7 @@ class ReferenceIndex:
           group takes the tier's remainder (up to nineteen): a search visits every segment (the word
           vote is one pass over the postings per segment), so 100k references in 2,500-reference ingests
           are 4 segments instead of 40, while each reference is rewritten only about once per tier.
+        * the small ones left (up to 8) join the first group of the lowest tier that merges.
         """
         segments = sorted(self._segments, key=_insertion_order)
         wasteful = [s for s in segments if (~s.alive).sum() >= max(1, 0.2 * len(s))]
@@ -728,14 +729,21 @@ class ReferenceIndex:
             if id(segment) not in taken and len(segment) >= _SMALL_SEGMENT:
                 tier = int(np.log10(len(segment) / _SMALL_SEGMENT))
                 tiers.setdefault(tier, []).append(segment)
-        for members in tiers.values():
+        tier_groups: list[list[_Segment]] = []
+        for tier in sorted(tiers):
+            members = tiers[tier]
             full = len(members) // _TIER_FANOUT
             for k in range(full):
                 # The tier's remainder joins its last group instead of waiting as up to nine small
                 # segments, each of which the vote visits (many small segments cost it the most).
                 end = len(members) if k == full - 1 else (k + 1) * _TIER_FANOUT
-                groups.append(members[k * _TIER_FANOUT : end])
-        return groups
+                tier_groups.append(members[k * _TIER_FANOUT : end])
+        waiting = [s for s in small if id(s) not in taken]
+        if tier_groups and waiting:
+            # Small segments ride along with a merge that happens anyway (into the lowest tier's
+            # first group): rewriting them costs little, and each costs every vote a pass of its own.
+            tier_groups[0] = sorted(waiting + tier_groups[0], key=_insertion_order)
+        return groups + tier_groups
 
     def _maybe_compact(self) -> None:
         """Merges the groups of :meth:`_compaction_groups` (dropping deleted rows), keeping every

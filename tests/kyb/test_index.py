@@ -123,6 +123,35 @@ def test_tiered_compaction_merges_a_whole_tier_ten_at_a_time(library: Library, t
     assert [(c.reference_id, round(c.word_score, 4)) for c in reloaded.shortlist(query)] == before
 
 
+def test_small_segments_ride_along_with_a_tier_merge(library: Library, tmp_path: Path, monkeypatch) -> None:
+    """Small segments (here: 1 reference) stay as they are until a tier merges; then they join it."""
+    import kyb.index
+
+    monkeypatch.setattr(kyb.index, "_SMALL_SEGMENT", 2)
+    monkeypatch.setattr(kyb.index, "_TIER_FANOUT", 3)
+    source = Engine(library.config).index
+    index = ReferenceIndex(source.codebook, source.search_config, tmp_path / "index")
+    order = source.reference_ids()[:8]
+
+    def add(ids: list[str]) -> None:
+        index.add([(r, source.sha256_of(r) or "", source.encoding(r)) for r in ids])
+
+    add(order[:1])
+    add(order[1:2])
+    add(order[2:4])
+    index.save()  # two small segments and one large one: nothing to merge
+    assert index.stats()["segments"] == 3
+    add(order[4:6])
+    add(order[6:8])
+    query = index.encoding(order[5])
+    before = [(c.reference_id, round(c.word_score, 4)) for c in index.shortlist(query)]
+    index.save()  # three large segments merge, and the two small ones with them
+    reloaded = ReferenceIndex.load(tmp_path / "index", source.search_config)
+    assert reloaded.stats()["segments"] == 1
+    assert reloaded.reference_ids() == order
+    assert [(c.reference_id, round(c.word_score, 4)) for c in reloaded.shortlist(query)] == before
+
+
 def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, monkeypatch) -> None:
     """A search's later rounds update the first round's word vote (or vote afresh when that touches
     fewer postings); either way the shortlist must not change."""
