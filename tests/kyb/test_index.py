@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,21 +93,31 @@ def test_compaction_keeps_the_survivors(library: Library, tmp_path: Path) -> Non
     assert stats["segments"] <= 9  # small segments are merged once there are more than 8
 
 
-def test_tiered_compaction_merges_a_whole_tier_ten_at_a_time(library: Library, tmp_path: Path, monkeypatch) -> None:
-    """Large segments merge a tier's worth at a time (here with tiny tiers: 1 reference is 'large'
-    and 3 make a tier), the remainder joining the last group, keeping insertion order and every
-    answer."""
+def _tiny_tier_index(
+    library: Library, tmp_path: Path, monkeypatch, *, small_below: int, fanout: int
+) -> tuple[ReferenceIndex, ReferenceIndex, Callable[[list[str]], None]]:
+    """An empty index over the library's codebook with tiny compaction tiers (segments of fewer than
+    ``small_below`` references are small, ``fanout`` make a tier), the library's index to copy
+    references from, and ``add(ids)``, which copies them over as one segment."""
     import kyb.index
 
-    monkeypatch.setattr(kyb.index, "_SMALL_SEGMENT", 1)
-    monkeypatch.setattr(kyb.index, "_TIER_FANOUT", 3)
+    monkeypatch.setattr(kyb.index, "_SMALL_SEGMENT", small_below)
+    monkeypatch.setattr(kyb.index, "_TIER_FANOUT", fanout)
     source = Engine(library.config).index
     index = ReferenceIndex(source.codebook, source.search_config, tmp_path / "index")
-    order = source.reference_ids()[:12]
 
     def add(ids: list[str]) -> None:
         index.add([(r, source.sha256_of(r) or "", source.encoding(r)) for r in ids])
 
+    return source, index, add
+
+
+def test_tiered_compaction_merges_a_whole_tier_ten_at_a_time(library: Library, tmp_path: Path, monkeypatch) -> None:
+    """Large segments merge a tier's worth at a time (here with tiny tiers: 1 reference is 'large'
+    and 3 make a tier), the remainder joining the last group, keeping insertion order and every
+    answer."""
+    source, index, add = _tiny_tier_index(library, tmp_path, monkeypatch, small_below=1, fanout=3)
+    order = source.reference_ids()[:12]
     add(order[:2])
     for r in order[2:11]:  # then one segment per reference: 10 segments
         add([r])
@@ -125,17 +136,8 @@ def test_tiered_compaction_merges_a_whole_tier_ten_at_a_time(library: Library, t
 
 def test_small_segments_ride_along_with_a_tier_merge(library: Library, tmp_path: Path, monkeypatch) -> None:
     """Small segments (here: 1 reference) stay as they are until a tier merges; then they join it."""
-    import kyb.index
-
-    monkeypatch.setattr(kyb.index, "_SMALL_SEGMENT", 2)
-    monkeypatch.setattr(kyb.index, "_TIER_FANOUT", 3)
-    source = Engine(library.config).index
-    index = ReferenceIndex(source.codebook, source.search_config, tmp_path / "index")
+    source, index, add = _tiny_tier_index(library, tmp_path, monkeypatch, small_below=2, fanout=3)
     order = source.reference_ids()[:8]
-
-    def add(ids: list[str]) -> None:
-        index.add([(r, source.sha256_of(r) or "", source.encoding(r)) for r in ids])
-
     add(order[:1])
     add(order[1:2])
     add(order[2:4])
