@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python benchmarks/bench_scale.py --quick                  # 1k, 5k: a couple of minutes
     .venv/bin/python benchmarks/bench_scale.py --json scale.json        # 1k, 10k, 100k: ~10-15 minutes
     .venv/bin/python benchmarks/bench_scale.py --sizes 1k,20k,50k
+    .venv/bin/python benchmarks/bench_scale.py --keep DIR   # and keep the 100k index for bench_scale_saved.py
 
 The claim under test: search time grows sub-linearly with the number of references (the shortlist
 is an ANN graph plus an inverted file, and geometric verification costs the same per candidate
@@ -48,6 +49,7 @@ import gc
 import json
 import math
 import os
+import pickle
 import platform
 import resource
 import shutil
@@ -759,6 +761,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-save", action="store_true", help="skip the save/load measurements")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where saves go (default: the system temp dir)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="also save the largest index and the query photos in this folder, as bench_scale_saved.py build "
+        "does (then `bench_scale_saved.py measure DIR` measures any code on this very index)",
+    )
     args = parser.parse_args(argv)
     if args.sizes is None:
         args.sizes = QUICK_SIZES if args.quick else FULL_SIZES
@@ -862,6 +871,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{n:,}: search p50 {result.search_p50_ms:.0f} ms, top-1 {result.top1}/{result.queries}, "
             f"RSS {result.rss_mb:.0f} MB"
         )
+
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        index.save(args.keep / "index")
+        # Read back only by bench_scale_saved.py measure: pickle keeps the Query dataclasses as they are.
+        with open(args.keep / "queries.pkl", "wb") as handle:
+            pickle.dump(queries, handle)
+        log(f"kept the {len(index):,}-reference index and the query photos in {args.keep}")
 
     print()
     print(

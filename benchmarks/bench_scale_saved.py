@@ -5,6 +5,7 @@ Usage::
     python benchmarks/bench_scale_saved.py build DIR [--size 100000]     # ~1 h on a busy 2-core machine
     python benchmarks/bench_scale_saved.py measure DIR --size 1000        # first N references of it
     PYTHONPATH=/other/checkout/src python benchmarks/bench_scale_saved.py measure DIR --size 100000
+    python benchmarks/bench_scale.py --keep DIR                           # DIR holding bench_scale's own index
 
 ``build`` runs bench_scale's own steps (700 drawn vocabulary covers -> codebook, 50 real covers and 30
 query photos of them, generated fillers) with its defaults and saves the index and the query encodings
@@ -26,6 +27,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,9 +77,17 @@ def _with_near_words(encoding: Encoding, codebook: Codebook, features: FeatureCo
     return dataclasses.replace(encoding, near_words=near)
 
 
+class _QueryUnpickler(pickle.Unpickler):
+    """Reads the query photos of ``build`` above and of ``bench_scale.py --keep``, which, run as a
+    script, pickled its classes as ``__main__``'s."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class("bench_scale" if module == "__main__" else module, name)
+
+
 def measure(folder: Path, size: int, profile: bool, prefilter_inliers: int | None = None) -> None:
     with open(folder / "queries.pkl", "rb") as handle:
-        queries: list[bs.Query] = pickle.load(handle)  # written by `build` above
+        queries: list[bs.Query] = _QueryUnpickler(handle).load()  # our own file (build, bench_scale --keep)
     settings = load_config(env=os.environ)  # KYB_SEARCH__* / KYB_FEATURES__* variables apply
     config, features = settings.search, settings.features
     if prefilter_inliers is not None:

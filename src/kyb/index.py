@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import itertools
 import json
 import logging
 import os
@@ -282,6 +283,10 @@ class PhotoVote:
 
     def take(self, rows: np.ndarray, sign: float = 1.0) -> PhotoVote:
         return PhotoVote(self.words[rows], self.signatures[rows], sign * self.weights[rows])
+
+    def part(self, start: int, end: int) -> PhotoVote:
+        """Features ``start:end`` (views, no copy)."""
+        return PhotoVote(self.words[start:end], self.signatures[start:end], self.weights[start:end])
 
     @staticmethod
     def join(*parts: PhotoVote) -> PhotoVote:
@@ -587,14 +592,15 @@ class ReferenceIndex:
                 memo.raw, change = {}, None
         table = _similarity_table(self.search_config)
         threshold = self.search_config.hamming_threshold
-
-        def vote_segment(segment: _Segment) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            previous = memo.raw.get(id(segment)) if memo is not None else None
-            if previous is not None and change is not None:
-                raw = previous[1] + _vote(segment, change, table, threshold)
+        # Each segment votes with the whole photo, or adds the change to its previous round's vote.
+        previous = [memo.raw.get(id(s)) if memo is not None and change is not None else None for s in segments]
+        ballots = [change if before is not None and change is not None else photo for before in previous]
+        raws = _vote_segments(segments, ballots, table, threshold, self.search_config.vote_threads)
+        votes = []
+        for segment, raw, before in zip(segments, raws, previous, strict=True):
+            if before is not None:
+                raw += before[1]
                 raw[raw < _VOTE_FLOOR] = 0.0
-            else:
-                raw = _vote(segment, photo, table, threshold)
             scores = (raw * segment.inv_sqrt_count).astype(np.float32)
             scores[~segment.alive] = 0.0
             want = min(depth + len(exclude), len(scores))
@@ -603,15 +609,7 @@ class ReferenceIndex:
             top = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
             top = top[np.argsort(-scores[top], kind="stable")]
             top = top[scores[top] > 0]
-            return raw, top, scores[top]
-
-        # Segments vote independently and the compiled vote releases the GIL: in a large index
-        # (several segments) they vote side by side.
-        threads = self.search_config.vote_threads
-        if threads > 1 and len(segments) > 1:
-            votes = list(search_pool(threads).map(vote_segment, segments))
-        else:
-            votes = [vote_segment(segment) for segment in segments]
+            votes.append((raw, top, scores[top]))
         fresh = {id(segment): (segment, vote[0]) for segment, vote in zip(segments, votes, strict=True)}
         results = [(top, scores, seg) for seg, (_, top, scores) in zip(segments, votes, strict=True) if top.size]
         if memo is not None:
@@ -972,6 +970,69 @@ def _compiled_scatter() -> Callable[..., None]:
         return numba.njit(nogil=True, cache=True)(_hamming_scatter)
     except RuntimeError:  # numba found no writable cache folder
         return numba.njit(nogil=True)(_hamming_scatter)
+
+
+#: A vote is not cut into pieces smaller than this many postings (~0.1 ms of the compiled loop):
+#: below it, handing a piece to another thread costs about what it saves.
+_MIN_VOTE_PIECE = 50_000
+
+
+def _vote_pieces(
+    segments: Sequence[_Segment], ballots: Sequence[PhotoVote], threads: int
+) -> list[tuple[int, int, int]]:
+    """How to spread the votes of ``segments`` over ``threads``: (segment position, first feature,
+    end feature) pieces, the largest first.
+
+    The cost of a piece is the postings it walks (its words' runs in that segment). Segments differ
+    in size (compaction leaves e.g. 25k, 25k and 50k references), and one thread a segment in
+    insertion order let the last, largest one run alone while the other thread idled (the 100k
+    vote 14-15 ms where even segments took 11-12). A segment worth more than a thread's share is cut
+    by photo feature into equal pieces -- a photo feature's vote is a sum term of its own, so pieces
+    add up to the whole -- and the pieces go out largest first (longest-processing-time order).
+    """
+    cumulative = []
+    for segment, ballot in zip(segments, ballots, strict=True):
+        starts = segment.word_starts
+        cumulative.append(np.cumsum(starts[ballot.words + 1] - starts[ballot.words]))
+    total = sum(int(c[-1]) for c in cumulative if c.size)
+    share = max(total / max(1, threads), _MIN_VOTE_PIECE)
+    pieces: list[tuple[int, int, int, int]] = []
+    for position, costs in enumerate(cumulative):
+        size = int(costs[-1]) if costs.size else 0
+        count = max(1, int(np.ceil(size / share - 1e-9)))
+        cuts = np.searchsorted(costs, size * np.arange(1, count) / count) if count > 1 else np.empty(0, np.int64)
+        bounds = sorted({0, len(costs), *(int(c) for c in cuts)})
+        for first, end in itertools.pairwise(bounds):
+            cost = int(costs[end - 1] - (costs[first - 1] if first else 0))
+            pieces.append((cost, position, first, end))
+    pieces.sort(key=lambda piece: -piece[0])
+    return [(position, first, end) for _, position, first, end in pieces]
+
+
+def _vote_segments(
+    segments: Sequence[_Segment], ballots: Sequence[PhotoVote], table: np.ndarray, threshold: int, threads: int
+) -> list[np.ndarray]:
+    """Raw vote of ``ballots[i]`` in ``segments[i]`` for each i, its pieces (:func:`_vote_pieces`)
+    run on the shared search pool; the pieces of a segment are added in feature order whichever
+    thread ran them, so the result does not depend on timing."""
+    pieces = _vote_pieces(segments, ballots, threads)
+    # A ballot with no words still votes (zeros) in its segment.
+    missing = set(range(len(segments))) - {position for position, _, _ in pieces}
+    pieces += [(position, 0, 0) for position in sorted(missing)]
+
+    def run(piece: tuple[int, int, int]) -> np.ndarray:
+        position, first, end = piece
+        return _vote(segments[position], ballots[position].part(first, end), table, threshold)
+
+    if threads > 1 and len(pieces) > 1:
+        outputs = list(search_pool(threads).map(run, pieces))
+    else:
+        outputs = [run(piece) for piece in pieces]
+    raws: list[np.ndarray | None] = [None] * len(segments)
+    for (position, _, _), output in sorted(zip(pieces, outputs, strict=True), key=lambda item: item[0]):
+        before = raws[position]
+        raws[position] = output if before is None else before + output
+    return raws  # type: ignore[return-value]
 
 
 def _vote(segment: _Segment, photo: PhotoVote, table: np.ndarray, threshold: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import textwrap
@@ -199,15 +200,23 @@ def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, mo
     assert max(updated, key=lambda c: c.word_score).reference_id == index.reference_ids()[1]
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_word_vote_is_the_hamming_embedding_vote_in_every_segment(library: Library, threads: int) -> None:
+@pytest.mark.parametrize(("threads", "min_piece"), [(1, None), (2, None), (2, 1)])
+def test_word_vote_is_the_hamming_embedding_vote_in_every_segment(
+    library: Library, threads: int, min_piece: int | None, monkeypatch
+) -> None:
     """The compiled vote against the formula it implements, computed here from the encodings alone:
     for each of the photo's features whose word is kept (df <= a quarter of the references), a
     reference holding the word gets the word's idf^2 / sqrt(the word's features in the photo) times
     exp(-d^2 / sigma^2), d the fewest differing residual signs (of the first 64 PCA dimensions) among
     its features of that word, when d <= the threshold; the sum over sqrt(reference features).
-    References spread over three segments voted by ``threads`` threads."""
+    References spread over three segments voted by ``threads`` threads; with ``min_piece`` 1 each
+    segment's vote is also cut into pieces by photo feature (as a large index's are) and added up."""
     import dataclasses
+
+    import kyb.index
+
+    if min_piece is not None:
+        monkeypatch.setattr(kyb.index, "_MIN_VOTE_PIECE", min_piece)
 
     source = Engine(library.config).index
     config = dataclasses.replace(source.search_config, vote_threads=threads)
@@ -383,3 +392,42 @@ def test_vote_kernel_takes_each_rows_closest_feature_across_blocks(monkeypatch) 
     with np.errstate(over="ignore"):  # the popcount's multiply wraps modulo 2^64 by design
         interpreted = run(index_module._hamming_scatter, 3)
     np.testing.assert_allclose(interpreted, expected, rtol=1e-12)
+
+
+def test_vote_pieces_cover_every_feature_once_and_balance_uneven_segments() -> None:
+    """Segments of 1, 1 and 2 parts of the work (as compaction leaves 25k, 25k and 50k references):
+    each segment's photo features are covered once by contiguous pieces, the pieces go out largest
+    first, and two threads taking them in that order finish within a few percent of half the work
+    (one thread a segment in insertion order took 3/4 of it on one thread)."""
+    from types import SimpleNamespace
+
+    from kyb.index import _vote_pieces
+
+    rng = np.random.default_rng(0)
+    n_words = 500
+    segments, ballots = [], []
+    for scale in (1, 1, 2):
+        postings = rng.integers(0, 400 * scale, size=n_words)
+        segments.append(SimpleNamespace(word_starts=np.concatenate([[0], np.cumsum(postings)])))
+        words = np.sort(rng.choice(n_words, size=300, replace=False))
+        ballots.append(PhotoVote(words, np.zeros(300, dtype=np.uint64), np.ones(300)))
+
+    def cost(position: int, first: int, end: int) -> int:
+        starts, words = segments[position].word_starts, ballots[position].words[first:end]
+        return int((starts[words + 1] - starts[words]).sum())
+
+    pieces = _vote_pieces(segments, ballots, threads=2)
+    for position in range(3):
+        spans = sorted((first, end) for p, first, end in pieces if p == position)
+        assert spans[0][0] == 0 and spans[-1][1] == 300
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
+    costs = [cost(*piece) for piece in pieces]
+    assert costs == sorted(costs, reverse=True)
+    loads = [0, 0]
+    for piece_cost in costs:  # each piece goes to the thread that frees up first
+        loads[loads.index(min(loads))] += piece_cost
+    total = sum(costs)
+    assert max(loads) <= 0.56 * total
+    assert sum(cost(p, 0, 300) for p in range(3)) == total
+    # One thread, or work under one piece's minimum: one piece a segment, nothing cut.
+    assert sorted(p for p, _, _ in _vote_pieces(segments, ballots, threads=1)) == [0, 1, 2]
