@@ -990,21 +990,21 @@ def _vote_pieces(
     by photo feature into equal pieces -- a photo feature's vote is a sum term of its own, so pieces
     add up to the whole -- and the pieces go out largest first (longest-processing-time order).
     """
-    cumulative = []
+    # reach[j]: postings walked by the ballot's first j features (reach[0] = 0).
+    reaches = []
     for segment, ballot in zip(segments, ballots, strict=True):
         starts = segment.word_starts
-        cumulative.append(np.cumsum(starts[ballot.words + 1] - starts[ballot.words]))
-    total = sum(int(c[-1]) for c in cumulative if c.size)
-    share = max(total / max(1, threads), _MIN_VOTE_PIECE)
+        reaches.append(np.concatenate([[0], np.cumsum(starts[ballot.words + 1] - starts[ballot.words])]))
+    share = max(sum(int(reach[-1]) for reach in reaches) / max(1, threads), _MIN_VOTE_PIECE)
     pieces: list[tuple[int, int, int, int]] = []
-    for position, costs in enumerate(cumulative):
-        size = int(costs[-1]) if costs.size else 0
+    for position, reach in enumerate(reaches):
+        size, n = int(reach[-1]), len(reach) - 1
         count = max(1, int(np.ceil(size / share - 1e-9)))
-        cuts = np.searchsorted(costs, size * np.arange(1, count) / count) if count > 1 else np.empty(0, np.int64)
-        bounds = sorted({0, len(costs), *(int(c) for c in cuts)})
+        cuts = {int(c) for c in np.searchsorted(reach, size * np.arange(1, count) / count)} - {0, n}
+        # At least one piece a segment, empty for a ballot with no words (its vote is zeros).
+        bounds = [0, *sorted(cuts), n]
         for first, end in itertools.pairwise(bounds):
-            cost = int(costs[end - 1] - (costs[first - 1] if first else 0))
-            pieces.append((cost, position, first, end))
+            pieces.append((int(reach[end] - reach[first]), position, first, end))
     pieces.sort(key=lambda piece: -piece[0])
     return [(position, first, end) for _, position, first, end in pieces]
 
@@ -1016,9 +1016,6 @@ def _vote_segments(
     run on the shared search pool; the pieces of a segment are added in feature order whichever
     thread ran them, so the result does not depend on timing."""
     pieces = _vote_pieces(segments, ballots, threads)
-    # A ballot with no words still votes (zeros) in its segment.
-    missing = set(range(len(segments))) - {position for position, _, _ in pieces}
-    pieces += [(position, 0, 0) for position in sorted(missing)]
 
     def run(piece: tuple[int, int, int]) -> np.ndarray:
         position, first, end = piece

@@ -431,3 +431,7 @@ def test_vote_pieces_cover_every_feature_once_and_balance_uneven_segments() -> N
     assert sum(cost(p, 0, 300) for p in range(3)) == total
     # One thread, or work under one piece's minimum: one piece a segment, nothing cut.
     assert sorted(p for p, _, _ in _vote_pieces(segments, ballots, threads=1)) == [0, 1, 2]
+    # A ballot with no words still gets its (empty) piece: its segment's vote is zeros, not missing.
+    empty = PhotoVote(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0))
+    with_empty = _vote_pieces(segments, [ballots[0], empty, ballots[2]], threads=2)
+    assert [piece for piece in with_empty if piece[0] == 1] == [(1, 0, 0)]
