@@ -36,6 +36,7 @@ class Candidate:
     rows: np.ndarray
     points: np.ndarray
     shard: str
+    inverted: bool = False
 
 
 @dataclass
@@ -57,6 +58,7 @@ def _candidate(match: matcher_pb2.VerifiedMatch, feature_xy: np.ndarray, shard: 
         rows=rows,
         points=feature_xy[rows],
         shard=shard,
+        inverted=bool(match.inverted),
     )
 
 

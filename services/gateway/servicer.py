@@ -501,6 +501,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             inliers=candidate.inliers,
             outline=outline_to_proto(outline),
             shard=candidate.shard,
+            inverted=candidate.inverted,
         )
         reference = described.reference(reference_id)
         if reference is not None:

@@ -159,6 +159,7 @@ def objects_from_found(
             rows=rows,
             points=feature_xy[rows],
             shard=shard.name if shard is not None else "",
+            inverted=bool(result.inverted),
         )
 
     return [

@@ -23,6 +23,7 @@ class Match(BaseModel):
     album_id: str | None
     score: float = Field(description="inliers / (inliers + min_inliers), in (0, 1)")
     inliers: int
+    inverted: bool = Field(description="found in the reference's opposite polarity (a white print of a dark logo)")
     outline: list[Point]
     shard: str
     band: Band | None

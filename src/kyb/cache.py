@@ -77,8 +77,13 @@ _ARRAYS: tuple[tuple[str, frozenset[str], int], ...] = (
     ("words", frozenset({"<i4", "<i8"}), 1),
     ("global_vector", frozenset({"<f4", "<f8"}), 1),
 )
-#: Stored after those when the encoding has it (a photo's near words).
-_OPTIONAL_ARRAYS: tuple[tuple[str, frozenset[str], int], ...] = (("near_words", frozenset({"<i4", "<i8"}), 2),)
+#: Stored after those, in this order, when the encoding has them (a photo's near words, then which of
+#: its rows are inverted twins). Their count says which are present, so a photo with inverted rows
+#: but no near words stores its words as one near word each (the same thing).
+_OPTIONAL_ARRAYS: tuple[tuple[str, frozenset[str], int], ...] = (
+    ("near_words", frozenset({"<i4", "<i8"}), 2),
+    ("inverted", frozenset({"|u1"}), 1),
+)
 
 
 class CacheFormatError(ValueError):
@@ -89,7 +94,12 @@ class CacheFormatError(ValueError):
 def pack_encoding(encoding: Encoding) -> bytes:
     """``encoding`` as bytes: header (format version, numbers, shapes, dtypes), raw arrays, CRC32."""
     version = encoding.codebook_version.encode()
-    layout = _ARRAYS + tuple(spec for spec in _OPTIONAL_ARRAYS if getattr(encoding, spec[0]) is not None)
+    present = 2 if encoding.inverted is not None else 1 if encoding.near_words is not None else 0
+    layout = _ARRAYS + _OPTIONAL_ARRAYS[:present]
+    optional = {
+        "near_words": encoding.words[:, None] if encoding.near_words is None else encoding.near_words,
+        "inverted": None if encoding.inverted is None else np.asarray(encoding.inverted, dtype=np.uint8),
+    }
     parts: list[bytes] = [
         _HEADER.pack(
             _MAGIC,
@@ -107,7 +117,7 @@ def pack_encoding(encoding: Encoding) -> bytes:
     ]
     arrays: list[np.ndarray] = []
     for name, allowed, ndim in layout:
-        array = np.asarray(getattr(encoding, name))
+        array = np.asarray(optional[name] if name in optional else getattr(encoding, name))
         little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
         code = little.dtype.str
         if code not in allowed or little.ndim != ndim:
@@ -165,6 +175,7 @@ def unpack_encoding(data: bytes | bytearray | memoryview) -> Encoding:
         or arrays["descriptors"].shape[0] != count_features
         or arrays["words"].shape[0] != count_features
         or ("near_words" in arrays and arrays["near_words"].shape[0] != count_features)
+        or ("inverted" in arrays and arrays["inverted"].shape[0] != count_features)
     ):
         raise CacheFormatError("arrays describe different numbers of features")
     return Encoding(
@@ -177,6 +188,7 @@ def unpack_encoding(data: bytes | bytearray | memoryview) -> Encoding:
         scale=scale,
         codebook_version=version,
         near_words=arrays.get("near_words"),
+        inverted=arrays["inverted"].astype(bool) if "inverted" in arrays else None,
     )
 
 

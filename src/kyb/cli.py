@@ -251,7 +251,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kyb.evaluation import evaluate, index_dataset, load_ground_truth, lookalike_references
+    from kyb.evaluation import evaluate, index_dataset, load_ground_truth, lookalike_references, split_ground_truth
 
     config = _config(args)
     gt = load_ground_truth(Path(args.dataset))
@@ -261,10 +261,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     engine.detector = _embedded_detector(args)
     with _progress(len(engine.index), f"look-alikes {gt.name}", unit="ref") as bar:
         lookalikes = lookalike_references(engine, mapping, progress=bar.update)
-    n_queries = min(len(gt.queries), args.limit or len(gt.queries))
-    n_distractors = min(len(gt.distractors), args.limit or len(gt.distractors))
-    with _progress(n_queries + n_distractors, f"eval {gt.name}", unit="photo") as bar:
-        report = evaluate(engine, gt, mapping, limit=args.limit, progress=bar.update, lookalikes=lookalikes)
+    asked = split_ground_truth(gt, args.split)
+    n_queries = min(len(asked.queries), args.limit or len(asked.queries))
+    n_distractors = min(len(asked.distractors), args.limit or len(asked.distractors))
+    with _progress(n_queries + n_distractors, f"eval {gt.name} ({args.split})", unit="photo") as bar:
+        report = evaluate(engine, asked, mapping, limit=args.limit, progress=bar.update, lookalikes=lookalikes)
+    report.split = args.split
     if args.json:
         print(json.dumps(report.to_dict(with_queries=args.per_query), indent=2))
     else:
@@ -505,6 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", parents=[common], help="accuracy and speed on a gt.json data set")
     p.add_argument("dataset", help="folder with gt.json (e.g. ../shared/datasets/covers)")
     p.add_argument("--limit", type=int, help="first N queries (and N distractors)")
+    p.add_argument(
+        "--split",
+        choices=("tune", "test", "all"),
+        default="all",
+        help="a fixed half of the queries and distractors: choose settings on tune, report test (default all)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--per-query", action="store_true", help="with --json: every query's outcome")
     p.add_argument("--cache", help="index cache folder (default ~/.cache/kyb/eval or KYB_EVAL_CACHE)")

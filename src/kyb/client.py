@@ -63,6 +63,7 @@ def _match(match: common_pb2.Match) -> dict[str, Any]:
         "album_id": match.album_id or None,
         "score": round(match.score, 4),
         "inliers": match.inliers,
+        "inverted": match.inverted,
         "outline": _outline(match.outline),
         "shard": match.shard,
         "band": _band(match.band, match.HasField("band")),

@@ -92,6 +92,11 @@ class FeatureConfig:
     #: the same words): the photo's SIFT already uses every core, and this is the other step of a
     #: photo's encoding that waits on one. References keep one each, ingest encodes them side by side.
     query_assign_threads: int = 2
+    #: A photo is searched in both polarities: every feature gets an inverted twin (the descriptor the
+    #: same keypoint has in the luminance-inverted photo, a permutation of it: no second extraction),
+    #: so a black-on-white reference logo printed white on a black shirt is found (docs/engine.md
+    #: section 2). Costs twice the rows in word assignment, the vote and verification.
+    query_both_polarities: bool = True
 
     def __post_init__(self) -> None:
         _check(50 <= self.query_features <= 20000, "features.query_features", "must be in 50..20000")

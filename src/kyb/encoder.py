@@ -14,7 +14,7 @@ from kyb.blas import one_blas_thread
 from kyb.codebook import REFERENCE_ASSIGN_EF, Codebook
 from kyb.config import FeatureConfig
 from kyb.errors import InvalidImage, InvalidRequest
-from kyb.features import LocalFeatures, extract_rootsift
+from kyb.features import LocalFeatures, extract_rootsift, invert_polarity
 from kyb.imageio import DecodedImage
 
 __all__ = [
@@ -55,7 +55,10 @@ class Encoding:
     * ``words``: (N,) int32 fine visual words.
     * ``near_words``: photos only, (N, k) int32: each feature's nearest words, nearest first (the first
       column is ``words``), for verification's first look; None for references and k = 1.
-    * ``global_vector``: (D,) float32, unit norm (or zeros with no features).
+    * ``inverted``: photos searched in both polarities only, (N,) bool: the rows that describe the
+      luminance-inverted photo. The encoder appends one such twin per feature (same keypoint, the
+      descriptor permuted, :func:`kyb.features.invert_polarity`); None = every row is as photographed.
+    * ``global_vector``: (D,) float32, unit norm (or zeros with no features), of the photo as it is.
     * ``region_size``: (width, height) of the region in the same frame; its outline is the rectangle
       (0, 0)-(width, height).
     * ``origin``: the region's top-left corner in the encoded image, and ``scale`` maps encoded-image
@@ -71,6 +74,7 @@ class Encoding:
     scale: float = 1.0
     codebook_version: str = ""
     near_words: np.ndarray | None = None
+    inverted: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
@@ -95,6 +99,7 @@ class Encoder:
             f"{self.codebook.version}-q{f.query_features}-r{f.reference_features}"
             f"-c{f.contrast_threshold:g}-m{f.min_region_side}-s{f.query_min_side}"
             f"-n{f.query_near_words}x{f.query_near_ratio:g}-e{f.query_assign_ef}-w{f.reference_scale_weight:g}"
+            f"{'-p2' if f.query_both_polarities else ''}"
         )
 
     def warm_up(self) -> None:
@@ -121,14 +126,22 @@ class Encoder:
     def encode_features(
         self, features: LocalFeatures, region: Box, *, scale: float = 1.0, photo: bool = False
     ) -> Encoding:
-        """The encoding of extracted ``features``; a ``photo``'s also carries its near words."""
+        """The encoding of extracted ``features``; a ``photo``'s also carries its near words and, with
+        ``features.query_both_polarities``, an inverted twin of every feature (rows appended)."""
+        count = len(features)
+        twins = photo and self.features.query_both_polarities and count > 0
         with one_blas_thread():  # small products: a second BLAS thread would only spin (kyb.blas)
             projected = self.codebook.project(features.descriptors)
-            words = self._assign_words(projected, photo=photo)
             global_vector = self.codebook.global_vector(projected)
+            if twins:
+                # A light-on-dark print of a dark-on-light reference (or the other way round) matches
+                # the photo's inverted twins: one extraction, twice the rows to assign and verify.
+                projected = np.concatenate([projected, self.codebook.project(invert_polarity(features.descriptors))])
+            words = self._assign_words(projected, photo=photo)
         single = words.ndim == 1
+        xy = features.xy.astype(np.float32)
         return Encoding(
-            xy=features.xy.astype(np.float32),
+            xy=np.concatenate([xy, xy]) if twins else xy,
             descriptors=self.codebook.quantize(projected),
             words=words if single else np.ascontiguousarray(words[:, 0]),
             near_words=None if single else words,
@@ -137,6 +150,7 @@ class Encoder:
             origin=(region[0], region[1]),
             scale=scale,
             codebook_version=self.codebook.version,
+            inverted=np.arange(2 * count) >= count if twins else None,
         )
 
     def encode(self, image: DecodedImage, box: Box | None = None, *, reference: bool = False) -> Encoding:

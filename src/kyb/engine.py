@@ -86,6 +86,8 @@ class Match:
     band: dict[str, Any] | None = None
     album: dict[str, Any] | None = None
     shard: str = ""
+    #: Found in the opposite polarity to the reference (a white print of a black-on-white logo).
+    inverted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,6 +97,7 @@ class Match:
             "album_id": self.album_id,
             "score": round(self.score, 4),
             "inliers": self.inliers,
+            "inverted": self.inverted,
             "outline": self.outline,
             "shard": self.shard,
             "band": self.band,
@@ -206,14 +209,17 @@ NOT_INDEXED = _NotIndexed()
 def probe_encoding(query: Encoding, rows: np.ndarray, codebook: Codebook, projected: np.ndarray) -> Encoding:
     """The photo's features ``rows`` as an encoding of their own (global vector recomputed), to
     shortlist again with what is left once the objects found so far are masked out."""
+    inverted = None if query.inverted is None else query.inverted[rows]
+    as_is = rows if inverted is None else rows[~inverted]  # the global vector is the photo's as it is
     return Encoding(
         xy=query.xy[rows],
         descriptors=query.descriptors[rows],
         words=query.words[rows],
         near_words=None if query.near_words is None else query.near_words[rows],
-        global_vector=codebook.global_vector(projected[rows]),
+        global_vector=codebook.global_vector(projected[as_is]),
         region_size=query.region_size,
         codebook_version=query.codebook_version,
+        inverted=inverted,
     )
 
 
@@ -241,7 +247,7 @@ class IndexSource:
             raise ValueError("IndexSource needs image_size to verify")
         xy = self.query.xy + np.asarray(self.query.origin, dtype=np.float32)
         words = self.query.words if self.query.near_words is None else self.query.near_words
-        return QueryFeatures.build(xy, self.projected, self.image_size, words)
+        return QueryFeatures.build(xy, self.projected, self.image_size, words, self.query.inverted)
 
     def probe(self, rows: np.ndarray | None) -> Encoding:
         return self.query if rows is None else probe_encoding(self.query, rows, self.index.codebook, self.projected)
@@ -798,6 +804,7 @@ class Engine:
             score=verification.score,
             inliers=verification.inliers,
             outline=outline,
+            inverted=verification.inverted,
         )
         reference = self.catalog.get_reference(reference_id)
         if reference is not None:

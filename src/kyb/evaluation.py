@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,16 @@ from kyb.engine import Engine, IngestItem, IngestOutcome, find_duplicates
 from kyb.errors import InvalidRequest, KybError
 from kyb.index import base_reference_id, current_generation
 
-__all__ = ["EvalReport", "GroundTruth", "evaluate", "index_dataset", "load_ground_truth", "lookalike_references"]
+__all__ = [
+    "SPLITS",
+    "EvalReport",
+    "GroundTruth",
+    "evaluate",
+    "index_dataset",
+    "load_ground_truth",
+    "lookalike_references",
+    "split_ground_truth",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +106,49 @@ def load_ground_truth(dataset_dir: Path) -> GroundTruth:
     )
 
 
+#: The parts of a set's queries: settings are chosen on "tune" and reported on "test".
+SPLITS = ("tune", "test", "all")
+
+
+def _split_order(path: str) -> str:
+    return hashlib.sha256(path.encode("utf-8")).hexdigest()
+
+
+def query_part(gt: GroundTruth) -> dict[str, str]:
+    """Query or distractor path -> "tune" or "test": a fixed split that depends on the paths alone.
+
+    Queries are grouped by label (a brand's photos are split between both parts, so neither part
+    lacks a brand the other has), ordered within a group by the sha256 of their path and dealt out
+    alternately, each group starting with the part its label's hash picks (a brand with one photo
+    goes to either); distractors are dealt out the same way. Adding photos to a set moves few others.
+    """
+    groups: dict[str, list[str]] = {}
+    for q in gt.queries:
+        label = _label(q.get("label")) if q.get("label") else gt.labels.get((q.get("positives") or [""])[0], "")
+        groups.setdefault(f"label:{label}", []).append(str(q["query"]))
+    groups["distractors"] = list(gt.distractors)
+    parts: dict[str, str] = {}
+    for group, paths in groups.items():
+        start = int(_split_order(group)[0], 16) % 2
+        for i, path in enumerate(sorted(set(paths), key=_split_order)):
+            parts[path] = SPLITS[(start + i) % 2]
+    return parts
+
+
+def split_ground_truth(gt: GroundTruth, part: str) -> GroundTruth:
+    """``gt`` with only the queries and distractors of ``part`` ("tune", "test" or "all")."""
+    if part not in SPLITS:
+        raise InvalidRequest(f"split must be one of {', '.join(SPLITS)}, not {part!r}")
+    if part == "all":
+        return gt
+    parts = query_part(gt)
+    return replace(
+        gt,
+        queries=[q for q in gt.queries if parts[str(q["query"])] == part],
+        distractors=[d for d in gt.distractors if parts[d] == part],
+    )
+
+
 def cache_key(gt: GroundTruth, config: EngineConfig) -> str:
     """Changes with the set's database, the indexing settings and the code version."""
     digest = hashlib.sha256()
@@ -105,7 +157,7 @@ def cache_key(gt: GroundTruth, config: EngineConfig) -> str:
     # and search settings are evaluated against the same cached index.
     features = asdict(config.features)
     query_only = ("query_features", "query_min_side", "query_near_words", "query_near_ratio", "query_assign_ef",
-                  "query_assign_threads")  # fmt: skip
+                  "query_assign_threads", "query_both_polarities")  # fmt: skip
     for name in query_only:
         features.pop(name)
     settings = {
@@ -214,6 +266,8 @@ class EvalReport:
     search_p50_s: float
     bytes_per_reference: float
     failures: int = 0
+    #: Which queries were asked: "tune", "test" (:func:`split_ground_truth`) or "all".
+    split: str = "all"
     #: With look-alikes known (:func:`lookalike_references`): the pairs of references that are one
     #: picture, and top-1 counting an answer that is one picture with a positive as right.
     lookalike_pairs: int | None = None
@@ -230,6 +284,7 @@ class EvalReport:
     def table(self) -> str:
         rows = [
             ("dataset", self.dataset),
+            ("split", self.split),
             ("references", str(self.references)),
             ("queries", str(self.queries)),
             ("top-1", f"{self.top1:.3f}"),

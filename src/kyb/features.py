@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["LocalFeatures", "extract_rootsift"]
+__all__ = ["INVERTED_ORDER", "LocalFeatures", "extract_rootsift", "invert_polarity"]
 
 _local = threading.local()
 
@@ -40,6 +40,26 @@ class LocalFeatures:
 
     def take(self, rows: np.ndarray) -> LocalFeatures:
         return LocalFeatures(self.xy[rows], self.size[rows], self.descriptors[rows])
+
+
+#: SIFT lays its 128 values out as 4 x 4 spatial cells (rows, then columns) of 8 orientation bins.
+#: Inverting an image's luminance turns every gradient by 180 degrees: the DoG extrema stay where they
+#: were (a maximum becomes a minimum of the same strength) and the keypoint's orientation turns by 180
+#: degrees too, so relative to it every gradient keeps its angle while the sample grid turns half a
+#: circle: cell (r, c) becomes cell (3 - r, 3 - c), bins unchanged. Descriptor ``d`` of the inverted
+#: image is ``d[INVERTED_ORDER]`` (checked to float precision on OpenCV's SIFT, tests/kyb/test_features.py).
+INVERTED_ORDER = np.array([((3 - r) * 4 + (3 - c)) * 8 + b for r in range(4) for c in range(4) for b in range(8)])
+
+
+def invert_polarity(descriptors: np.ndarray) -> np.ndarray:
+    """The (RootSIFT or SIFT) descriptors the same keypoints have in the luminance-inverted image.
+
+    A permutation, so it commutes with RootSIFT's L1 normalisation and square root: a photo is searched
+    in both polarities (a black-on-white logo printed white on a black shirt) without a second extraction.
+    """
+    if descriptors.ndim != 2 or descriptors.shape[1] != INVERTED_ORDER.size:
+        raise ValueError(f"descriptors must be (N, {INVERTED_ORDER.size}), got {descriptors.shape}")
+    return descriptors[:, INVERTED_ORDER]
 
 
 def _detector(max_features: int, contrast_threshold: float) -> cv2.SIFT:

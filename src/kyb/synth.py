@@ -35,6 +35,8 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "MERCH_MEDIA",
+    "MerchStyle",
     "Placement",
     "RenderedScene",
     "SampleAlbum",
@@ -46,6 +48,8 @@ __all__ = [
     "draw_album_cover",
     "draw_background",
     "draw_logo",
+    "draw_merch",
+    "draw_merch_photo",
     "make_bands",
     "place_references",
     "project_points",
@@ -1753,6 +1757,174 @@ def warp_reference(
     canvas[...] = fill
     _warp_into(canvas, ref, hm)
     return canvas, hm
+
+
+# --------------------------------------------------------------------------------------------------------
+# Merch: a logo printed on a shirt, a patch, a poster or a sticker, in either polarity
+# --------------------------------------------------------------------------------------------------------
+
+#: Where a print is photographed. A shirt and a patch are fabric (they fold); a poster and a sticker are
+#: paper and vinyl (flat, a sticker with a glossy die-cut border).
+MERCH_MEDIA = ("shirt", "patch", "poster", "sticker")
+
+
+@dataclass(frozen=True)
+class MerchStyle:
+    """How one merch photo is made (see :func:`draw_merch_photo`).
+
+    ``inverted``: the print's luminance is the reference's inverted (a black-on-white logo printed in
+    white ink on a black shirt). ``folds``: how strongly the fabric is folded and wrinkled (0 = flat;
+    1 = a shirt worn or lying crumpled), displacing the print and shading it. ``medium``: one of
+    :data:`MERCH_MEDIA`. ``print_scale``: the print's longer side as a fraction of the photo's shorter
+    side. ``size``: the photo, (width, height). Geometry and camera effects follow ``scene``.
+    """
+
+    inverted: bool = False
+    folds: float = 0.0
+    medium: str = "shirt"
+    print_scale: tuple[float, float] = (0.35, 0.6)
+    size: tuple[int, int] = (1024, 768)
+    scene: SceneStyle = SceneStyle(perspective=0.12, rotation_deg=15.0, occlusion=0.0, glare=0.0, shadow=0.25)
+
+    def __post_init__(self) -> None:
+        if self.medium not in MERCH_MEDIA:
+            raise ValueError(f"medium must be one of {MERCH_MEDIA}, not {self.medium!r}")
+
+
+def _print_levels(reference: np.ndarray, inverted: bool) -> tuple[np.ndarray, float]:
+    """The reference's luminance as a print's levels in [0, 1] (0 = the darker colour), inverted when
+    asked, and the level of its background (its border's median): the colour of the fabric around it."""
+    gray = cv2.cvtColor(reference, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
+    levels = 1.0 - gray if inverted else gray
+    border = np.concatenate([levels[0], levels[-1], levels[:, 0], levels[:, -1]])
+    return levels, float(np.median(border))
+
+
+def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A dark and a light colour (garment and ink, whichever way round), float32 BGR."""
+    hue = rng.uniform(0, 360)
+    dark = _hsv(hue, rng.uniform(0.0, 0.7), rng.uniform(0.04, 0.22))
+    light = _hsv(rng.uniform(0, 360), rng.uniform(0.0, 0.35), rng.uniform(0.78, 0.97))
+    return np.array(dark, np.float32), np.array(light, np.float32)
+
+
+def _fold_field(rng: np.random.Generator, h: int, w: int, strength: float) -> np.ndarray:
+    """A height field of folds and wrinkles, float32 (h, w) in pixels: a few long ridges (where cloth
+    buckles) on soft undulation; ``strength`` scales their height."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    height = (_noise(rng, h, w, cells=2.5, octaves=3) - 0.5) * 18.0
+    for _ in range(int(rng.integers(3, 8))):
+        angle = rng.uniform(0, np.pi)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        across = (xs - cx) * math.sin(angle) - (ys - cy) * math.cos(angle)
+        along = (xs - cx) * math.cos(angle) + (ys - cy) * math.sin(angle)
+        bend = rng.normal(0, 0.0015) * along**2  # ridges are not straight
+        width = rng.uniform(0.02, 0.07) * max(h, w)
+        reach = rng.uniform(0.25, 0.7) * max(h, w)
+        height += rng.uniform(8, 26) * np.exp(-(((across - bend) / width) ** 2) - (along / reach) ** 2)
+    return height * np.float32(strength)
+
+
+def _fold(image: np.ndarray, height: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``image`` as printed on cloth with ``height``: the print slides with the folds (their slope) and
+    is shaded by a light from one side, darker in the creases."""
+    h, w = height.shape
+    gy, gx = np.gradient(height)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    shift = 3.0
+    warped = cv2.remap(image, xs + shift * gx * height / 10.0, ys + shift * gy * height / 10.0,
+                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    light = rng.uniform(0, 2 * np.pi)
+    slope = gx * math.cos(light) + gy * math.sin(light)
+    crease = cv2.GaussianBlur(height, (0, 0), 6) - cv2.GaussianBlur(height, (0, 0), 30)
+    shade = np.clip(1.0 + 0.9 * slope + 0.012 * crease, 0.35, 1.35)
+    return np.clip(warped.astype(np.float32) * shade[..., None], 0, 255).astype(np.uint8)
+
+
+def _weave(rng: np.random.Generator, h: int, w: int, amount: float) -> np.ndarray:
+    """Multiplicative thread texture around 1, float32 (h, w)."""
+    threads = rng.random((h, w), dtype=np.float32)
+    threads = 0.5 * cv2.blur(threads, (7, 1)) + 0.5 * cv2.blur(threads, (1, 7))
+    return 1.0 + amount * (threads - 0.5)
+
+
+def draw_merch(
+    reference: np.ndarray, rng: np.random.Generator, style: MerchStyle = MerchStyle()
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reference printed on ``style.medium``: the item's image (BGR uint8) and the print's corners
+    in it (float32 (4, 2), TL TR BR BL), before it is photographed.
+
+    A print reproduces the reference's luminance between two colours (a dark garment and light ink or
+    the other way round; with ``style.inverted`` the levels are flipped), and the medium around the
+    print takes the colour of the reference's background, as ink on cloth does.
+    """
+    levels, background = _print_levels(reference, style.inverted)
+    rh, rw = levels.shape
+    dark, light = _two_colours(rng)
+    margin = {"shirt": 0.45, "patch": 0.1, "poster": 0.12, "sticker": 0.07}[style.medium]
+    pad_x, pad_y = round(margin * rw) + 4, round(margin * rh * (2.2 if style.medium == "shirt" else 1.0)) + 4
+    h, w = rh + 2 * pad_y, rw + 2 * pad_x
+    canvas_levels = np.full((h, w), background, np.float32)
+    canvas_levels[pad_y : pad_y + rh, pad_x : pad_x + rw] = levels
+    item = dark[None, None, :] + (light - dark)[None, None, :] * canvas_levels[..., None]
+    if style.medium in ("shirt", "patch"):
+        item *= _weave(rng, h, w, 0.12 if style.medium == "shirt" else 0.2)[..., None]
+    else:
+        item *= (0.96 + 0.08 * _noise(rng, h, w, cells=6, octaves=3))[..., None]
+    item = np.clip(item, 0, 255).astype(np.uint8)
+    if style.medium == "patch":  # a stitched border
+        colour = tuple(int(v) for v in (light if background < 0.5 else dark))
+        cv2.rectangle(item, (3, 3), (w - 4, h - 4), colour, max(3, round(0.03 * min(h, w))), cv2.LINE_AA)
+    elif style.medium == "sticker":  # a white die-cut border
+        cv2.rectangle(item, (0, 0), (w - 1, h - 1), (245, 245, 245), max(4, round(0.05 * min(h, w))))
+    if style.folds > 0 and style.medium in ("shirt", "patch"):
+        strength = style.folds * (1.0 if style.medium == "shirt" else 0.35)
+        item = _fold(item, _fold_field(rng, h, w, strength), rng)
+    corners = reference_corners(rw, rh) + np.array([pad_x, pad_y], np.float32)
+    return item, corners
+
+
+def draw_merch_photo(
+    reference: np.ndarray | None,
+    rng: np.random.Generator,
+    style: MerchStyle = MerchStyle(),
+    *,
+    background: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A phone photo of ``reference`` printed as ``style`` says, in a cluttered scene (``background``,
+    else a drawn one): BGR uint8 and the print's quad in the photo (float32 (4, 2), TL TR BR BL).
+
+    With ``reference`` None it is the same kind of photo of a blank item (no print): a photo that holds
+    no logo, for false accepts.
+    """
+    if reference is None:
+        blank = np.full((240, 480, 3), 200 if rng.random() < 0.5 else 40, np.uint8)
+        item, corners = draw_merch(blank, rng, style)
+    else:
+        item, corners = draw_merch(reference, rng, style)
+    w, h = style.size
+    if background is None:
+        scene = draw_background(rng, (w, h))
+    else:
+        scene = cv2.resize(background, (w, h), interpolation=cv2.INTER_AREA)
+    ih, iw = item.shape[:2]
+    print_side = float(max(np.ptp(corners[:, 0]), np.ptp(corners[:, 1])))
+    item_side = rng.uniform(*style.print_scale) * min(w, h) * max(iw, ih) / max(print_side, 1.0)
+    item_side = min(item_side, 0.97 * math.hypot(w, h))
+    for _ in range(40):
+        hm = random_homography((iw, ih), rng, longer_side=item_side, rotation_deg=style.scene.rotation_deg,
+                               perspective=style.scene.perspective, center=(w / 2, h / 2))  # fmt: skip
+        quad = project_points(hm, corners)
+        lo, hi = quad.min(axis=0), quad.max(axis=0)
+        if hi[0] - lo[0] < w - 8 and hi[1] - lo[1] < h - 8:  # the print fits; the item may run off the edges
+            dx = rng.uniform(4 - lo[0], w - 4 - hi[0])
+            dy = rng.uniform(4 - lo[1], h - 4 - hi[1])
+            hm = _translation(dx, dy) @ hm
+            break
+        item_side *= 0.9
+    _warp_into(scene, item, hm, shadow=style.scene.shadow)
+    photo = degrade_image(scene, rng, style.scene)
+    return photo, None if reference is None else project_points(hm, corners)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ class QueryFeatures:
     image_size: tuple[int, int]  # width, height at search size
     augmented: np.ndarray  # (N, d + 1) float32
     words: np.ndarray | None = None  # (N,) or (N, k) int, the codebook's fine words, nearest first
+    inverted: np.ndarray | None = None  # (N,) bool: rows describing the luminance-inverted photo
 
     @property
     def descriptors(self) -> np.ndarray:
@@ -43,7 +44,12 @@ class QueryFeatures:
 
     @classmethod
     def build(
-        cls, xy: np.ndarray, descriptors: np.ndarray, image_size: tuple[int, int], words: np.ndarray | None = None
+        cls,
+        xy: np.ndarray,
+        descriptors: np.ndarray,
+        image_size: tuple[int, int],
+        words: np.ndarray | None = None,
+        inverted: np.ndarray | None = None,
     ) -> QueryFeatures:
         augmented = np.ones((descriptors.shape[0], descriptors.shape[1] + 1), dtype=np.float32)
         augmented[:, :-1] = descriptors
@@ -53,7 +59,11 @@ class QueryFeatures:
             if words.ndim not in (1, 2) or words.shape[0] != descriptors.shape[0]:
                 n = descriptors.shape[0]
                 raise ValueError(f"words must be ({n},) or ({n}, k), not {words.shape}")
-        return cls(xy.astype(np.float32), (desc * desc).sum(1), image_size, augmented, words)
+        if inverted is not None:
+            inverted = np.asarray(inverted, dtype=bool)
+            if inverted.shape != (descriptors.shape[0],):
+                raise ValueError(f"inverted must be ({descriptors.shape[0]},), not {inverted.shape}")
+        return cls(xy.astype(np.float32), (desc * desc).sum(1), image_size, augmented, words, inverted)
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,8 @@ class Verification:
     inlier_rows: np.ndarray
     spread: float
     score: float
+    #: Most inliers are the photo's inverted twins: the print is in the reference's opposite polarity.
+    inverted: bool = False
 
 
 def match_descriptors(
@@ -240,13 +252,15 @@ def verify(
     if spread < config.min_inlier_spread:
         return None
     score = count / (count + config.min_inliers)
+    inlier_rows = qi[inlier]
     return Verification(
         reference_id=reference.reference_id,
         inliers=count,
         tentative=int(qi.size),
         homography=homography,
         outline=outline.astype(np.float32),
-        inlier_rows=qi[inlier],
+        inlier_rows=inlier_rows,
         spread=float(spread),
         score=float(score),
+        inverted=query.inverted is not None and bool(query.inverted[inlier_rows].mean() > 0.5),
     )

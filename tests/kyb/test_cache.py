@@ -100,6 +100,23 @@ def test_a_photos_near_words_round_trip_and_references_stay_without() -> None:
         unpack_encoding(pack_encoding(wrong))
 
 
+def test_a_photos_inverted_rows_round_trip_with_or_without_near_words() -> None:
+    plain = _encoding(30)
+    inverted = np.arange(30) >= 15
+    near = np.stack([plain.words, np.roll(plain.words, 1)], axis=1)
+    for near_words in (None, near):
+        photo = dataclasses.replace(plain, near_words=near_words, inverted=inverted)
+        back = unpack_encoding(pack_encoding(photo))
+        assert back.inverted is not None and back.inverted.dtype == bool
+        assert np.array_equal(back.inverted, inverted)
+        assert back.near_words is not None  # one near word each (the words) when there were none
+        assert np.array_equal(back.near_words[:, 0], plain.words)
+    assert unpack_encoding(pack_encoding(plain)).inverted is None
+    wrong = dataclasses.replace(plain, inverted=inverted[:-1])
+    with pytest.raises(CacheFormatError, match="different numbers"):
+        unpack_encoding(pack_encoding(wrong))
+
+
 def test_corrupt_or_foreign_values_are_refused() -> None:
     data = bytearray(pack_encoding(_encoding(20)))
     for broken in (b"", b"KYBE", bytes(data[:-10]), b"x" * len(data)):

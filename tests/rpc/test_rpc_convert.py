@@ -97,6 +97,19 @@ def test_near_words_travel_only_when_there():
         encoding_from_proto(message)
 
 
+def test_inverted_rows_travel_only_when_there():
+    encoding = _encoding()
+    assert not encoding_to_proto(encoding).HasField("inverted")
+    assert encoding_from_proto(encoding_to_proto(encoding)).inverted is None
+    inverted = np.arange(len(encoding)) % 2 == 1
+    photo = dataclasses.replace(encoding, inverted=inverted)
+    back = encoding_from_proto(encoding_to_proto(photo)).inverted
+    assert back is not None and back.dtype == bool and np.array_equal(back, inverted)
+    message = encoding_to_proto(dataclasses.replace(encoding, inverted=inverted[:3]))
+    with pytest.raises(InvalidRequest, match="inverted"):
+        encoding_from_proto(message)
+
+
 def test_inconsistent_encoding_is_refused():
     message = encoding_to_proto(_encoding())
     message.words.CopyFrom(pack_array(np.zeros(5, np.int32)))

@@ -99,6 +99,7 @@ def encoding_to_proto(encoding: Encoding) -> common_pb2.Encoding:
         scale=float(encoding.scale),
         codebook_version=encoding.codebook_version,
         near_words=None if encoding.near_words is None else pack_array(np.asarray(encoding.near_words, dtype=np.int32)),
+        inverted=None if encoding.inverted is None else pack_array(np.asarray(encoding.inverted, dtype=np.uint8)),
     )
 
 
@@ -111,7 +112,12 @@ def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding")
     near_words = None
     if message.HasField("near_words"):
         near_words = unpack_array(message.near_words, name=f"{name}.near_words", dtype="int32", ndim=2)
+    inverted = None
+    if message.HasField("inverted"):
+        inverted = unpack_array(message.inverted, name=f"{name}.inverted", dtype="uint8", ndim=1).astype(bool)
     count = xy.shape[0]
+    if inverted is not None and inverted.shape[0] != count:
+        raise InvalidRequest(f"{name}: inverted {list(inverted.shape)} must be ({count},)")
     if xy.shape[1] != 2 or descriptors.shape[0] != count or words.shape[0] != count:
         raise InvalidRequest(
             f"{name}: xy {list(xy.shape)}, descriptors {list(descriptors.shape)} and words "
@@ -134,6 +140,7 @@ def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding")
         scale=float(message.scale),
         codebook_version=message.codebook_version,
         near_words=near_words,
+        inverted=inverted,
     )
 
 
@@ -304,6 +311,7 @@ def verification_to_proto(result: Verification) -> matcher_pb2.VerifiedMatch:
         tentative=int(result.tentative),
         homography=pack_array(np.asarray(result.homography, dtype=np.float64)),
         spread=float(result.spread),
+        inverted=bool(result.inverted),
     )
 
 
@@ -329,6 +337,7 @@ def verification_from_proto(message: matcher_pb2.VerifiedMatch, count: int, *, n
         inlier_rows=rows,
         spread=float(message.spread),
         score=float(message.score),
+        inverted=bool(message.inverted),
     )
 
 

@@ -71,7 +71,7 @@ class RawImage(_message.Message):
     def __init__(self, rgb: _Optional[_Union[PackedArray, _Mapping]] = ..., scale: _Optional[float] = ..., original_width: _Optional[int] = ..., original_height: _Optional[int] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Encoding(_message.Message):
-    __slots__ = ("xy", "descriptors", "words", "global_vector", "region_width", "region_height", "origin_x", "origin_y", "scale", "codebook_version", "near_words")
+    __slots__ = ("xy", "descriptors", "words", "global_vector", "region_width", "region_height", "origin_x", "origin_y", "scale", "codebook_version", "near_words", "inverted")
     XY_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
     WORDS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class Encoding(_message.Message):
     SCALE_FIELD_NUMBER: _ClassVar[int]
     CODEBOOK_VERSION_FIELD_NUMBER: _ClassVar[int]
     NEAR_WORDS_FIELD_NUMBER: _ClassVar[int]
+    INVERTED_FIELD_NUMBER: _ClassVar[int]
     xy: PackedArray
     descriptors: PackedArray
     words: PackedArray
@@ -94,7 +95,8 @@ class Encoding(_message.Message):
     scale: float
     codebook_version: str
     near_words: PackedArray
-    def __init__(self, xy: _Optional[_Union[PackedArray, _Mapping]] = ..., descriptors: _Optional[_Union[PackedArray, _Mapping]] = ..., words: _Optional[_Union[PackedArray, _Mapping]] = ..., global_vector: _Optional[_Union[PackedArray, _Mapping]] = ..., region_width: _Optional[float] = ..., region_height: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., scale: _Optional[float] = ..., codebook_version: _Optional[str] = ..., near_words: _Optional[_Union[PackedArray, _Mapping]] = ...) -> None: ...
+    inverted: PackedArray
+    def __init__(self, xy: _Optional[_Union[PackedArray, _Mapping]] = ..., descriptors: _Optional[_Union[PackedArray, _Mapping]] = ..., words: _Optional[_Union[PackedArray, _Mapping]] = ..., global_vector: _Optional[_Union[PackedArray, _Mapping]] = ..., region_width: _Optional[float] = ..., region_height: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., scale: _Optional[float] = ..., codebook_version: _Optional[str] = ..., near_words: _Optional[_Union[PackedArray, _Mapping]] = ..., inverted: _Optional[_Union[PackedArray, _Mapping]] = ...) -> None: ...
 
 class Band(_message.Message):
     __slots__ = ("band_id", "name", "country", "location", "status", "formed_in", "genre", "themes", "label", "years_active", "members", "similar_artists", "links", "logo_url")
@@ -169,7 +171,7 @@ class ReferenceInfo(_message.Message):
     def __init__(self, reference_id: _Optional[str] = ..., sha256: _Optional[str] = ..., kind: _Optional[_Union[Kind, str]] = ..., band_id: _Optional[str] = ..., album_id: _Optional[str] = ..., source: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., size_bytes: _Optional[int] = ..., regions: _Optional[_Iterable[_Union[Box, _Mapping]]] = ..., created_at: _Optional[float] = ..., shard: _Optional[str] = ...) -> None: ...
 
 class Match(_message.Message):
-    __slots__ = ("reference_id", "kind", "band_id", "album_id", "score", "inliers", "outline", "shard", "band", "album")
+    __slots__ = ("reference_id", "kind", "band_id", "album_id", "score", "inliers", "outline", "shard", "band", "album", "inverted")
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     BAND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +182,7 @@ class Match(_message.Message):
     SHARD_FIELD_NUMBER: _ClassVar[int]
     BAND_FIELD_NUMBER: _ClassVar[int]
     ALBUM_FIELD_NUMBER: _ClassVar[int]
+    INVERTED_FIELD_NUMBER: _ClassVar[int]
     reference_id: str
     kind: Kind
     band_id: str
@@ -190,7 +193,8 @@ class Match(_message.Message):
     shard: str
     band: Band
     album: Album
-    def __init__(self, reference_id: _Optional[str] = ..., kind: _Optional[_Union[Kind, str]] = ..., band_id: _Optional[str] = ..., album_id: _Optional[str] = ..., score: _Optional[float] = ..., inliers: _Optional[int] = ..., outline: _Optional[_Union[Outline, _Mapping]] = ..., shard: _Optional[str] = ..., band: _Optional[_Union[Band, _Mapping]] = ..., album: _Optional[_Union[Album, _Mapping]] = ...) -> None: ...
+    inverted: bool
+    def __init__(self, reference_id: _Optional[str] = ..., kind: _Optional[_Union[Kind, str]] = ..., band_id: _Optional[str] = ..., album_id: _Optional[str] = ..., score: _Optional[float] = ..., inliers: _Optional[int] = ..., outline: _Optional[_Union[Outline, _Mapping]] = ..., shard: _Optional[str] = ..., band: _Optional[_Union[Band, _Mapping]] = ..., album: _Optional[_Union[Album, _Mapping]] = ..., inverted: _Optional[bool] = ...) -> None: ...
 
 class IdentifiedObject(_message.Message):
     __slots__ = ("kind", "box", "outline", "band", "album", "score", "inliers", "shard", "matches")

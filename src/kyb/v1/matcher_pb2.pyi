@@ -24,7 +24,7 @@ class SearchRequest(_message.Message):
     def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., exclude_reference_ids: _Optional[_Iterable[str]] = ..., skip_reserve: _Optional[bool] = ..., max_candidates: _Optional[int] = ...) -> None: ...
 
 class VerifiedMatch(_message.Message):
-    __slots__ = ("reference_id", "inliers", "score", "outline", "inlier_rows", "tentative", "homography", "spread")
+    __slots__ = ("reference_id", "inliers", "score", "outline", "inlier_rows", "tentative", "homography", "spread", "inverted")
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
     INLIERS_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class VerifiedMatch(_message.Message):
     TENTATIVE_FIELD_NUMBER: _ClassVar[int]
     HOMOGRAPHY_FIELD_NUMBER: _ClassVar[int]
     SPREAD_FIELD_NUMBER: _ClassVar[int]
+    INVERTED_FIELD_NUMBER: _ClassVar[int]
     reference_id: str
     inliers: int
     score: float
@@ -41,7 +42,8 @@ class VerifiedMatch(_message.Message):
     tentative: int
     homography: _common_pb2.PackedArray
     spread: float
-    def __init__(self, reference_id: _Optional[str] = ..., inliers: _Optional[int] = ..., score: _Optional[float] = ..., outline: _Optional[_Union[_common_pb2.Outline, _Mapping]] = ..., inlier_rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., tentative: _Optional[int] = ..., homography: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., spread: _Optional[float] = ...) -> None: ...
+    inverted: bool
+    def __init__(self, reference_id: _Optional[str] = ..., inliers: _Optional[int] = ..., score: _Optional[float] = ..., outline: _Optional[_Union[_common_pb2.Outline, _Mapping]] = ..., inlier_rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., tentative: _Optional[int] = ..., homography: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., spread: _Optional[float] = ..., inverted: _Optional[bool] = ...) -> None: ...
 
 class VerifiedObject(_message.Message):
     __slots__ = ("match", "alternatives")
