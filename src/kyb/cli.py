@@ -342,6 +342,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         found = ", ".join(
             f"{(o.best.band or {}).get('name', o.best.band_id)}"
             + (f" / {(o.best.album or {}).get('title')}" if o.best.album else " (logo)")
+            + (" printed inverted" if o.best.inverted else "")
             + f" [{o.best.inliers} inliers]"
             for o in result.objects
         )

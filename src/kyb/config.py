@@ -92,11 +92,12 @@ class FeatureConfig:
     #: the same words): the photo's SIFT already uses every core, and this is the other step of a
     #: photo's encoding that waits on one. References keep one each, ingest encodes them side by side.
     query_assign_threads: int = 2
-    #: A photo is searched in both polarities: every feature gets an inverted twin (the descriptor the
-    #: same keypoint has in the luminance-inverted photo, a permutation of it: no second extraction),
-    #: so a black-on-white reference logo printed white on a black shirt is found (docs/engine.md
-    #: section 2). Costs twice the rows in word assignment, the vote and verification.
-    query_both_polarities: bool = True
+    #: A photo is searched in both polarities: this many of its strongest features also get an inverted
+    #: twin (the descriptor the same keypoint has in the luminance-inverted photo, a permutation of it:
+    #: no second extraction), so a black-on-white reference logo printed white on a black shirt is
+    #: found (docs/engine.md section 2). Each twin is a row more to assign, vote and verify; 0 searches
+    #: the photo as photographed only.
+    query_inverted_features: int = 2500
 
     def __post_init__(self) -> None:
         _check(50 <= self.query_features <= 20000, "features.query_features", "must be in 50..20000")
@@ -110,6 +111,7 @@ class FeatureConfig:
         _check(self.query_near_ratio >= 1.0, "features.query_near_ratio", "must be >= 1")
         _check(4 <= self.query_assign_ef <= 512, "features.query_assign_ef", "must be in 4..512")
         _check(1 <= self.query_assign_threads <= 256, "features.query_assign_threads", "must be in 1..256")
+        _check(0 <= self.query_inverted_features <= 20000, "features.query_inverted_features", "must be in 0..20000")
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class Encoder:
             f"{self.codebook.version}-q{f.query_features}-r{f.reference_features}"
             f"-c{f.contrast_threshold:g}-m{f.min_region_side}-s{f.query_min_side}"
             f"-n{f.query_near_words}x{f.query_near_ratio:g}-e{f.query_assign_ef}-w{f.reference_scale_weight:g}"
-            f"{'-p2' if f.query_both_polarities else ''}"
+            f"-i{f.query_inverted_features}"
         )
 
     def warm_up(self) -> None:
@@ -127,21 +127,22 @@ class Encoder:
         self, features: LocalFeatures, region: Box, *, scale: float = 1.0, photo: bool = False
     ) -> Encoding:
         """The encoding of extracted ``features``; a ``photo``'s also carries its near words and, with
-        ``features.query_both_polarities``, an inverted twin of every feature (rows appended)."""
+        ``features.query_inverted_features``, an inverted twin of its strongest features (rows appended)."""
         count = len(features)
-        twins = photo and self.features.query_both_polarities and count > 0
+        twins = min(count, self.features.query_inverted_features) if photo else 0
         with one_blas_thread():  # small products: a second BLAS thread would only spin (kyb.blas)
             projected = self.codebook.project(features.descriptors)
             global_vector = self.codebook.global_vector(projected)
             if twins:
                 # A light-on-dark print of a dark-on-light reference (or the other way round) matches
-                # the photo's inverted twins: one extraction, twice the rows to assign and verify.
-                projected = np.concatenate([projected, self.codebook.project(invert_polarity(features.descriptors))])
+                # the photo's inverted twins: one extraction, a row more to assign and verify per twin.
+                inverted = self.codebook.project(invert_polarity(features.descriptors[:twins]))
+                projected = np.concatenate([projected, inverted])
             words = self._assign_words(projected, photo=photo)
         single = words.ndim == 1
         xy = features.xy.astype(np.float32)
         return Encoding(
-            xy=np.concatenate([xy, xy]) if twins else xy,
+            xy=np.concatenate([xy, xy[:twins]]) if twins else xy,
             descriptors=self.codebook.quantize(projected),
             words=words if single else np.ascontiguousarray(words[:, 0]),
             near_words=None if single else words,
@@ -150,7 +151,7 @@ class Encoder:
             origin=(region[0], region[1]),
             scale=scale,
             codebook_version=self.codebook.version,
-            inverted=np.arange(2 * count) >= count if twins else None,
+            inverted=np.arange(count + twins) >= count if twins else None,
         )
 
     def encode(self, image: DecodedImage, box: Box | None = None, *, reference: bool = False) -> Encoding:

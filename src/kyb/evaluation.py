@@ -120,7 +120,8 @@ def query_part(gt: GroundTruth) -> dict[str, str]:
     Queries are grouped by label (a brand's photos are split between both parts, so neither part
     lacks a brand the other has), ordered within a group by the sha256 of their path and dealt out
     alternately, each group starting with the part its label's hash picks (a brand with one photo
-    goes to either); distractors are dealt out the same way. Adding photos to a set moves few others.
+    goes to either); distractors are dealt out the same way. A photo added to a set moves only photos
+    of its own label (or distractors), never the rest.
     """
     groups: dict[str, list[str]] = {}
     for q in gt.queries:
@@ -157,7 +158,7 @@ def cache_key(gt: GroundTruth, config: EngineConfig) -> str:
     # and search settings are evaluated against the same cached index.
     features = asdict(config.features)
     query_only = ("query_features", "query_min_side", "query_near_words", "query_near_ratio", "query_assign_ef",
-                  "query_assign_threads", "query_both_polarities")  # fmt: skip
+                  "query_assign_threads", "query_inverted_features")  # fmt: skip
     for name in query_only:
         features.pop(name)
     settings = {

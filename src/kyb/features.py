@@ -22,24 +22,27 @@ class LocalFeatures:
     """Keypoints and descriptors of one image or region.
 
     ``xy`` is (N, 2) float32 pixel coordinates (x right, y down) in the frame the caller asked for;
-    ``size`` is (N,) float32 keypoint diameters in the same frame; ``descriptors`` is (N, 128) float32
-    RootSIFT, each row of unit L2 norm. Rows are ordered best first (by detector response, or
+    ``size`` is (N,) float32 keypoint diameters in the same frame; ``angle`` is (N,) float32 keypoint
+    orientations in degrees (OpenCV's convention); ``descriptors`` is (N, 128) float32 RootSIFT, each
+    row of unit L2 norm. Rows are ordered best first (by detector response, or
     by response x size ** scale_weight, see :func:`extract_rootsift`).
     """
 
     xy: np.ndarray
     size: np.ndarray
     descriptors: np.ndarray
+    angle: np.ndarray
 
     def __len__(self) -> int:
         return int(self.xy.shape[0])
 
     @staticmethod
     def empty() -> LocalFeatures:
-        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0,), np.float32), np.zeros((0, 128), np.float32))
+        none = np.zeros((0,), np.float32)
+        return LocalFeatures(np.zeros((0, 2), np.float32), none, np.zeros((0, 128), np.float32), none)
 
     def take(self, rows: np.ndarray) -> LocalFeatures:
-        return LocalFeatures(self.xy[rows], self.size[rows], self.descriptors[rows])
+        return LocalFeatures(self.xy[rows], self.size[rows], self.descriptors[rows], self.angle[rows])
 
 
 #: SIFT lays its 128 values out as 4 x 4 spatial cells (rows, then columns) of 8 orientation bins.
@@ -111,7 +114,8 @@ def extract_rootsift(
         order = np.argsort([-kp.response for kp in keypoints], kind="stable")[:max_features]
     xy = np.array([keypoints[i].pt for i in order], dtype=np.float32) / factor
     size = np.array([keypoints[i].size for i in order], dtype=np.float32) / factor
+    angle = np.array([keypoints[i].angle for i in order], dtype=np.float32)
     desc = descriptors[order].astype(np.float32)
     desc /= desc.sum(axis=1, keepdims=True) + 1e-7
     np.sqrt(desc, out=desc)
-    return LocalFeatures(xy=xy, size=size, descriptors=desc)
+    return LocalFeatures(xy=xy, size=size, descriptors=desc, angle=angle)

@@ -1940,15 +1940,18 @@ def write_demo_set(
     seed: int = 0,
     objects_per_photo: tuple[int, int] = (1, 3),
     n_no_match_photos: int = 1,
+    n_merch_photos: int = 1,
 ) -> Path:
     """Write a complete sample data set to ``out_dir`` and return it.
 
     Layout: ``references/<band_id>_logo.jpg`` and ``references/<album_id>.jpg`` (JPEG quality 95),
     ``photos/p000.jpg``... (1-3 references each, ``objects_per_photo`` inclusive) and
-    ``photos/nomatch_000.jpg``... (background only), ``catalog.json`` (bands, albums, references) and
-    ``gt.json`` (the project's evaluation format: database, labels, queries with positives and exact
-    object quads/boxes, distractor queries). All paths in the JSON files are relative to ``out_dir``.
-    Each image gets its own seeded generator, so the files are reproducible byte for byte.
+    ``photos/nomatch_000.jpg``... (background only), ``photos/shirt_000.jpg``... (a band's logo printed
+    inverted on a folded shirt, as merch mostly shows a logo: :func:`draw_merch_photo`), ``catalog.json``
+    (bands, albums, references) and ``gt.json`` (the project's evaluation format: database, labels,
+    queries with positives and exact object quads/boxes, distractor queries). All paths in the JSON
+    files are relative to ``out_dir``. Each image gets its own seeded generator, so the files are
+    reproducible byte for byte.
     """
     out_dir = Path(out_dir)
     (out_dir / "references").mkdir(parents=True, exist_ok=True)
@@ -2001,6 +2004,19 @@ def write_demo_set(
             positives.append(ref_rel)
             objects.append({"reference": ref_rel, **{k2: v for k2, v in p.to_dict().items() if k2 != "ref_index"}})
         queries.append({"query": rel, "positives": positives, "objects": objects})
+
+    for mi in range(n_merch_photos):
+        merch_rng = np.random.default_rng([seed, 4, mi])
+        band = bands[int(merch_rng.integers(len(bands)))]
+        ref_rel = f"references/{band.band_id}_logo.jpg"
+        style = MerchStyle(inverted=True, folds=0.8, medium="shirt", print_scale=(0.35, 0.5))
+        photo, quad = draw_merch_photo(ref_images[ref_paths.index(ref_rel)], merch_rng, style)
+        rel = f"photos/shirt_{mi:03d}.jpg"
+        cv2.imwrite(str(out_dir / rel), photo, jpeg95)
+        assert quad is not None
+        objects = [{"reference": ref_rel, "quad": [[round(float(x), 2), round(float(y), 2)] for x, y in quad],
+                    "box": list(quad_box(quad, style.size)), "inverted": True}]  # fmt: skip
+        queries.append({"query": rel, "positives": [ref_rel], "objects": objects})
 
     distractors: list[str] = []
     for ni in range(n_no_match_photos):

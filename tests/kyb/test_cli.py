@@ -29,6 +29,8 @@ def test_demo_runs_the_main_job(tmp_path: Path, capsys: pytest.CaptureFixture[st
     code, out, _ = _run(capsys, "demo", "--dir", str(tmp_path / "demo"), "--bands", "4", "--photos", "3")
     assert code == 0
     assert "expected:" in out and "top-1" in out and "false accepts" in out
+    shirt = out.split("photos/shirt_000.jpg: ")[1].splitlines()[0]
+    assert "(logo) printed inverted" in shirt  # a logo printed in the opposite polarity is found
     top1 = float(next(line.split()[-1] for line in out.splitlines() if line.startswith("top-1")))
     assert top1 >= 0.5  # drawn photos of drawn references: most are found
 
@@ -54,6 +56,10 @@ def test_ingest_identify_draw_eval(demo_dir: Path, tmp_path: Path, capsys: pytes
     # Drawn references are all different pictures: no look-alikes, so the two top-1 figures agree.
     assert report["lookalike_pairs"] == 0 and report["top1_up_to_lookalikes"] == report["top1"]
     assert len(list((tmp_path / "cache").glob("*/lookalikes.json"))) == 1
+
+    code, out, _ = _run(capsys, "eval", str(demo_dir), "--cache", str(tmp_path / "cache"), "--json", "--split", "test")
+    tested = json.loads(out)
+    assert code == 0 and tested["split"] == "test" and 0 < tested["queries"] < len(gt["queries"])
 
 
 def test_exit_codes_and_one_line_errors(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -51,7 +51,7 @@ def test_a_photo_encodes_an_inverted_twin_of_every_feature(engine: Engine, libra
     assert np.array_equal(encoding.xy[:n], encoding.xy[n:])
     reference = engine.encoder.encode(decoded, reference=True)
     assert reference.inverted is None
-    off = dataclasses.replace(library.config.features, query_both_polarities=False)
+    off = dataclasses.replace(library.config.features, query_inverted_features=0)
     with Engine(library.config.replace(features=off)) as plain:
         single = plain.encoder.encode(decoded)
     assert single.inverted is None and len(single) == n
@@ -67,7 +67,7 @@ def test_a_logo_printed_inverted_is_found_with_its_outline(
     outlined, and reported as inverted; searched as photographed only, most are not found at all. One
     faint logo (dark grey on black) may be lost, as it is in some photos of its own polarity."""
     found = found_as_is = 0
-    off = dataclasses.replace(library.config.features, query_both_polarities=False)
+    off = dataclasses.replace(library.config.features, query_inverted_features=0)
     with Engine(library.config.replace(features=off)) as as_is:
         for i, (name, logo) in enumerate(library.logos.items()):
             rng = np.random.default_rng([5, i, int(folds * 10)])

@@ -298,7 +298,10 @@ def test_write_demo_set(tmp_path: Path) -> None:
     assert gt["database"] == [r["image"] for r in catalog["references"]]
     assert set(gt["labels"]) == set(gt["database"])
     assert all(" — " in label for label in gt["labels"].values())
-    assert len(gt["queries"]) == 6 and len(gt["distractor_queries"]) == 1
+    assert len(gt["queries"]) == 7 and len(gt["distractor_queries"]) == 1
+    shirts = [q for q in gt["queries"] if q["query"].startswith("photos/shirt_")]
+    assert len(shirts) == 1 and shirts[0]["objects"][0]["inverted"]
+    assert shirts[0]["positives"][0].endswith("_logo.jpg")
     for q in gt["queries"]:
         photo = cv2.imread(str(out / q["query"]))
         assert photo is not None and photo.shape == (768, 1024, 3)
