@@ -6,7 +6,7 @@ The encoder is the one place where pixels become numbers; the index and the veri
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -213,9 +213,21 @@ def extract_region(
     return extracted, used
 
 
+#: A reference region that yields fewer than MIN_REFERENCE_FEATURES keypoints is extracted again at
+#: half the contrast threshold, down to this share of features.contrast_threshold: a plain mark (a
+#: silhouette, a single-colour word on a flat box) has edges and corners that a photo of it shows too,
+#: only faint ones, and without them it cannot be found at all.
+LOW_CONTRAST_FLOOR = 0.25
+
+
 def extract_reference(image: DecodedImage, box: Box | None, features: FeatureConfig) -> tuple[LocalFeatures, Box]:
-    """:func:`extract_region` for a reference; InvalidRequest when it is too featureless to index."""
+    """:func:`extract_region` for a reference, at a lower contrast threshold when it is nearly featureless
+    (:data:`LOW_CONTRAST_FLOOR`); InvalidRequest when it is still too featureless to index."""
     extracted, used = extract_region(image, box, features, reference=True)
+    threshold = features.contrast_threshold
+    while len(extracted) < MIN_REFERENCE_FEATURES and threshold / 2 >= LOW_CONTRAST_FLOOR * features.contrast_threshold:
+        threshold /= 2
+        extracted, used = extract_region(image, box, replace(features, contrast_threshold=threshold), reference=True)
     if len(extracted) < MIN_REFERENCE_FEATURES:
         where = "image" if box is None else f"region {[round(v) for v in box]}"
         raise InvalidRequest(f"featureless {where}: fewer than {MIN_REFERENCE_FEATURES} keypoints, nothing to match")

@@ -40,7 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Bump when indexing changes in a way the cache key would not see.
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 
 
 @dataclass(frozen=True)

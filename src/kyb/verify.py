@@ -83,7 +83,7 @@ class Verification:
     inlier_rows: np.ndarray
     spread: float
     score: float
-    #: Most inliers are the photo's inverted twins: the print is in the reference's opposite polarity.
+    #: The inliers are the photo's inverted twins: the print is in the reference's opposite polarity.
     inverted: bool = False
 
 
@@ -92,8 +92,11 @@ def match_descriptors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one ratio-test matches from photo features (``rows`` of them, or all) to ``reference``.
 
-    ``reference`` is (M, d) float32. Returns (photo rows, reference rows). Each reference feature keeps
-    only its closest photo feature, so a repeated pattern in the photo cannot vote many times.
+    ``reference`` is (M, d) float32. Returns (photo rows, reference rows), as-is rows first and then
+    inverted twins (:attr:`QueryFeatures.inverted`). Each reference feature keeps only its closest
+    photo feature of each polarity, so a repeated pattern in the photo cannot vote many times, and a
+    twin that lies closer by chance cannot take a reference feature's match away from its true
+    correspondence in the other polarity.
     """
     if reference.shape[0] < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -118,11 +121,34 @@ def match_descriptors(
     qi, ri, dist = q_rows[good], nearest[good], best[good]
     if qi.size == 0:
         return qi, ri
-    order = np.lexsort((dist, ri))  # by reference row, closest first
-    ri_sorted = ri[order]
-    first = np.r_[True, ri_sorted[1:] != ri_sorted[:-1]]
+    polarity = np.zeros(qi.size, np.int64) if query.inverted is None else query.inverted[qi].astype(np.int64)
+    order = np.lexsort((dist, ri, polarity))  # by polarity, then reference row, closest first
+    key = polarity[order] * reference.shape[0] + ri[order]
+    first = np.r_[True, key[1:] != key[:-1]]
     keep = order[first]
     return qi[keep], ri[keep]
+
+
+def _fit(
+    query: QueryFeatures, reference: ReferenceFeatures, qi: np.ndarray, ri: np.ndarray, config: SearchConfig, need: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """The homography of matches (photo rows ``qi``, reference rows ``ri``) with the most distinct
+    inliers, fitted to each polarity's matches on its own (a print is in one polarity: mixed, the
+    other's chance matches only dilute RANSAC's sample). (H, qi, ri, inlier mask, count) of the
+    polarity that won, or None when no polarity has ``need`` matches or a fit."""
+    groups = [slice(None)]
+    if query.inverted is not None and qi.size:
+        twin = query.inverted[qi]
+        groups = [np.flatnonzero(~twin), np.flatnonzero(twin)]
+    best = None
+    for group in groups:
+        q, r = qi[group], ri[group]
+        if q.size < need:
+            continue
+        fit = _homography(reference.xy[r].astype(np.float32), query.xy[q].astype(np.float32), config)
+        if fit is not None and (best is None or fit[2] > best[4]):
+            best = (fit[0], q, r, fit[1], fit[2])
+    return best
 
 
 def _convex_quad(quad: np.ndarray) -> bool:
@@ -203,10 +229,8 @@ def worth_verifying(
     if shared.size < need:
         return False
     qi, ri = match_descriptors(query, ref_descriptors, config.prefilter_ratio, shared)
-    if qi.size < need:
-        return False
-    fit = _homography(reference.xy[ri].astype(np.float32), query.xy[qi].astype(np.float32), config)
-    return fit is not None and fit[2] >= need
+    fit = _fit(query, reference, qi, ri, config, need)
+    return fit is not None and fit[4] >= need
 
 
 def verify(
@@ -224,15 +248,12 @@ def verify(
     """
     if not worth_verifying(query, reference, ref_descriptors, config, rows):
         return None
-    qi, ri = match_descriptors(query, ref_descriptors, config.ratio, rows)
-    if qi.size < config.min_inliers:
-        return None
-    src = reference.xy[ri].astype(np.float32)
-    dst = query.xy[qi].astype(np.float32)
-    fit = _homography(src, dst, config)
+    matched_q, matched_r = match_descriptors(query, ref_descriptors, config.ratio, rows)
+    fit = _fit(query, reference, matched_q, matched_r, config, config.min_inliers)
     if fit is None:
         return None
-    homography, inlier, count = fit
+    homography, qi, ri, inlier, count = fit
+    src = reference.xy[ri].astype(np.float32)
     if count < config.min_inliers:
         return None
     width, height = reference.region_size
@@ -262,5 +283,5 @@ def verify(
         inlier_rows=inlier_rows,
         spread=float(spread),
         score=float(score),
-        inverted=query.inverted is not None and bool(query.inverted[inlier_rows].mean() > 0.5),
+        inverted=query.inverted is not None and bool(query.inverted[inlier_rows].all()),
     )

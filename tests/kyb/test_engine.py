@@ -599,7 +599,7 @@ def test_a_photo_is_assigned_its_words_at_features_query_assign_ef(library: Libr
     codebook = engine.index.codebook
     data, _ = _photo(library, sorted(library.covers)[:2], 84, glare=0.0, occlusion=0.0)
     decoded = decode_image(data, library.config.limits)
-    features = replace(library.config.features, query_near_words=1)
+    features = replace(library.config.features, query_near_words=1, query_inverted_features=0)
     deep = Encoder(codebook, replace(features, query_assign_ef=512))
     shallow = Encoder(codebook, replace(features, query_assign_ef=4))
     assert deep.version != shallow.version
