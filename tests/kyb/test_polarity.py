@@ -117,3 +117,45 @@ def test_no_logo_merch_stays_unmatched_in_either_polarity(engine: Engine) -> Non
             style = synth.MerchStyle(inverted=inverted, folds=float(i % 2), medium=synth.MERCH_MEDIA[i])
             photo, _ = synth.draw_merch_photo(stranger if i % 2 == 0 else None, rng, style)
             assert not engine.identify(encode_jpeg(photo)).objects
+
+
+def _plain_mark(ink: int, paper: int, size: tuple[int, int] = (400, 300)) -> np.ndarray:
+    """Three chevrons of different sizes, a bar, a wedge and two dots in one flat colour: a mark with
+    little texture (a few dozen keypoints, all on its outline)."""
+    w, h = size
+    img = np.full((h, w, 3), paper, np.uint8)
+    colour = (ink, ink, ink)
+    for x0, y0, s in ((40, 70, 1.0), (150, 110, 0.7), (235, 60, 1.3)):
+        pts = np.array([[0, 0], [50, 70], [0, 140], [25, 140], [75, 70], [25, 0]]) * s + (x0, y0)
+        cv2.fillPoly(img, [pts.round().astype(np.int32)], colour, cv2.LINE_AA)
+    cv2.rectangle(img, (40, 240), (250, 262), colour, -1, cv2.LINE_AA)
+    cv2.circle(img, (345, 250), 22, colour, -1, cv2.LINE_AA)
+    cv2.fillPoly(img, [np.array([[300, 180], [380, 200], [330, 215]], np.int32)], colour, cv2.LINE_AA)
+    cv2.circle(img, (190, 40), 12, colour, -1, cv2.LINE_AA)
+    return img
+
+
+def test_a_faint_low_texture_mark_is_indexed_and_found(tmp_path: Path, library: Library) -> None:
+    """A catalog's washed-out scan of a plain mark (12 grey levels of contrast: no keypoint at the
+    usual contrast threshold) is indexed at a lower threshold, and a crisp print of it, in either
+    polarity, is found."""
+    faded = _plain_mark(188, 200)
+    gray = cv2.cvtColor(faded, cv2.COLOR_BGR2GRAY)
+    assert len(extract_rootsift(gray, max_features=450, contrast_threshold=library.config.features.contrast_threshold)) == 0
+    config = make_config(tmp_path)
+    with Engine(config) as engine:
+        library.seed_catalog(engine)
+        band = library.bands[0].band_id
+        items = [*library.items(), IngestItem("mark.png", "logo", band, data=encode_png(faded))]
+        outcomes = engine.ingest(items)
+        assert all(o.status == "added" for o in outcomes), [o.message for o in outcomes if o.status != "added"]
+        crisp = _plain_mark(30, 235)
+        for inverted in (False, True):
+            rng = np.random.default_rng([21, inverted])
+            style = synth.MerchStyle(inverted=inverted, medium="poster", print_scale=(0.5, 0.6))
+            photo, quad = synth.draw_merch_photo(crisp, rng, style)
+            result = engine.identify(encode_jpeg(photo))
+            assert result.objects, f"inverted={inverted}: not found"
+            best = result.objects[0].best
+            assert best.band_id == band and best.inverted == inverted
+            assert _iou(np.array(best.outline), quad) > 0.6
