@@ -161,8 +161,11 @@ class SearchConfig:
     verify_top: int = 40
     #: When none of the first verify_top candidates verifies, keep going down the shortlist to this many.
     #: Cheap since the first look rejects most strangers: a blurred or steeply tilted cover can rank
-    #: past 100 in both lists (docs/engine.md, "Deeper reserve").
-    verify_max: int = 400
+    #: past 100 in both lists (docs/engine.md, "Deeper reserve"). Chosen on the tune halves (kyb eval
+    #: --split tune): the deepest accepted match ranked 165th (logos), 25th (landmarks), 15th (covers),
+    #: and 200 instead of 400 lost none there; photos where nothing verifies (most no-logo photos) walk
+    #: the whole depth, which paid for searching both polarities (docs/journal.md, 2026-12-07).
+    verify_max: int = 200
     #: After a verified match, stop round 1's verification after this many misses in a row (later
     #: rounds verify their short list of max(8, verify_top // 4) whole).
     patience: int = 6

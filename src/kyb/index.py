@@ -302,10 +302,11 @@ class VoteMemo:
     """
 
     def __init__(self) -> None:
-        self.photo: PhotoVote | None = None
+        self.photo: tuple[PhotoVote, ...] | None = None  # one vote per polarity searched
         self.references = -1
-        # id(segment) -> (segment, raw vote per row); the segment is held so its id is not reused.
-        self.raw: dict[int, tuple[_Segment, np.ndarray]] = {}
+        # id(segment) -> (segment, raw vote per row for each polarity); the segment is held so its id
+        # is not reused.
+        self.raw: dict[int, tuple[_Segment, list[np.ndarray]]] = {}
 
 
 #: A real vote is at least the smallest weight kept ((ln 4)^2 / sqrt(2,500) for a word repeated over
@@ -554,10 +555,23 @@ class ReferenceIndex:
         words = self._word_votes(query, self._segments, exclude, depth_words, memo)[:depth_words] if depth_words else []
         return RankedLists(global_list, words)
 
-    def photo_vote(self, query: Encoding) -> PhotoVote:
-        """The photo's vote (:class:`PhotoVote`) over this index's current word statistics."""
+    def photo_votes(self, query: Encoding) -> tuple[PhotoVote, ...]:
+        """The photo's vote, or with inverted twins (:attr:`Encoding.inverted`) one vote of the rows as
+        photographed and one of the twins: a print is in one polarity, so a reference scores the
+        better of the two, and the other polarity's chance votes do not add to it."""
+        if query.inverted is None:
+            return (self.photo_vote(query),)
+        twins = np.asarray(query.inverted, dtype=bool)
+        return tuple(self.photo_vote(query, np.flatnonzero(side)) for side in (~twins, twins))
+
+    def photo_vote(self, query: Encoding, rows: np.ndarray | None = None) -> PhotoVote:
+        """The photo's vote (:class:`PhotoVote`) over this index's current word statistics, with its
+        features ``rows`` only when given."""
         n = max(1, len(self._where))
         words = np.asarray(query.words, dtype=np.int64)
+        descriptors = np.asarray(query.descriptors)
+        if rows is not None:
+            words, descriptors = words[rows], descriptors[rows]
         # idf weighting already discounts common words; only words in over a quarter of the
         # references are dropped outright (they vote for nearly everything and cost the most).
         df = self._df[words]
@@ -567,7 +581,7 @@ class ReferenceIndex:
         repeats = np.unique(words, return_counts=True)[1]
         burst = np.repeat(repeats, repeats)  # words are sorted: each run is one word
         weights = np.log(n / df) ** 2 / np.sqrt(burst)
-        signatures = self.codebook.signatures(np.asarray(query.descriptors)[keep], words)
+        signatures = self.codebook.signatures(descriptors[keep], words)
         return PhotoVote(words, signatures, weights)
 
     def _word_votes(
@@ -579,28 +593,42 @@ class ReferenceIndex:
         memo: VoteMemo | None = None,
     ) -> list[tuple[str, float]]:
         n = max(1, len(self._where))
-        photo = self.photo_vote(query)
-        if memo is not None and (memo.photo is None or memo.references != n):
+        photos = self.photo_votes(query)
+        if memo is not None and (memo.photo is None or memo.references != n or len(memo.photo) != len(photos)):
             memo.raw = {}  # first round, or the collection changed (idf moved): vote afresh
-        change = None
+        changes: list[PhotoVote] | None = None
         if memo is not None and memo.raw and memo.photo is not None:
-            change = _vote_change(memo.photo, photo)
+            found = [_vote_change(before, after) for before, after in zip(memo.photo, photos, strict=True)]
             # The update touches the postings of the words whose features changed, voting afresh
             # those of every word kept (df counts postings): take whichever is fewer. After a large
             # cover is found, what is left of the photo can be the smaller side.
-            if change is None or self._df[change.words].sum() > self._df[photo.words].sum():
-                memo.raw, change = {}, None
+            if all(c is not None for c in found):
+                changes = [c for c in found if c is not None]
+                cost = sum(int(self._df[c.words].sum()) for c in changes)
+                if cost > sum(int(self._df[p.words].sum()) for p in photos):
+                    changes = None
+            if changes is None:
+                memo.raw = {}
         table = _similarity_table(self.search_config)
         threshold = self.search_config.hamming_threshold
-        # Each segment votes with the whole photo, or adds the change to its previous round's vote.
-        previous = [memo.raw.get(id(s)) if memo is not None and change is not None else None for s in segments]
-        ballots = [change if before is not None and change is not None else photo for before in previous]
-        raws = _vote_segments(segments, ballots, table, threshold, self.search_config.vote_threads)
+        # Each segment votes with each polarity's whole photo, or adds the change to its previous
+        # round's vote; one (segment, ballot) pair per polarity, all voted in one pass of the pool.
+        previous = [memo.raw.get(id(s)) if memo is not None and changes is not None else None for s in segments]
+        pairs = [
+            (segment, changes[side] if before is not None and changes is not None else photo)
+            for side, photo in enumerate(photos)
+            for segment, before in zip(segments, previous, strict=True)
+        ]
+        flat = _vote_segments([s for s, _ in pairs], [b for _, b in pairs], table, threshold,
+                              self.search_config.vote_threads)  # fmt: skip
         votes = []
-        for segment, raw, before in zip(segments, raws, previous, strict=True):
+        for i, (segment, before) in enumerate(zip(segments, previous, strict=True)):
+            raw_sides = [flat[side * len(segments) + i] for side in range(len(photos))]
             if before is not None:
-                raw += before[1]
-                raw[raw < _VOTE_FLOOR] = 0.0
+                for raw, earlier in zip(raw_sides, before[1], strict=True):
+                    raw += earlier
+                    raw[raw < _VOTE_FLOOR] = 0.0
+            raw = raw_sides[0] if len(raw_sides) == 1 else np.maximum.reduce(raw_sides)
             scores = (raw * segment.inv_sqrt_count).astype(np.float32)
             scores[~segment.alive] = 0.0
             want = min(depth + len(exclude), len(scores))
@@ -609,11 +637,11 @@ class ReferenceIndex:
             top = np.argpartition(-scores, want - 1)[:want] if want < len(scores) else np.arange(len(scores))
             top = top[np.argsort(-scores[top], kind="stable")]
             top = top[scores[top] > 0]
-            votes.append((raw, top, scores[top]))
+            votes.append((raw_sides, top, scores[top]))
         fresh = {id(segment): (segment, vote[0]) for segment, vote in zip(segments, votes, strict=True)}
         results = [(top, scores, seg) for seg, (_, top, scores) in zip(segments, votes, strict=True) if top.size]
         if memo is not None:
-            memo.photo, memo.references, memo.raw = photo, n, fresh
+            memo.photo, memo.references, memo.raw = photos, n, fresh
         if not results:
             return []
         # Merge the segments' winners as arrays and name only the best `depth` (naming every
