@@ -141,7 +141,8 @@ def test_a_faint_low_texture_mark_is_indexed_and_found(tmp_path: Path, library: 
     polarity, is found."""
     faded = _plain_mark(188, 200)
     gray = cv2.cvtColor(faded, cv2.COLOR_BGR2GRAY)
-    assert len(extract_rootsift(gray, max_features=450, contrast_threshold=library.config.features.contrast_threshold)) == 0
+    threshold = library.config.features.contrast_threshold
+    assert len(extract_rootsift(gray, max_features=450, contrast_threshold=threshold)) == 0
     config = make_config(tmp_path)
     with Engine(config) as engine:
         library.seed_catalog(engine)
