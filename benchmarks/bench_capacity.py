@@ -71,7 +71,7 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class ShardModel:
-    """Search cost split the way the sharded search splits it (kyb.engine.run_search in the gateway):
+    """Search cost split the way the sharded search splits it (kyb.search.run_search in the gateway):
     every shard computes its shortlist sources (``Matcher.Shortlist``, growing with its size), and the
     merged shortlist is verified once, each shard verifying only its own keys (``Matcher.Verify``)."""
 

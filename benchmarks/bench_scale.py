@@ -73,11 +73,11 @@ from kyb import synth
 from kyb.codebook import Codebook, train_codebook
 from kyb.config import CodebookConfig, FeatureConfig, ImageLimits, SearchConfig, load_config
 from kyb.encoder import Box, Encoder, Encoding, extract_region
-from kyb.engine import search
 from kyb.features import LocalFeatures
 from kyb.heap import retain_freed_heap
 from kyb.imageio import DecodedImage, decode_image
 from kyb.index import ReferenceIndex
+from kyb.search import search
 
 Item = tuple[str, str, Encoding]
 

@@ -1,6 +1,6 @@
 """Merging the answers of several matcher shards (and several photo regions) into one per object.
 
-The rule is the embedded engine's (:func:`kyb.engine.search`): candidates are taken most inliers
+The rule is the embedded engine's (:func:`kyb.search.search`): candidates are taken most inliers
 first; one whose inliers lie at least 30% inside an object already found becomes an alternative
 explanation of that object; one left with fewer than ``min_inliers`` features once the features
 inside the found objects are removed is dropped; otherwise it founds a new object. Each shard's own
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kyb.engine import inside_outline as inside
 from kyb.rpc import outline_from_proto, unpack_array
+from kyb.search import inside_outline as inside
 from kyb.v1 import matcher_pb2
 
 __all__ = ["Candidate", "ShardObject", "inside", "merge_objects", "objects_from_response"]

@@ -38,7 +38,7 @@ import numpy as np
 from kyb.catalog import Catalog, ReferenceImage, open_catalog
 from kyb.detection import expand_box
 from kyb.encoder import Box
-from kyb.engine import reference_id_for, run_search
+from kyb.engine import reference_id_for
 from kyb.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -74,6 +74,7 @@ from kyb.rpc import (
     shard_name,
     status_for,
 )
+from kyb.search import run_search
 from kyb.v1 import (
     common_pb2,
     detector_pb2,

@@ -1,6 +1,6 @@
 """Search across matcher shards in two phases, driven by the embedded engine's own search loop.
 
-:func:`kyb.engine.run_search` asks a :class:`~kyb.engine.CandidateSource` for shortlists and
+:func:`kyb.search.run_search` asks a :class:`~kyb.search.CandidateSource` for shortlists and
 verifications; :class:`ShardedSource` answers from every shard:
 
 * **shortlist** (phase 1, cheap): every shard returns its two scored shortlist sources
@@ -26,10 +26,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from kyb.config import SearchConfig
-from kyb.engine import NOT_INDEXED, FoundObject
 from kyb.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from kyb.index import fuse_ranked, merge_ranked
 from kyb.rpc import one_line, pack_array, ranked_from_proto, verification_from_proto
+from kyb.search import NOT_INDEXED, FoundObject
 from kyb.v1 import common_pb2, matcher_pb2
 from kyb.verify import Verification
 from services.gateway.merge import Candidate, ShardObject
@@ -46,7 +46,7 @@ FanOut = Callable[[Sequence[tuple[Any, str, Any]]], list[Any]]
 
 
 class ShardedSource:
-    """:class:`kyb.engine.CandidateSource` over matcher shards for one photo region."""
+    """:class:`kyb.search.CandidateSource` over matcher shards for one photo region."""
 
     def __init__(
         self,
@@ -146,7 +146,7 @@ class ShardedSource:
 def objects_from_found(
     found: Sequence[FoundObject], feature_xy: np.ndarray, shard_of: dict[str, Any]
 ) -> list[ShardObject]:
-    """:func:`kyb.engine.run_search` objects as the gateway's :class:`ShardObject` s."""
+    """:func:`kyb.search.run_search` objects as the gateway's :class:`ShardObject` s."""
 
     def candidate(result: Verification) -> Candidate:
         rows = np.asarray(result.inlier_rows, dtype=np.int64)

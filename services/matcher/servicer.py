@@ -5,13 +5,13 @@ loads in a background thread after the port opens, so health answers NOT_SERVING
 UNAVAILABLE) until it is in memory; a folder with no index yet is retried every ``matcher.reload_s``
 until one appears, unless ``matcher.codebook_dir`` names an index whose codebook seeds an empty shard
 (a shard just added to a StatefulSet, which ``kyb reshard`` then fills through Add). Search runs
-:func:`kyb.engine.search`, the same code as the embedded engine, so a one-shard deployment answers
+:func:`kyb.search.search`, the same code as the embedded engine, so a one-shard deployment answers
 exactly what ``kyb identify`` answers. Export streams stored references out for ``kyb reshard``.
 
-Across several shards the gateway runs that same search loop itself (:func:`kyb.engine.run_search`)
+Across several shards the gateway runs that same search loop itself (:func:`kyb.search.run_search`)
 and asks the shards for its two steps: Shortlist (this shard's scored shortlist sources, merged by
 the gateway into the global shortlist) and Verify (the keys of that shortlist this shard holds), both
-answered by :class:`kyb.engine.IndexSource`, the code behind Search. So no shard verifies more than
+answered by :class:`kyb.search.IndexSource`, the code behind Search. So no shard verifies more than
 its part of what one index would verify.
 """
 
@@ -29,7 +29,6 @@ import numpy as np
 
 from kyb.blas import one_blas_thread
 from kyb.encoder import Encoding
-from kyb.engine import NOT_INDEXED, IndexSource, search
 from kyb.errors import InvalidRequest, KybError, NotReady, Unavailable
 from kyb.index import ReferenceIndex, has_index, load_codebook, writer_lock
 from kyb.rpc import (
@@ -44,6 +43,7 @@ from kyb.rpc import (
     shard_name,
     verification_to_proto,
 )
+from kyb.search import NOT_INDEXED, IndexSource, search
 from kyb.v1 import matcher_pb2, matcher_pb2_grpc
 
 __all__ = ["MatcherServicer"]

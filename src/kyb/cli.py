@@ -276,7 +276,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- duplicates
 def cmd_duplicates(args: argparse.Namespace) -> int:
-    from kyb.engine import find_duplicates
+    from kyb.duplicates import find_duplicates
     from kyb.index import base_reference_id
 
     engine = _engine(args)

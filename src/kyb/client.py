@@ -7,7 +7,7 @@
         for obj in answer["objects"]:
             print(obj["band"]["name"], obj["score"], obj["outline"])
 
-Answers are plain dicts shaped like the embedded :meth:`kyb.engine.IdentifyResult.to_dict` (plus
+Answers are plain dicts shaped like the embedded :meth:`kyb.results.IdentifyResult.to_dict` (plus
 ``partial`` / ``missing_shards`` and the answering ``shard``), so code can switch between embedded
 and remote. Failures raise the :class:`~kyb.errors.KybError` subclass of the gRPC status
 (InvalidImage -> ``InvalidRequest``, UNAVAILABLE -> ``Unavailable``, ...), with ``.code`` set.

@@ -201,7 +201,7 @@ class SearchConfig:
     #: votes in the caller's thread.
     vote_threads: int = 2
     #: Threads that verify ahead of the caller once a walk down a shortlist is past its first
-    #: kyb.engine.SERIAL_LOOKS candidates (a photo where nothing verifies looks at up to verify_max):
+    #: kyb.search.SERIAL_LOOKS candidates (a photo where nothing verifies looks at up to verify_max):
     #: the same pool as the vote, a few candidates a task. The answers do not change, only when they
     #: are ready; 1 verifies in the caller's thread (a server whose cores are all busy loses nothing).
     verify_threads: int = 2

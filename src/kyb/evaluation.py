@@ -22,7 +22,8 @@ import numpy as np
 from kyb import __version__
 from kyb.catalog import Band
 from kyb.config import CacheConfig, EngineConfig
-from kyb.engine import Engine, IngestItem, IngestOutcome, find_duplicates
+from kyb.duplicates import find_duplicates
+from kyb.engine import Engine, IngestItem, IngestOutcome
 from kyb.errors import InvalidRequest, KybError
 from kyb.index import base_reference_id, current_generation
 
@@ -220,7 +221,7 @@ def lookalike_references(
     engine: Engine, mapping: dict[str, str], *, progress: Callable[[int], None] | None = None
 ) -> dict[str, set[str]]:
     """Database path -> the paths of the references that are one picture with it
-    (:func:`kyb.engine.find_duplicates`), cached beside the index for its generation.
+    (:func:`kyb.duplicates.find_duplicates`), cached beside the index for its generation.
 
     Found from the references alone, never from the labels: a set that stores one artwork under two
     labels (a padded scan and its crop) names either for a photo of it, and the report says how often.

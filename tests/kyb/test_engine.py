@@ -11,8 +11,9 @@ import pytest
 from kyb import synth
 from kyb.catalog import Band
 from kyb.config import SearchConfig
-from kyb.engine import Engine, IngestItem, run_search
+from kyb.engine import Engine, IngestItem
 from kyb.errors import ImageTooLarge, InvalidImage, NotFound
+from kyb.search import run_search
 from kyb.verify import Verification
 from tests.conftest import Library, encode_jpeg, encode_png, make_config
 
@@ -205,7 +206,7 @@ def test_reserve_is_searched_only_when_nothing_verifies(library: Library) -> Non
     sharded search can switch that off and ask for the reserve in a second pass."""
     import dataclasses
 
-    from kyb.engine import search
+    from kyb.search import search
 
     engine = Engine(library.config)
     config = dataclasses.replace(engine.config.search, verify_top=4, verify_max=10, patience=2)
@@ -304,7 +305,7 @@ def test_the_whole_sleeve_names_an_object_over_its_cropped_artwork(library: Libr
 def test_prefer_complete_rules() -> None:
     """An alternative names the object only with nearly the best's inliers, nesting with the best's
     outline and in the photo: the largest such, or the one in view when the best runs off it."""
-    from kyb.engine import FoundObject, prefer_complete
+    from kyb.search import FoundObject, prefer_complete
 
     def square(x: float, y: float, side: float) -> np.ndarray:
         return np.float32([[x, y], [x + side, y], [x + side, y + side], [x, y + side]])
@@ -427,13 +428,13 @@ def test_the_reserve_is_fetched_only_when_the_first_shortlist_verifies_nothing()
 
 
 def test_verify_ahead_yields_every_answer_in_order_and_stops_with_its_caller() -> None:
-    """kyb.engine.verify_ahead: the first SERIAL_LOOKS keys in the caller's thread, the rest on pool
+    """kyb.search.verify_ahead: the first SERIAL_LOOKS keys in the caller's thread, the rest on pool
     threads, yielded in key order however long each takes; a caller that stops early leaves at most
     `threads` tasks running, and the tasks not started are never run; an error reaches the caller."""
     import threading
     import time
 
-    from kyb.engine import LOOKS_PER_TASK, SERIAL_LOOKS, verify_ahead
+    from kyb.search import LOOKS_PER_TASK, SERIAL_LOOKS, verify_ahead
 
     caller = threading.get_ident()
     checked: dict[int, int] = {}
@@ -506,7 +507,7 @@ def test_a_search_gives_the_same_answer_on_one_or_two_verify_threads(library: Li
     past SERIAL_LOOKS into the pool)."""
     import dataclasses
 
-    from kyb.engine import SERIAL_LOOKS, search
+    from kyb.search import SERIAL_LOOKS, search
 
     names = sorted(library.covers)[:2] + sorted(library.logos)[:1]
     photos = [_photo(library, names, 62, glare=0.0, occlusion=0.0)[0]]
@@ -654,11 +655,11 @@ def test_warm_up_builds_the_graphs_a_photo_and_a_reference_use(engine: Engine) -
 
 
 def test_find_duplicates_names_one_picture_stored_twice(library: Library, tmp_path) -> None:
-    """kyb.engine.find_duplicates: a cover and its scan padded onto a white square (another reference,
+    """kyb.duplicates.find_duplicates: a cover and its scan padded onto a white square (another reference,
     as a catalog can hold both) are one pair; the other covers and logos, drawn apart, are in none."""
     import shutil
 
-    from kyb.engine import find_duplicates
+    from kyb.duplicates import find_duplicates
 
     shutil.copytree(library.root, tmp_path / "lib")
     engine = Engine(make_config(tmp_path / "lib"))

@@ -20,8 +20,8 @@ from tests.conftest import Library, make_config
 CHILD = textwrap.dedent(
     """
     import os, sys
-    from kyb import index as index_module
     from kyb.engine import Engine
+    from kyb.index import _store
     from kyb.config import load_config
     from tests.conftest import Library
 
@@ -35,9 +35,9 @@ CHILD = textwrap.dedent(
         os._exit(9)
 
     if when == "before-generation":
-        index_module.os.rename = die
+        _store.os.rename = die
     elif when == "before-current":
-        index_module.os.replace = lambda src, dst: die() if str(dst).endswith("CURRENT") else real_replace(src, dst)
+        _store.os.replace = lambda src, dst: die() if str(dst).endswith("CURRENT") else real_replace(src, dst)
     victim = index.reference_ids()[0]
     index.delete(victim)
     index.save()
@@ -100,10 +100,10 @@ def _tiny_tier_index(
     """An empty index over the library's codebook with tiny compaction tiers (segments of fewer than
     ``small_below`` references are small, ``fanout`` make a tier), the library's index to copy
     references from, and ``add(ids)``, which copies them over as one segment."""
-    import kyb.index
+    from kyb.index import _compaction
 
-    monkeypatch.setattr(kyb.index, "_SMALL_SEGMENT", small_below)
-    monkeypatch.setattr(kyb.index, "_TIER_FANOUT", fanout)
+    monkeypatch.setattr(_compaction, "_SMALL_SEGMENT", small_below)
+    monkeypatch.setattr(_compaction, "_TIER_FANOUT", fanout)
     source = Engine(library.config).index
     index = ReferenceIndex(source.codebook, source.search_config, tmp_path / "index")
 
@@ -158,7 +158,7 @@ def test_small_segments_ride_along_with_a_tier_merge(library: Library, tmp_path:
 def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, monkeypatch) -> None:
     """A search's later rounds update the first round's word vote (or vote afresh when that touches
     fewer postings); either way the shortlist must not change."""
-    import kyb.index
+    from kyb.index import _vote
 
     engine = Engine(library.config)
     index = engine.index
@@ -177,13 +177,13 @@ def test_later_round_vote_from_the_memo_equals_a_fresh_vote(library: Library, mo
         )
 
     voted: list[int] = []
-    real_vote = kyb.index._vote
+    real_vote = _vote._vote
 
     def counted_vote(segment: object, photo: PhotoVote, table: np.ndarray, threshold: int) -> np.ndarray:
         voted.append(photo.words.size)
         return real_vote(segment, photo, table, threshold)
 
-    monkeypatch.setattr(kyb.index, "_vote", counted_vote)
+    monkeypatch.setattr(_vote, "_vote", counted_vote)
     # Few features gone (the update is cheaper), then one reference's features gone (either may be).
     for later, update_expected in ((photo(second, first, drop=10), True), (photo(second), None)):
         memo = VoteMemo()
@@ -213,10 +213,10 @@ def test_word_vote_is_the_hamming_embedding_vote_in_every_segment(
     segment's vote is also cut into pieces by photo feature (as a large index's are) and added up."""
     import dataclasses
 
-    import kyb.index
+    from kyb.index import _vote
 
     if min_piece is not None:
-        monkeypatch.setattr(kyb.index, "_MIN_VOTE_PIECE", min_piece)
+        monkeypatch.setattr(_vote, "_MIN_VOTE_PIECE", min_piece)
 
     source = Engine(library.config).index
     config = dataclasses.replace(source.search_config, vote_threads=threads)
@@ -336,8 +336,8 @@ def test_vote_kernel_takes_each_rows_closest_feature_across_blocks(monkeypatch) 
     straddling a block edge), rows repeating a word, photo features sharing a word, signatures at
     and around the threshold. Checked against the formula, and the pure-Python kernel with a
     3-posting block must agree with the compiled one with its real block."""
-    import kyb.index as index_module
     from kyb.config import SearchConfig
+    from kyb.index import _vote
 
     rng = np.random.default_rng(7)
     n_rows, n_words = 600, 5
@@ -359,7 +359,7 @@ def test_vote_kernel_takes_each_rows_closest_feature_across_blocks(monkeypatch) 
     starts = np.searchsorted(posting_words, np.arange(n_words + 1)).astype(np.int64)
     weights = rng.uniform(0.5, 2.0, photo_words.size)
     config = SearchConfig()
-    table = index_module._similarity_table(config)
+    table = _vote._similarity_table(config)
 
     expected = np.zeros(n_rows)
     for k, word in enumerate(photo_words):
@@ -386,11 +386,11 @@ def test_vote_kernel_takes_each_rows_closest_feature_across_blocks(monkeypatch) 
         )
         return out
 
-    compiled = run(index_module._compiled_scatter(), index_module._VOTE_BLOCK)
+    compiled = run(_vote._compiled_scatter(), _vote._VOTE_BLOCK)
     np.testing.assert_allclose(compiled, expected, rtol=1e-12)
-    monkeypatch.setattr(index_module, "_VOTE_BLOCK", 3)
+    monkeypatch.setattr(_vote, "_VOTE_BLOCK", 3)
     with np.errstate(over="ignore"):  # the popcount's multiply wraps modulo 2^64 by design
-        interpreted = run(index_module._hamming_scatter, 3)
+        interpreted = run(_vote._hamming_scatter, 3)
     np.testing.assert_allclose(interpreted, expected, rtol=1e-12)
 
 
@@ -401,7 +401,7 @@ def test_vote_pieces_cover_every_feature_once_and_balance_uneven_segments() -> N
     (one thread a segment in insertion order took 3/4 of it on one thread)."""
     from types import SimpleNamespace
 
-    from kyb.index import _vote_pieces
+    from kyb.index._vote import _vote_pieces
 
     rng = np.random.default_rng(0)
     n_words = 500

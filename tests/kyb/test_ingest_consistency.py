@@ -32,6 +32,7 @@ CHILD = textwrap.dedent(
     """
     import json, os, sys
     from kyb import index as index_module
+    from kyb.index import _store
     from kyb.config import load_config
     from kyb.engine import Engine, IngestItem
 
@@ -53,10 +54,10 @@ CHILD = textwrap.dedent(
         real_add = index_module.ReferenceIndex.add
         index_module.ReferenceIndex.add = lambda self, entries: (real_add(self, entries), die())
     elif when == "mid-save-generation":
-        index_module.os.rename = die
+        _store.os.rename = die
     elif when == "mid-save-current":
-        real_replace = index_module.os.replace
-        index_module.os.replace = lambda src, dst: die() if str(dst).endswith("CURRENT") else real_replace(src, dst)
+        real_replace = _store.os.replace
+        _store.os.replace = lambda src, dst: die() if str(dst).endswith("CURRENT") else real_replace(src, dst)
     engine.ingest(items)
     sys.exit(0)
     """

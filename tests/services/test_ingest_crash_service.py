@@ -38,7 +38,7 @@ CHILD = textwrap.dedent(
     from pathlib import Path
 
     import grpc
-    from kyb import index as index_module
+    from kyb.index import _store
     from kyb.catalog import PostgresCatalog as Catalog  # the backend the test runs on
     from kyb.v1 import gateway_pb2, gateway_pb2_grpc
     from services._local import start_local
@@ -66,8 +66,8 @@ CHILD = textwrap.dedent(
         real_add = MatcherServicer.Add
         MatcherServicer.Add = lambda self, request, context: (real_add(self, request, context), die())[0]
     elif when == "mid-shard-save":  # a shard dies between writing a generation and switching CURRENT
-        real_replace = index_module.os.replace
-        index_module.os.replace = lambda s, d: die() if str(d).endswith("CURRENT") else real_replace(s, d)
+        real_replace = _store.os.replace
+        _store.os.replace = lambda s, d: die() if str(d).endswith("CURRENT") else real_replace(s, d)
 
     stack = start_local(config, shards=2)
     wait_ready(stack)

@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-import kyb.engine
+import kyb.search
 from kyb.catalog import Band
-from kyb.engine import Engine, IndexSource, IngestItem, run_search, search
+from kyb.engine import Engine, IngestItem
 from kyb.index import ReferenceIndex, merge_ranked
 from kyb.rpc import ServiceConfig, encoding_to_proto, split_index
+from kyb.search import IndexSource, run_search, search
 from services.gateway.sharded import ShardedSource
 from services.matcher.servicer import MatcherServicer
 from tests.services.conftest import compose_photo, draw_cover, encode, engine_config
@@ -91,14 +92,14 @@ def test_merged_global_lists_of_shards_equal_the_whole_index(sharded):
 def test_shards_give_the_one_index_answer_for_at_most_one_chunk_more_work(sharded, monkeypatch, covers):
     engine = sharded.engine
     config = engine.config.search
-    real_verify = kyb.engine.verify
+    real_verify = kyb.search.verify
     calls: list[str] = []
 
     def counting(query, reference, descriptors, search_config, rows=None):
         calls.append(reference.reference_id)
         return real_verify(query, reference, descriptors, search_config, rows)
 
-    monkeypatch.setattr(kyb.engine, "verify", counting)
+    monkeypatch.setattr(kyb.search, "verify", counting)
     stranger = [draw_cover(99_999)]
     photo = _photo(sharded, covers, seed=31) if covers else encode(compose_photo(stranger, 31, (600, 400)), ".jpg")
     decoded = engine.decode_query(photo)

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kyb.engine import Engine, IdentifiedObject, IdentifyResult
+    from kyb.engine import Engine
+    from kyb.results import IdentifiedObject, IdentifyResult
 
 __all__ = ["MARGIN", "expand_box", "identify_detected"]
 

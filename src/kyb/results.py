@@ -1,0 +1,95 @@
+"""What identification answers: each object found in a photo with the references that explain it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["IdentifiedObject", "IdentifyResult", "Match"]
+
+
+@dataclass
+class Match:
+    """One reference verified in the photo; ``outline`` is in original photo pixels (4 x [x, y])."""
+
+    reference_id: str
+    score: float
+    inliers: int
+    outline: list[list[float]]
+    band_id: str | None = None
+    album_id: str | None = None
+    kind: str | None = None
+    band: dict[str, Any] | None = None
+    album: dict[str, Any] | None = None
+    shard: str = ""
+    #: Found in the opposite polarity to the reference (a white print of a black-on-white logo).
+    inverted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reference_id": self.reference_id,
+            "kind": self.kind,
+            "band_id": self.band_id,
+            "album_id": self.album_id,
+            "score": round(self.score, 4),
+            "inliers": self.inliers,
+            "inverted": self.inverted,
+            "outline": self.outline,
+            "shard": self.shard,
+            "band": self.band,
+            "album": self.album,
+        }
+
+
+@dataclass
+class IdentifiedObject:
+    """One object in the photo with the references that explain it, best first."""
+
+    outline: list[list[float]]
+    box: list[float]
+    matches: list[Match]
+
+    @property
+    def best(self) -> Match:
+        return self.matches[0]
+
+    @property
+    def kind(self) -> str | None:
+        return self.best.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "box": self.box,
+            "outline": self.outline,
+            "band": self.best.band,
+            "album": self.best.album,
+            "score": round(self.best.score, 4),
+            "inliers": self.best.inliers,
+            "matches": [m.to_dict() for m in self.matches],
+        }
+
+
+@dataclass
+class IdentifyResult:
+    """The answer for one photo."""
+
+    objects: list[IdentifiedObject]
+    width: int
+    height: int
+    sha256: str
+    features: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    candidates: list[str] = field(default_factory=list)  # shortlist order, for retrieval metrics
+    cache: str = ""  # "hit" / "miss" from the descriptor cache, "" when none was asked
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "image": {"width": self.width, "height": self.height, "sha256": self.sha256},
+            "features": self.features,
+            "objects": [o.to_dict() for o in self.objects],
+            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+        }
+        if self.cache:
+            out["cache"] = self.cache
+        return out
