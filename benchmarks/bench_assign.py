@@ -26,7 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from kyb.config import load_config
-from kyb.evaluation import index_dataset, load_ground_truth
+from kyb.evaluation import index_dataset
+from kyb.groundtruth import load_ground_truth
 from kyb.imageio import decode_image
 
 

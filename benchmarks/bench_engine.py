@@ -26,8 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from kyb.config import ImageLimits, load_config
-from kyb.evaluation import GroundTruth, evaluate, index_dataset, load_ground_truth
+from kyb.evaluation import evaluate, index_dataset
 from kyb.features import extract_rootsift
+from kyb.groundtruth import GroundTruth, load_ground_truth
 from kyb.imageio import decode_image
 
 BASELINE_FEATURES = 1000

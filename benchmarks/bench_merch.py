@@ -42,7 +42,7 @@ from kyb import synth
 from kyb.catalog import Band
 from kyb.config import EngineConfig, load_config
 from kyb.engine import Engine, IngestItem
-from kyb.evaluation import load_ground_truth
+from kyb.groundtruth import load_ground_truth
 
 #: (name, inverted, folds, media, print scale, photo size)
 VARIANTS: tuple[tuple[str, bool, float, tuple[str, ...], tuple[float, float], tuple[int, int]], ...] = (

@@ -75,7 +75,8 @@ from kyb.client import GatewayClient
 from kyb.config import load_config
 from kyb.engine import Engine
 from kyb.errors import Unavailable
-from kyb.evaluation import GroundTruth, index_dataset, load_ground_truth
+from kyb.evaluation import index_dataset
+from kyb.groundtruth import GroundTruth, load_ground_truth
 from kyb.rpc import (
     ServiceConfig,
     bearer_metadata,

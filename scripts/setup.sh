@@ -18,6 +18,11 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     # torch/torchvision first, pinned to the builds this machine carries on disk (see DEVELOPERS.md).
     "$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+    # The GUI build of OpenCV (an older set-up's) and the headless one both own cv2/: keep only one.
+    if "$VENV/bin/python" -m pip show --quiet opencv-contrib-python >/dev/null 2>&1; then
+        "$VENV/bin/python" -m pip uninstall --quiet --yes opencv-contrib-python
+        "$VENV/bin/python" -m pip uninstall --quiet --yes opencv-contrib-python-headless >/dev/null 2>&1 || true
+    fi
     "$VENV/bin/python" -m pip install --quiet -e ".[test]"
     touch "$stamp"
 fi

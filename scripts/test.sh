@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The one test command (README.md and .ci/run use exactly this): set up, lint, run the whole suite.
+# The one test command (README.md and .ci/run use exactly this): set up, lint, type-check, run the
+# whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy  # src/kyb and services/, settings in pyproject.toml
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 if [ "$status" -eq 5 ]; then

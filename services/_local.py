@@ -27,8 +27,19 @@ from typing import Any
 
 from kyb.errors import NotReady, Unavailable
 from kyb.index import has_index
-from kyb.rpc import Metrics, ServiceConfig, ServiceServer, environment, serve, split_index, wait_until_serving
+from kyb.regions import RegionDetector
+from kyb.rpc import (
+    Metrics,
+    Server,
+    ServiceConfig,
+    ServiceServer,
+    environment,
+    serve,
+    split_index,
+    wait_until_serving,
+)
 from services.detector.server import create_server as create_detector
+from services.detector.servicer import DetectorServicer
 from services.encoder.server import create_server as create_encoder
 from services.gateway.server import create_server as create_gateway
 from services.matcher.server import create_server as create_matcher
@@ -79,7 +90,8 @@ class LocalStack:
     encoder: ServiceServer
     detector: ServiceServer | None
     config: ServiceConfig
-    servers: list[ServiceServer] = field(default_factory=list)
+    #: Every server above (and the web front's), in start order.
+    servers: list[Server] = field(default_factory=list)
     #: The web front (a :class:`services.web.server.WebServer`) when asked for.
     web: Any = None
 
@@ -103,22 +115,23 @@ def start_local(
     config: ServiceConfig,
     *,
     shards: int = 1,
-    detector: bool = True,
+    detector: bool | RegionDetector = True,
     metrics: Metrics | None = None,
     start: bool = True,
     web: bool = False,
 ) -> LocalStack:
     """Builds (and by default starts) detector, encoder, ``shards`` matchers and the gateway in this
     process; internal servers take free loopback ports, the gateway ``gateway.port`` and, with
-    ``web``, the web front ``web.port``."""
+    ``web``, the web front ``web.port``. ``detector`` may be a ready detector for the detector
+    service to serve (instead of the weights the configuration names), or False for none."""
     metrics = metrics if metrics is not None else Metrics()
     folders = prepare_shards(config, shards)
     internal = _internal(config)
     detector_server = None
-    if detector:
-        detector_server, detector_port = create_detector(
-            internal.replace(detector=dataclasses.replace(config.detector, port=0)), metrics=metrics
-        )
+    if detector is not False:
+        detector_config = internal.replace(detector=dataclasses.replace(config.detector, port=0))
+        servicer = DetectorServicer(detector_config, detector=None if detector is True else detector)
+        detector_server, detector_port = create_detector(detector_config, servicer=servicer, metrics=metrics)
     encoder_section = dataclasses.replace(config.encoder, port=0, index_dir=_encoder_folder(config, folders))
     encoder_server, encoder_port = create_encoder(internal.replace(encoder=encoder_section), metrics=metrics)
     matchers: list[ServiceServer] = []

@@ -22,7 +22,7 @@ def create_server(
     servicer = servicer if servicer is not None else DetectorServicer(config)
     server = ServiceServer(config, "detector", metrics=metrics)
     server.add_service(SERVICE_NAME, detector_pb2_grpc.add_DetectorServicer_to_server, servicer,
-                       ready=not servicer.has_model)  # fmt: skip
+                       ready=servicer.model_version != "" or not servicer.has_model)  # fmt: skip
     server.on_start(lambda: servicer.start(lambda ready: server.set_serving(SERVICE_NAME, ready)))
     server.on_stop(servicer.close)
     port = server.bind(config.detector.port)

@@ -8,7 +8,8 @@ Photos are decoded within the configured limits and searched at ``limits.search_
 
 With no weights there is no model: Detect still validates the image and answers no boxes with an
 empty ``model_version``, and the gateway then searches the whole photo as one region — the
-documented fallback, never an error.
+documented fallback, never an error. A process that already holds a detector (any
+:class:`kyb.regions.RegionDetector`) can serve it instead of loading weights.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from typing import Any
 import grpc
 import numpy as np
 
+from kyb.detection import DynamicBatcher
 from kyb.errors import DeadlineExceeded, InvalidRequest, NotReady
 from kyb.imageio import decode_image
+from kyb.regions import RegionDetector
 from kyb.rpc import ServiceConfig, decoded_from_proto
 from kyb.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 
@@ -37,40 +40,47 @@ _KINDS = {"logo": common_pb2.KIND_LOGO, "album_cover": common_pb2.KIND_ALBUM_COV
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     """Detect: boxes of likely logos and covers, best first (none when no model is configured)."""
 
-    def __init__(self, config: ServiceConfig) -> None:
+    def __init__(self, config: ServiceConfig, *, detector: RegionDetector | None = None) -> None:
         self._config = config
         self._detector: Any = None
         self._batcher: Any = None
+        self._version = ""
+        if detector is not None:
+            self._serve(detector, getattr(detector, "version", "") or type(detector).__name__)
         self._loader: threading.Thread | None = None
         self.load_error: Exception | None = None
 
     @property
     def has_model(self) -> bool:
-        return self._config.detector.weights is not None
+        return self._detector is not None or self._config.detector.weights is not None
 
     @property
     def model_version(self) -> str:
         """Reported as DetectResponse.model_version; empty = no model."""
-        return self._detector.version if self._detector is not None else ""
+        return self._version if self._detector is not None else ""
+
+    def _serve(self, detector: RegionDetector, version: str) -> None:
+        cfg = self._config.detector
+        self._batcher = DynamicBatcher(detector.detect, max_batch=cfg.batch_size, max_wait_ms=cfg.batch_wait_ms,
+                                       name="kyb-detector-batch")  # fmt: skip
+        self._detector, self._version = detector, version
 
     def load(self) -> None:
         """Load, verify and warm up the configured model (blocking); no-op without weights."""
         cfg = self._config.detector
         if cfg.weights is None or self._detector is not None:
             return
-        from kyb.detection import Detector, DynamicBatcher
+        from kyb.detection import Detector
 
         detector = Detector.from_config(cfg)
-        self._batcher = DynamicBatcher(detector.detect, max_batch=cfg.batch_size, max_wait_ms=cfg.batch_wait_ms,
-                                       name="kyb-detector-batch")  # fmt: skip
-        self._detector = detector
+        self._serve(detector, detector.version)
         log.info("detector: %s on %s (batch %d / %g ms)", detector.version, detector.device, cfg.batch_size,
                  cfg.batch_wait_ms)  # fmt: skip
 
     def start(self, on_ready: Callable[[bool], None]) -> None:
         """Load in the background (health NOT_SERVING meanwhile); ``on_ready(True)`` once warm. A model
         that fails to load (bad sha256, corrupt file) keeps the service NOT_SERVING and is logged."""
-        if not self.has_model:
+        if self._detector is not None or not self.has_model:
             on_ready(True)
             return
 
@@ -85,6 +95,13 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
 
         self._loader = threading.Thread(target=run, name="kyb-detector-load", daemon=True)
         self._loader.start()
+
+    def wait_for_load(self, timeout: float | None = None) -> bool:
+        """Waits for the background load :meth:`start` began; True when a model is ready (False: it
+        failed, see :attr:`load_error`, or is still loading after ``timeout`` seconds)."""
+        if self._loader is not None:
+            self._loader.join(timeout)
+        return self._detector is not None
 
     def close(self) -> None:
         if self._loader is not None:
@@ -110,7 +127,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         if self._batcher is None:
             raise NotReady(f"detector model {self._config.detector.weights} is still loading")
         try:
-            return self._batcher(image, timeout=timeout)  # type: ignore[no-any-return]
+            return self._batcher(image, timeout=timeout)
         except FutureTimeout:
             raise DeadlineExceeded("the deadline ran out while the photo waited for the detector") from None
 

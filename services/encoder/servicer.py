@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from kyb.cache import EncodingCache, encode_photo, open_cache
-from kyb.encoder import Encoder, Encoding, extract_reference
+from kyb.encoder import Box, Encoder, Encoding, extract_reference, scaled_box
 from kyb.errors import InvalidRequest, KybError, Unavailable
 from kyb.imageio import DecodedImage, decode_image
 from kyb.index import load_codebook
@@ -101,9 +101,9 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         image = self._image(request)
         box = None
         if request.HasField("box"):
-            box = tuple(v / image.scale for v in box_from_proto(request.box))
+            box = scaled_box(box_from_proto(request.box), image.scale)
         if request.is_reference:
-            features, region = extract_reference(image, box, encoder.features)  # type: ignore[arg-type]
+            features, region = extract_reference(image, box, encoder.features)
             encoding = encoder.encode_features(features, region, scale=image.scale)
         else:
             encoding = self._encode_photo(encoder, image, box)
@@ -118,13 +118,13 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
             size_bytes=image.size_bytes,
         )
 
-    def _encode_photo(self, encoder: Encoder, image: DecodedImage, box: tuple[float, ...] | None) -> Encoding:
+    def _encode_photo(self, encoder: Encoder, image: DecodedImage, box: Box | None) -> Encoding:
         """``encoder.encode`` through the descriptor cache (the key recipe of ``Engine.identify``)."""
         encoding, hit = encode_photo(
             self.cache,
             encoder,
             image,
-            box,  # type: ignore[arg-type]
+            box,
             search_max_side=self._config.engine.limits.search_max_side,
         )
         log.debug("encoder: descriptor cache %s", "hit" if hit else "miss")

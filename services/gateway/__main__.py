@@ -17,7 +17,7 @@ def main() -> int:
         server, _port = create_server(from_environ())
     except KybError as exc:
         logging.getLogger("services.gateway").error("cannot start: %s", exc)
-        return int(lookup(EXIT_CODES, exc))  # type: ignore[arg-type, call-overload]
+        return int(lookup(EXIT_CODES, exc))
     serve([server])
     return 0
 

@@ -12,8 +12,9 @@ Identify, step by step (every downstream call gets the caller's remaining deadli
 4. search every region on EVERY matcher shard, in parallel (scatter-gather); a shard that fails
    (after retries on UNAVAILABLE) makes the answer ``partial`` and is named in ``missing_shards``;
    when no shard answers the call fails with UNAVAILABLE;
-5. merge shards and regions with the embedded engine's rule (:mod:`services.gateway.merge`) and add
-   the catalog's band and album records.
+5. merge the regions' objects with the embedded engine's rule (:func:`kyb.regions.merge_regions`) and
+   describe them with its describe step (:func:`kyb.answer.describe`: the catalog's band and album
+   records), so a served answer is the embedded one.
 
 Downstream calls run on one bounded pool shared by all requests (``gateway.parallel``); pool tasks
 never wait on other pool tasks, so a busy gateway queues instead of deadlocking.
@@ -28,17 +29,16 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from kyb.catalog import Catalog, ReferenceImage, open_catalog
-from kyb.detection import expand_box
+from kyb.answer import CatalogLookup, describe
+from kyb.catalog import Catalog, open_catalog
 from kyb.encoder import Box
-from kyb.engine import reference_id_for
 from kyb.errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -47,7 +47,18 @@ from kyb.errors import (
     Unauthenticated,
     Unavailable,
 )
-from kyb.imageio import ImageHeader, decode_image, read_header
+from kyb.imageio import ImageHeader, read_header
+from kyb.ingest import (
+    IngestItem,
+    IngestOutcome,
+    combined_status,
+    decode_reference,
+    index_keys,
+    record_outcome,
+    reference_record,
+)
+from kyb.regions import Region, merge_regions, search_regions
+from kyb.results import IdentifyResult
 from kyb.rpc import (
     Deadline,
     Metrics,
@@ -57,24 +68,23 @@ from kyb.rpc import (
     album_to_proto,
     band_from_proto,
     band_to_proto,
-    base_reference_id,
     bearer_metadata,
     box_from_proto,
     box_to_proto,
     call_unary,
     decoded_to_proto,
     encoding_from_proto,
+    found_from_proto,
+    identify_result_to_proto,
     kind_from_proto,
-    kind_to_proto,
     one_line,
     open_channel,
-    outline_to_proto,
     reference_to_proto,
     shard_for,
     shard_name,
     status_for,
 )
-from kyb.search import run_search
+from kyb.search import FoundObject, run_search
 from kyb.v1 import (
     common_pb2,
     detector_pb2,
@@ -86,8 +96,7 @@ from kyb.v1 import (
     matcher_pb2,
     matcher_pb2_grpc,
 )
-from services.gateway.merge import Candidate, ShardObject, merge_objects, objects_from_response
-from services.gateway.sharded import FanOut, ShardedSource, objects_from_found
+from services.gateway.sharded import FanOut, ShardedSource
 
 __all__ = ["GatewayServicer"]
 
@@ -130,45 +139,11 @@ class _PendingIngest:
     shard: int
 
 
-@dataclass
-class _Described:
-    """Catalog lookups made while answering one request (a photo often shows one band twice)."""
-
-    catalog: Catalog
-    references: dict[str, Any] = field(default_factory=dict)
-    bands: dict[str, Any] = field(default_factory=dict)
-    albums: dict[str, Any] = field(default_factory=dict)
-
-    def reference(self, reference_id: str) -> ReferenceImage | None:
-        if reference_id not in self.references:
-            self.references[reference_id] = self.catalog.get_reference(reference_id)
-        return self.references[reference_id]
-
-    def band(self, band_id: str | None) -> common_pb2.Band | None:
-        if not band_id:
-            return None
-        if band_id not in self.bands:
-            band = self.catalog.get_band(band_id)
-            self.bands[band_id] = band_to_proto(band) if band else None
-        return self.bands[band_id]
-
-    def album(self, album_id: str | None) -> common_pb2.Album | None:
-        if not album_id:
-            return None
-        if album_id not in self.albums:
-            album = self.catalog.get_album(album_id)
-            self.albums[album_id] = album_to_proto(album) if album else None
-        return self.albums[album_id]
-
-
 def _detected_regions(response: Any, header: ImageHeader, limit: int) -> list[Box | None]:
-    """The detector's boxes, best first, each grown by a margin (:func:`kyb.detection.expand_box`: feature
-    matching needs the object's edges inside the crop) and clipped to the photo (original pixels)."""
-    width, height = header.original_width, header.original_height
-    return [
-        expand_box(box_from_proto(d.box, name="detector box"), width, height)
-        for d in sorted(response.detections, key=lambda d: -d.score)[:limit]
-    ]
+    """The regions to search for the detector's answer: the whole photo, then the best boxes grown by a
+    margin (:func:`kyb.regions.search_regions`, as the embedded engine does), in original pixels."""
+    detected = [(box_from_proto(d.box, name="detector box"), d.score) for d in response.detections]
+    return search_regions(detected, header.original_width, header.original_height, limit)
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
@@ -314,7 +289,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if (version == "") != (self._detector_model[0] == ""):
             log.info("detector model: %s", version or "none (whole photo = one region)")
         self._detector_model = (version, time.monotonic())
-        return _detected_regions(response, header, self._config.gateway.max_regions) or [None]
+        return _detected_regions(response, header, self._config.detector.max_regions)
 
     def _identify(self, request: gateway_pb2.IdentifyRequest, deadline: Deadline) -> gateway_pb2.IdentifyResponse:
         started = time.perf_counter()
@@ -333,13 +308,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             boxes = self._regions(request.image, header, deadline)
         detected_at = time.perf_counter()
 
-        if boxes == [crop]:
-            futures = [whole]
-        else:
-            # Detected regions, each searched on its own, plus the whole photo (already encoding) so a
-            # verified object outside every box is still found; the merge keeps one answer per object.
-            futures = [whole, *(self._submit(self._encode, request.image, box, deadline, False) for box in boxes)]
-            boxes = [None, *boxes]
+        # Detected regions, each searched on its own, come after the whole photo (already encoding) so
+        # a verified object outside every box is still found; the merge keeps one answer per object.
+        futures = [whole, *(self._submit(self._encode, request.image, box, deadline, False) for box in boxes[1:])]
         regions: list[_Region] = []
         encoded: encoder_pb2.EncodeResponse | None = None
         for box, result in zip(boxes, self._gather(futures, deadline, "the encoder"), strict=True):
@@ -359,35 +330,36 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 )
             )
         encoded_at = time.perf_counter()
-        info = gateway_pb2.ImageInfo(width=header.original_width, height=header.original_height, sha256=header.sha256)
         if encoded is not None:  # the encoder's decode: search size and scale
             width, height, scale = encoded.image_width, encoded.image_height, regions[0].scale
         else:  # every region was featureless: nothing to search, the sizes only frame the empty answer
             scale = max(1.0, max(header.original_width, header.original_height) / limits.search_max_side)
             width, height = round(header.original_width / scale), round(header.original_height / scale)
 
-        objects, candidates, missing = self._search_regions(regions, width, height, deadline)
+        objects, shard_of, candidates, missing = self._search_regions(regions, width, height, deadline)
         searched_at = time.perf_counter()
-        described = _Described(self._catalog)
-        response = gateway_pb2.IdentifyResponse(
-            image=info,
+        lookup = CatalogLookup(self._catalog)
+        alternatives = self._config.engine.search.alternatives
+        result = IdentifyResult(
+            objects=describe(objects, scale, lookup, alternatives=alternatives, shard_of=shard_of),
+            width=header.original_width,
+            height=header.original_height,
+            sha256=header.sha256,
             features=sum(len(r.feature_xy) for r in regions),
-            objects=[self._describe(item, scale, described) for item in objects],
+            candidates=candidates,
             partial=bool(missing),
             missing_shards=missing,
             request_id=request.request_id,
-            candidates=candidates,
         )
         finished = time.perf_counter()
-        for key, value in {
-            "decode": checked_at - started,  # the header check: the gateway decodes nothing
-            "detect": detected_at - checked_at,
-            "encode": encoded_at - detected_at,
-            "search": searched_at - encoded_at,
-            "total": finished - started,
-        }.items():
-            response.timings_ms[key] = value * 1000.0
-        return response
+        result.timings_ms = {
+            "decode": (checked_at - started) * 1000,  # the header check: the gateway decodes nothing
+            "detect": (detected_at - checked_at) * 1000,
+            "encode": (encoded_at - detected_at) * 1000,
+            "search": (searched_at - encoded_at) * 1000,
+            "total": (finished - started) * 1000,
+        }
+        return identify_result_to_proto(result)
 
     def _fan_out(self, deadline: Deadline) -> FanOut:
         """Calls ``(shard, method, request)`` triples in parallel on the fan-out pool, within ``deadline``."""
@@ -403,8 +375,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def _search_region(
         self, region: _Region, width: int, height: int, deadline: Deadline
-    ) -> tuple[list[ShardObject], list[str], dict[str, str]]:
-        """One region across the shards: (objects, shortlist order, missing shard -> why).
+    ) -> tuple[list[FoundObject], dict[str, str], list[str], dict[str, str]]:
+        """One region across the shards: (objects, key -> shard, shortlist order, missing shard -> why).
 
         One shard runs the whole search itself (Matcher.Search: one call, the embedded answer).
         Several shards are searched in two phases by the embedded search loop run here
@@ -417,21 +389,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             request = matcher_pb2.SearchRequest(encoding=region.encoding, image_width=width, image_height=height)
             try:
                 answer = self._search(shard, request, deadline)
+                found = found_from_proto(answer.objects, len(region.feature_xy), name=shard.name)
             except (DeadlineExceeded, Unauthenticated):
                 raise
             except KybError as exc:
                 raise Unavailable(f"no matcher shard answered ({shard.name}: {one_line(str(exc))})") from None
-            return objects_from_response(answer, region.feature_xy, shard.name), list(answer.candidates), {}
+            owners = {v.reference_id: shard.name for item in found for v in [item.verification, *item.alternatives]}
+            return found, owners, list(answer.candidates), {}
         source = ShardedSource(
             self._shards, self._fan_out(deadline), region.encoding, len(region.feature_xy), (width, height), search
         )
         found, order = run_search(source, region.feature_xy, search, image_size=(width, height))
-        return objects_from_found(found, region.feature_xy, source.owner), order, source.missing
+        return found, {key: shard.name for key, shard in source.owner.items()}, order, source.missing
 
     def _search_regions(
         self, regions: list[_Region], width: int, height: int, deadline: Deadline
-    ) -> tuple[list[ShardObject], list[str], list[str]]:
-        """Every region searched on every shard, merged: (objects, candidates, missing shards)."""
+    ) -> tuple[list[FoundObject], dict[str, str], list[str], list[str]]:
+        """Every region searched on every shard, merged: (objects, key -> shard, candidates, missing shards)."""
         search = self._config.engine.search
         if len(regions) <= 1:
             results: list[Any] = [self._search_region(r, width, height, deadline) for r in regions]
@@ -439,13 +413,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             futures = [self._region_pool.submit(self._search_region, r, width, height, deadline) for r in regions]
             results = self._gather(futures, deadline, "the region searches")
         failures: dict[str, str] = {}
-        per_region: list[list[ShardObject]] = []
+        per_region: list[Region] = []
+        shard_of: dict[str, str] = {}
         candidates: list[str] = []
-        for result in results:
+        for region, result in zip(regions, results, strict=True):
             if isinstance(result, BaseException):
                 raise result
-            objects, order, missing = result
-            per_region.append(objects)
+            objects, owners, order, missing = result
+            per_region.append(Region(objects, region.feature_xy))
+            shard_of.update(owners)
             candidates.extend(order)
             for name, why in missing.items():
                 failures.setdefault(name, why)
@@ -453,69 +429,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             log.warning("partial answer: %s did not answer: %s", name, why)
             if self._metrics is not None:
                 self._metrics.missing_shards.labels(name).inc()
-        if len(per_region) == 1:
-            objects = per_region[0]
-        else:
-            objects = merge_objects(per_region, min_inliers=search.min_inliers, max_objects=search.max_objects)
+        objects = merge_regions(per_region, search.max_objects)
         missing = [s.name for s in self._shards if s.name in failures]
-        return objects, list(dict.fromkeys(candidates)), missing
-
-    def _describe(self, item: ShardObject, scale: float, described: _Described) -> common_pb2.IdentifiedObject:
-        """One object as the embedded engine describes it: best match first, one line per band/album."""
-        matches: list[common_pb2.Match] = []
-        seen: set[tuple[str, str]] = set()
-        limit = self._config.engine.search.alternatives
-        for candidate in [item.best, *item.alternatives]:
-            match = self._match(candidate, scale, described)
-            key = (match.band_id, match.album_id)
-            if key in seen and matches:
-                continue
-            seen.add(key)
-            matches.append(match)
-            if len(matches) > limit:
-                break
-        best = matches[0]
-        xs = [p.x for p in best.outline.points]
-        ys = [p.y for p in best.outline.points]
-        result = common_pb2.IdentifiedObject(
-            kind=best.kind,
-            box=box_to_proto([round(min(xs), 1), round(min(ys), 1), round(max(xs), 1), round(max(ys), 1)]),
-            outline=best.outline,
-            score=best.score,
-            inliers=best.inliers,
-            shard=best.shard,
-            matches=matches,
-        )
-        if best.HasField("band"):
-            result.band.CopyFrom(best.band)
-        if best.HasField("album"):
-            result.album.CopyFrom(best.album)
-        return result
-
-    @staticmethod
-    def _match(candidate: Candidate, scale: float, described: _Described) -> common_pb2.Match:
-        reference_id = base_reference_id(candidate.key)
-        outline = [[round(float(x) * scale, 1), round(float(y) * scale, 1)] for x, y in candidate.outline]
-        match = common_pb2.Match(
-            reference_id=reference_id,
-            score=candidate.score,
-            inliers=candidate.inliers,
-            outline=outline_to_proto(outline),
-            shard=candidate.shard,
-            inverted=candidate.inverted,
-        )
-        reference = described.reference(reference_id)
-        if reference is not None:
-            match.kind = kind_to_proto(reference.kind)
-            match.band_id = reference.band_id or ""
-            match.album_id = reference.album_id or ""
-            band = described.band(reference.band_id)
-            album = described.album(reference.album_id)
-            if band is not None:
-                match.band.CopyFrom(band)
-            if album is not None:
-                match.album.CopyFrom(album)
-        return match
+        return objects, shard_of, list(dict.fromkeys(candidates)), missing
 
     # ------------------------------------------------------------------ batch
     def IdentifyBatch(
@@ -584,11 +500,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return response
 
     def _ingest_failed(self, index: int, source: str, reference_id: str, message: str) -> gateway_pb2.IngestResult:
-        log.warning("ingest %s failed: %s", source, message)
-        try:
-            self._catalog.record_ingestion(reference_id or None, None, "failed", f"{source}: {message}")
-        except KybError as exc:  # the log is best effort; the result still says why
-            log.debug("could not record the failure: %s", exc)
+        record_outcome(self._catalog, IngestOutcome(source, "failed", reference_id or None, message))
         return gateway_pb2.IngestResult(
             index=index, source=source, status="failed", reference_id=reference_id, message=message
         )
@@ -607,11 +519,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         album_id = request.album_id or (request.album.album_id if request.HasField("album") else "")
         if not band_id and not album_id:
             raise InvalidRequest("band_id or album_id is required")
-        regions = [box_from_proto(box, name=f"regions[{i}]") for i, box in enumerate(request.regions)]
-        limits = self._config.engine.limits
-        decoded = decode_image(request.image, limits, max_side=limits.reference_max_side)
-        reference_id = reference_id_for(decoded.sha256, regions)
-        unique: list[Box | None] = list(dict.fromkeys(regions)) or [None]
+        regions = tuple(box_from_proto(box, name=f"regions[{i}]") for i, box in enumerate(request.regions))
+        item = IngestItem(source, kind, band_id or None, album_id or None, regions, request.image)
+        decoded, reference_id, unique = decode_reference(item, self._config.engine.limits)
         raw = decoded_to_proto(decoded)
         futures = [self._submit(self._encode, raw, box, deadline, True) for box in unique]
         encodings = []
@@ -619,21 +529,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             if isinstance(result, BaseException):
                 raise result
             encodings.append(result.encoding)
-        self._catalog.add_reference(
-            ReferenceImage(
-                reference_id=reference_id,
-                sha256=decoded.sha256,
-                kind=kind,
-                band_id=band_id or None,
-                album_id=album_id or None,
-                source=source,
-                width=decoded.original_width,
-                height=decoded.original_height,
-                size_bytes=decoded.size_bytes,
-                regions=tuple(tuple(round(v) for v in box) for box in regions),  # type: ignore[misc]
-            )
-        )
-        keys = [reference_id] if len(unique) == 1 else [f"{reference_id}#{i}" for i in range(len(unique))]
+        self._catalog.add_reference(reference_record(item, reference_id, decoded))
+        keys = index_keys(reference_id, len(unique))
         shard = shard_for(reference_id, len(self._shards))
         return _PendingIngest(index, source, reference_id, decoded.sha256, keys, encodings, shard)
 
@@ -659,12 +556,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         outcomes = list(response.outcomes)
         for item in items:
             mine, outcomes = outcomes[: len(item.keys)], outcomes[len(item.keys) :]
-            status = "added" if "added" in mine else ("replaced" if "replaced" in mine else "unchanged")
-            results[item.index].status = status
-            try:
-                self._catalog.record_ingestion(item.reference_id, item.sha256, status, item.source)
-            except KybError as exc:
-                log.debug("could not record the ingestion: %s", exc)
+            outcome = IngestOutcome(item.source, combined_status(mine), item.reference_id)
+            results[item.index].status = outcome.status
+            record_outcome(self._catalog, outcome, item.sha256)
 
     # ------------------------------------------------------------------ catalog reads
     def GetBand(self, request: gateway_pb2.GetBandRequest, context: grpc.ServicerContext) -> Any:

@@ -29,16 +29,16 @@ from kyb.config import SearchConfig
 from kyb.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from kyb.index import fuse_ranked, merge_ranked
 from kyb.rpc import one_line, pack_array, ranked_from_proto, verification_from_proto
-from kyb.search import NOT_INDEXED, FoundObject
+from kyb.search import NOT_INDEXED, NotIndexed
 from kyb.v1 import common_pb2, matcher_pb2
 from kyb.verify import Verification
-from services.gateway.merge import Candidate, ShardObject
 
-__all__ = ["FanOut", "ShardedSource", "objects_from_found"]
+__all__ = ["FanOut", "ShardedSource"]
 
 
 class _Named(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
 
 #: Calls ``(shard, method name, request)`` in parallel; each result or the exception it raised, in order.
@@ -100,7 +100,9 @@ class ShardedSource:
         merged = merge_ranked([ranked_from_proto(answer) for _, answer in answers], self._config, limit)
         return [key for key, *_scores in fuse_ranked(merged, self._config, limit)]
 
-    def verify(self, keys: Sequence[str], rows: np.ndarray, *, sure: int = 0) -> Iterator[Verification | object | None]:
+    def verify(
+        self, keys: Sequence[str], rows: np.ndarray, *, sure: int = 0
+    ) -> Iterator[Verification | NotIndexed | None]:
         # Each shard verifies its part of a chunk at once, and the first chunk (max(8, verify_top // 4))
         # holds what ``sure`` asks for already (1 + patience in round 1, a later round's short list).
         chunk = max(8, self._config.verify_top // 4)
@@ -111,7 +113,7 @@ class ShardedSource:
             start += len(part)
             chunk *= 2
 
-    def _verify_chunk(self, keys: Sequence[str], rows: np.ndarray) -> list[Verification | object | None]:
+    def _verify_chunk(self, keys: Sequence[str], rows: np.ndarray) -> list[Verification | NotIndexed | None]:
         by_shard: dict[str, tuple[Any, list[str]]] = {}
         for key in keys:
             shard = self.owner[key]
@@ -129,7 +131,7 @@ class ShardedSource:
             if packed_rows is not None:
                 request.rows.CopyFrom(packed_rows)
             calls.append((shard, "Verify", request))
-        outcomes: dict[str, Verification | object | None] = {}
+        outcomes: dict[str, Verification | NotIndexed | None] = {}
         for shard, answer in self._call_all(calls):
             for outcome in answer.outcomes:
                 if not outcome.indexed:
@@ -141,28 +143,3 @@ class ShardedSource:
                     outcomes[outcome.reference_id] = None
         # A key whose shard failed (now or earlier) reads as no longer indexed: skipped, not a miss.
         return [outcomes.get(key, NOT_INDEXED) for key in keys]
-
-
-def objects_from_found(
-    found: Sequence[FoundObject], feature_xy: np.ndarray, shard_of: dict[str, Any]
-) -> list[ShardObject]:
-    """:func:`kyb.search.run_search` objects as the gateway's :class:`ShardObject` s."""
-
-    def candidate(result: Verification) -> Candidate:
-        rows = np.asarray(result.inlier_rows, dtype=np.int64)
-        shard = shard_of.get(result.reference_id)
-        return Candidate(
-            key=result.reference_id,
-            inliers=int(result.inliers),
-            score=float(result.score),
-            outline=np.asarray(result.outline, dtype=np.float32),
-            rows=rows,
-            points=feature_xy[rows],
-            shard=shard.name if shard is not None else "",
-            inverted=bool(result.inverted),
-        )
-
-    return [
-        ShardObject(best=candidate(item.verification), alternatives=[candidate(a) for a in item.alternatives])
-        for item in found
-    ]

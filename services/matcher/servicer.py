@@ -36,6 +36,7 @@ from kyb.rpc import (
     base_reference_id,
     encoding_from_proto,
     encoding_to_proto,
+    found_to_proto,
     parse_shard,
     ranked_to_proto,
     rows_from_proto,
@@ -45,6 +46,7 @@ from kyb.rpc import (
 )
 from kyb.search import NOT_INDEXED, IndexSource, search
 from kyb.v1 import matcher_pb2, matcher_pb2_grpc
+from kyb.verify import Verification
 
 __all__ = ["MatcherServicer"]
 
@@ -162,15 +164,8 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             reserve=not request.skip_reserve,
             max_candidates=int(request.max_candidates) or None,
         )
-        objects = [
-            matcher_pb2.VerifiedObject(
-                match=verification_to_proto(item.verification),
-                alternatives=[verification_to_proto(a) for a in item.alternatives],
-            )
-            for item in found
-        ]
         return matcher_pb2.SearchResponse(
-            objects=objects, candidates=order, shard=self.name, generation=index.generation
+            objects=found_to_proto(found), candidates=order, shard=self.name, generation=index.generation
         )
 
     def _query(self, index: ReferenceIndex, request: Any) -> tuple[Encoding, np.ndarray | None]:
@@ -207,8 +202,8 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             every = np.arange(len(encoding)) if rows is None else rows
             for key, result in zip(keys, source.verify(keys, every), strict=True):
                 outcome = matcher_pb2.VerifyOutcome(reference_id=key, indexed=result is not NOT_INDEXED)
-                if result is not None and result is not NOT_INDEXED:
-                    outcome.match.CopyFrom(verification_to_proto(result))  # type: ignore[arg-type]
+                if isinstance(result, Verification):
+                    outcome.match.CopyFrom(verification_to_proto(result))
                 outcomes.append(outcome)
         return matcher_pb2.VerifyResponse(outcomes=outcomes, shard=self.name, generation=index.generation)
 

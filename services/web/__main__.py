@@ -17,8 +17,8 @@ def main() -> int:
         server, _port = create_server(from_environ())
     except KybError as exc:
         logging.getLogger("services.web").error("cannot start: %s", exc)
-        return int(lookup(EXIT_CODES, exc))  # type: ignore[arg-type, call-overload]
-    serve([server])  # type: ignore[list-item]
+        return int(lookup(EXIT_CODES, exc))
+    serve([server])
     return 0
 
 

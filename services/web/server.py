@@ -88,7 +88,7 @@ class WebServer:
             return self._done
         # uvicorn treats 0 as "cancel at once" and logs it as an error; a second is enough for a quiet stop.
         grace = self.config.rpc.grace_s if grace is None else grace
-        self._server.config.timeout_graceful_shutdown = max(grace, 1.0)
+        self._server.config.timeout_graceful_shutdown = max(round(grace), 1)
         self._server.should_exit = True
         return self._done
 

@@ -115,7 +115,7 @@ class WebServicer:
 
     def _forward(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         try:
-            return call(*args, **kwargs)  # type: ignore[no-any-return]
+            return call(*args, **kwargs)
         except Unauthenticated as exc:
             # The caller's token was fine (checked above): the gateway refused OURS, a server fault.
             raise Unavailable(f"the gateway refused this web front's token (rpc.client_token): {exc}") from None
@@ -159,8 +159,8 @@ _PUBLIC_MESSAGES = {
 
 
 def _error(exc: KybError) -> JSONResponse:
-    status = int(lookup(HTTP_STATUS, exc))  # type: ignore[call-overload]
-    code = str(lookup(GRPC_STATUS, exc))  # type: ignore[arg-type]
+    status = int(lookup(HTTP_STATUS, exc))
+    code = str(lookup(GRPC_STATUS, exc))
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     message = str(exc)
     if status >= 500:

@@ -414,7 +414,7 @@ class RedisCache(EncodingCache):
             self._failed("get", exc)
             self._count("misses")
             return None
-        return self._decode(key, data)  # type: ignore[arg-type]
+        return self._decode(key, data)
 
     def put(self, key: str, encoding: Encoding) -> None:
         if not self._available():

@@ -15,6 +15,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,11 @@ def _progress(total: int | None, desc: str, unit: str = "img") -> Any:
 def _config(args: argparse.Namespace) -> Any:
     from kyb.config import load_config
 
-    overrides = {"index_dir": args.index_dir, "catalog_url": args.catalog}
+    overrides = {
+        "index_dir": args.index_dir,
+        "catalog_url": args.catalog,
+        "detector.weights": getattr(args, "detector", None),
+    }
     overrides.update(getattr(args, "overrides", {}) or {})
     return load_config(args.config or os.environ.get("KYB_CONFIG"), env=os.environ, overrides=overrides)
 
@@ -87,7 +92,7 @@ def _folder_items(folder: Path, kind: str | None) -> tuple[list[Any], list[Any]]
     """Images under ``folder``: the band is the first sub-folder's name (or the file name at top level);
     ``*logo*`` files are logos, the rest album covers (or ``--kind``)."""
     from kyb.catalog import Album, Band
-    from kyb.engine import IngestItem
+    from kyb.ingest import IngestItem
 
     items: list[IngestItem] = []
     bands: dict[str, Band] = {}
@@ -111,7 +116,7 @@ def _folder_items(folder: Path, kind: str | None) -> tuple[list[Any], list[Any]]
 def _collect(engine: Any, paths: Sequence[Path], kind: str | None) -> tuple[list[Any], int]:
     """Ingest items from folders and catalog files; catalog metadata is upserted on the way."""
     from kyb.catalog import Album, Band, import_catalog
-    from kyb.engine import IngestItem
+    from kyb.ingest import IngestItem
 
     items: list[Any] = []
     row_errors = 0
@@ -206,14 +211,19 @@ def _identifier(args: argparse.Namespace) -> Any:
         client = GatewayClient(args.gateway, args.token or os.environ.get("KYB_TOKEN"), timeout=args.timeout)
         return lambda data: client.identify(data, crop=args.box)
     engine = _engine(args)
-    engine.detector = _embedded_detector(args)
+    engine.detector = _embedded_detector(engine.config.detector, args)
     return lambda data: engine.identify(data, box=args.box).to_dict()
 
 
-def _embedded_detector(args: argparse.Namespace) -> Any:
-    from kyb.detection._cli import embedded_detector
+def _embedded_detector(config: Any, args: argparse.Namespace) -> Any:
+    """The detector ``[detector] weights`` / ``KYB_DETECTOR__WEIGHTS`` / ``--detector`` name (checked by
+    sha256), or None: the whole photo is one region."""
+    if config.weights is None:
+        return None
+    from kyb.detection import Detector
 
-    return embedded_detector(args)
+    sha256 = "" if getattr(args, "detector", None) else config.sha256  # a path on the command line pins itself
+    return Detector.from_config(config, sha256=sha256)
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
@@ -232,7 +242,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         try:
             answer = identify(data)
         except KybError as exc:
-            codes.append(int(lookup(EXIT_CODES, exc)))  # type: ignore[arg-type]
+            codes.append(int(lookup(EXIT_CODES, exc)))
             print(f"error: {photo}: {exc}", file=sys.stderr)
             answers.append({"photo": str(photo), "error": str(exc)})
             continue
@@ -251,14 +261,15 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- eval
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kyb.evaluation import evaluate, index_dataset, load_ground_truth, lookalike_references, split_ground_truth
+    from kyb.evaluation import evaluate, index_dataset, lookalike_references
+    from kyb.groundtruth import load_ground_truth, split_ground_truth
 
     config = _config(args)
     gt = load_ground_truth(Path(args.dataset))
     cache = Path(args.cache or os.environ.get("KYB_EVAL_CACHE") or Path.home() / ".cache" / "kyb" / "eval")
     with _progress(len(gt.database), f"index {gt.name}") as bar:
         engine, mapping = index_dataset(gt, config, cache, progress=lambda _o: bar.update(1))
-    engine.detector = _embedded_detector(args)
+    engine.detector = _embedded_detector(config.detector, args)
     with _progress(len(engine.index), f"look-alikes {gt.name}", unit="ref") as bar:
         lookalikes = lookalike_references(engine, mapping, progress=bar.update)
     asked = split_ground_truth(gt, args.split)
@@ -296,7 +307,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
             "source": reference.source if reference else None,
         }
 
-    answer = [
+    answer: list[dict[str, Any]] = [
         {"first": describe(p.first), "second": describe(p.second), "inliers": p.inliers, "share": p.share}
         for p in pairs
     ]
@@ -317,7 +328,8 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- demo
 def cmd_demo(args: argparse.Namespace) -> int:
     from kyb import synth
-    from kyb.evaluation import evaluate, index_dataset, load_ground_truth
+    from kyb.evaluation import evaluate, index_dataset
+    from kyb.groundtruth import load_ground_truth
 
     folder = Path(args.dir)
     if not (folder / "gt.json").exists() or args.regenerate:
@@ -340,8 +352,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for query in [q["query"] for q in gt.queries] + gt.distractors:
         result = engine.identify((folder / query).read_bytes())
         found = ", ".join(
-            f"{(o.best.band or {}).get('name', o.best.band_id)}"
-            + (f" / {(o.best.album or {}).get('title')}" if o.best.album else " (logo)")
+            f"{o.best.band.name if o.best.band else o.best.band_id}"
+            + (f" / {o.best.album.title}" if o.best.album else " (logo)")
             + (" printed inverted" if o.best.inverted else "")
             + f" [{o.best.inliers} inliers]"
             for o in result.objects
@@ -369,7 +381,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _serve_demo(config: Any, args: argparse.Namespace, folder: Path) -> int:
     """The sample catalog behind a gateway and the web page, in this process, until Ctrl-C."""
     from kyb.rpc import GatewayConfig, RpcConfig, ServiceConfig, WebConfig
-    from services._local import serve_local
+    from kyb.rpc.cli import service_entry_point
 
     service = ServiceConfig(
         rpc=RpcConfig(host=args.host, grace_s=1.0),
@@ -381,7 +393,8 @@ def _serve_demo(config: Any, args: argparse.Namespace, folder: Path) -> int:
     def announce(url: str) -> None:
         print(f"\nThe page is ready: {url}  (try the photos in {folder / 'photos'}; Ctrl-C stops it)", flush=True)
 
-    return serve_local(service, shards=1, web=True, announce=announce)
+    serve_local = service_entry_point("kyb.stack", "in_process")
+    return int(serve_local(service, shards=1, web=True, announce=announce))
 
 
 # ---------------------------------------------------------------------------- codebook / catalog / misc
@@ -577,9 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reindex", parents=[common], help="rebuild the index from the catalog's reference images")
     p.set_defaults(func=cmd_reindex)
 
-    from kyb.detection._cli import add_detector_commands
-
-    add_detector_commands(sub, common)
+    for extension in entry_points(group="kyb.commands"):  # e.g. `kyb detector ...` from training/
+        extension.load()(sub, common)
 
     try:  # the gRPC services add `kyb serve ...` (issue 4)
         from kyb.rpc.cli import add_reshard_command, add_serve_commands
@@ -599,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KybError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return int(lookup(EXIT_CODES, exc))  # type: ignore[arg-type]
+        return int(lookup(EXIT_CODES, exc))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

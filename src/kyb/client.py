@@ -7,9 +7,9 @@
         for obj in answer["objects"]:
             print(obj["band"]["name"], obj["score"], obj["outline"])
 
-Answers are plain dicts shaped like the embedded :meth:`kyb.results.IdentifyResult.to_dict` (plus
-``partial`` / ``missing_shards`` and the answering ``shard``), so code can switch between embedded
-and remote. Failures raise the :class:`~kyb.errors.KybError` subclass of the gRPC status
+Answers are plain dicts: the embedded :meth:`kyb.results.IdentifyResult.to_dict` of the gateway's
+answer (``partial``, ``missing_shards`` and each match's ``shard`` filled in), so code can switch
+between embedded and remote. Failures raise the :class:`~kyb.errors.KybError` subclass of the gRPC status
 (InvalidImage -> ``InvalidRequest``, UNAVAILABLE -> ``Unavailable``, ...), with ``.code`` set.
 """
 
@@ -24,7 +24,7 @@ import grpc
 
 from kyb.catalog import Album, Band
 from kyb.encoder import Box
-from kyb.engine import IngestItem
+from kyb.ingest import IngestItem
 from kyb.rpc import (
     RpcConfig,
     album_from_proto,
@@ -34,75 +34,19 @@ from kyb.rpc import (
     bearer_metadata,
     box_to_proto,
     error_from_rpc,
+    identify_result_from_proto,
     kind_from_proto,
     kind_to_proto,
     open_channel,
 )
-from kyb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from kyb.v1 import gateway_pb2, gateway_pb2_grpc
 
 __all__ = ["GatewayClient", "identify_response_to_dict"]
 
 
-def _outline(message: common_pb2.Outline) -> list[list[float]]:
-    return [[round(p.x, 1), round(p.y, 1)] for p in message.points]
-
-
-def _band(message: common_pb2.Band, present: bool) -> dict[str, Any] | None:
-    return band_from_proto(message).to_dict() if present else None
-
-
-def _album(message: common_pb2.Album, present: bool) -> dict[str, Any] | None:
-    return album_from_proto(message).to_dict() if present else None
-
-
-def _match(match: common_pb2.Match) -> dict[str, Any]:
-    return {
-        "reference_id": match.reference_id,
-        "kind": kind_from_proto(match.kind),
-        "band_id": match.band_id or None,
-        "album_id": match.album_id or None,
-        "score": round(match.score, 4),
-        "inliers": match.inliers,
-        "inverted": match.inverted,
-        "outline": _outline(match.outline),
-        "shard": match.shard,
-        "band": _band(match.band, match.HasField("band")),
-        "album": _album(match.album, match.HasField("album")),
-    }
-
-
 def identify_response_to_dict(response: gateway_pb2.IdentifyResponse) -> dict[str, Any]:
-    """An IdentifyResponse as the embedded engine's ``IdentifyResult.to_dict()`` shapes it."""
-    return {
-        "image": {
-            "width": response.image.width,
-            "height": response.image.height,
-            "sha256": response.image.sha256,
-        },
-        "features": response.features,
-        "objects": [
-            {
-                "kind": kind_from_proto(obj.kind),
-                "box": [
-                    round(obj.box.x1, 1),
-                    round(obj.box.y1, 1),
-                    round(obj.box.x2, 1),
-                    round(obj.box.y2, 1),
-                ],
-                "outline": _outline(obj.outline),
-                "band": _band(obj.band, obj.HasField("band")),
-                "album": _album(obj.album, obj.HasField("album")),
-                "score": round(obj.score, 4),
-                "inliers": obj.inliers,
-                "shard": obj.shard,
-                "matches": [_match(m) for m in obj.matches],
-            }
-            for obj in response.objects
-        ],
-        "timings_ms": {key: round(value, 1) for key, value in sorted(response.timings_ms.items())},
-        "partial": response.partial,
-        "missing_shards": list(response.missing_shards),
-    }
+    """An IdentifyResponse in the shape of the embedded engine's ``IdentifyResult.to_dict()``."""
+    return identify_result_from_proto(response).to_dict()
 
 
 class GatewayClient:

@@ -6,6 +6,7 @@ The encoder is the one place where pixels become numbers; the index and the veri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,9 +26,16 @@ __all__ = [
     "extract_reference",
     "extract_region",
     "parse_box",
+    "scaled_box",
 ]
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels, x2 > x1, y2 > y1
+
+
+def scaled_box(box: Sequence[float], factor: float) -> Box:
+    """``box`` with every coordinate divided by ``factor`` (original pixels -> decoded pixels)."""
+    x1, y1, x2, y2 = (float(v) / factor for v in box)
+    return x1, y1, x2, y2
 
 
 def parse_box(text: str) -> Box:
@@ -38,7 +46,7 @@ def parse_box(text: str) -> Box:
         raise InvalidRequest(f"box must be x1,y1,x2,y2 numbers, got {text!r}") from None
     if len(values) != 4 or not all(np.isfinite(values)) or values[2] <= values[0] or values[3] <= values[1]:
         raise InvalidRequest(f"box must be x1,y1,x2,y2 with x2>x1 and y2>y1, got {text!r}")
-    return values  # type: ignore[return-value]
+    return values
 
 
 #: A reference (or region) with fewer keypoints has too little to verify a match against.

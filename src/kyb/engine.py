@@ -9,7 +9,6 @@ by construction.
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import logging
 import threading
@@ -21,19 +20,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from kyb.answer import CatalogLookup, describe
 from kyb.cache import EncodingCache, encode_photo, open_cache
 from kyb.catalog import Album, Band, Catalog, ReferenceImage, open_catalog
 from kyb.codebook import Codebook, train_codebook
 from kyb.config import EngineConfig
-from kyb.encoder import Box, Encoder, Encoding, extract_reference
+from kyb.encoder import Box, Encoder, Encoding, extract_reference, scaled_box
 from kyb.errors import InvalidRequest, KybError, NotFound, NotReady
 from kyb.features import LocalFeatures
 from kyb.heap import retain_freed_heap
 from kyb.imageio import DecodedImage, decode_image
 from kyb.index import ReferenceIndex, base_reference_id, current_generation, has_index, writer_lock
-from kyb.results import IdentifiedObject, IdentifyResult, Match
-from kyb.search import FoundObject, search
-from kyb.verify import Verification
+from kyb.ingest import (
+    IngestItem,
+    IngestOutcome,
+    combined_status,
+    decode_reference,
+    index_keys,
+    record_outcome,
+    reference_id_for,
+    reference_record,
+)
+from kyb.regions import Region, RegionDetector, merge_regions, original_box, search_regions
+from kyb.results import IdentifyResult
+from kyb.search import search
 
 __all__ = [
     "Engine",
@@ -46,53 +58,6 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- ingest
-@dataclass(frozen=True)
-class IngestItem:
-    """A reference image to ingest: bytes or a path, what it shows, and optional regions."""
-
-    source: str
-    kind: str
-    band_id: str | None
-    album_id: str | None = None
-    regions: tuple[Box, ...] = ()
-    data: bytes | None = None
-
-    def read(self) -> bytes:
-        if self.data is not None:
-            return self.data
-        try:
-            return Path(self.source).read_bytes()
-        except OSError as exc:
-            raise InvalidRequest(f"cannot read {self.source}: {exc.strerror or exc}") from None
-
-
-@dataclass(frozen=True)
-class IngestOutcome:
-    """What happened to one item: ``added``, ``replaced``, ``unchanged`` or ``failed`` (with why)."""
-
-    source: str
-    status: str
-    reference_id: str | None = None
-    message: str = ""
-
-
-def reference_id_for(sha256: str, regions: Sequence[Box]) -> str:
-    """Stable id from the content hash (and the regions, so the same photo with other boxes differs)."""
-    if not regions:
-        return sha256[:24]
-    spec = ";".join(",".join(f"{v:g}" for v in box) for box in regions)
-    return sha256[:16] + hashlib.sha256(spec.encode()).hexdigest()[:8]
-
-
-def _unique_regions(regions: Sequence[Box]) -> list[Box]:
-    seen: list[Box] = []
-    for box in regions:
-        box = tuple(float(v) for v in box)  # type: ignore[assignment]
-        if box not in seen:
-            seen.append(box)
-    return seen
-
-
 @dataclass
 class _Prepared:
     item: IngestItem
@@ -130,8 +95,9 @@ class Engine:
         self._cache: EncodingCache | None = None
         self._cache_opened = False
         self._lock = threading.RLock()
-        #: A :class:`kyb.detection.Detector` for detector-first identification; None = whole photo.
-        self.detector: Any = None
+        #: Finds regions for detector-first identification (a :class:`kyb.detection.Detector`);
+        #: None = the whole photo is one region.
+        self.detector: RegionDetector | None = None
 
     # ------------------------------------------------------------------ parts
     @property
@@ -179,11 +145,12 @@ class Engine:
         index = ReferenceIndex(codebook, self.config.search, self.config.index_dir)
         return index, Encoder(codebook, self.config.features)
 
-    def _swap(self, index: ReferenceIndex) -> None:
-        """Makes ``index`` the one this engine searches and writes; the encoder follows its codebook."""
+    def _swap(self, index: ReferenceIndex, encoder: Encoder | None = None) -> None:
+        """Makes ``index`` the one this engine searches and writes; the encoder follows its codebook
+        (``encoder`` when the caller already built it for that codebook)."""
         with self._lock:
             self._index = index
-            self._encoder = None
+            self._encoder = encoder if encoder is not None and encoder.codebook is index.codebook else None
 
     @property
     def encoder(self) -> Encoder:
@@ -222,107 +189,92 @@ class Engine:
     def identify(self, data: bytes, *, box: Box | None = None, use_detector: bool = True) -> IdentifyResult:
         """Finds every indexed reference in the photo ``data`` (or in ``box`` of it, original pixels).
 
-        With a :attr:`detector` set (and no ``box``), each detected region is searched on its own
-        first (:func:`kyb.detection.identify_detected`); ``use_detector=False`` skips it.
+        With a :attr:`detector` set (and no ``box``), each detected region is searched on its own as
+        well as the whole photo, and their objects merged (:mod:`kyb.regions`, the gateway's rule);
+        ``use_detector=False`` skips it.
         """
-        if box is None and use_detector and self.detector is not None:
-            from kyb.detection import identify_detected
-
-            return identify_detected(self, data, self.detector)
         started = time.perf_counter()
-        return self.identify_decoded(self.decode_query(data), box=box, started=started)
-
-    def identify_decoded(
-        self, decoded: DecodedImage, *, box: Box | None = None, started: float | None = None
-    ) -> IdentifyResult:
-        """:meth:`identify` of a photo :meth:`decode_query` already decoded, so several searches of one
-        photo (detector-first: each region, then the whole photo) decode it once. ``started`` is when
-        the decode began (for the "decode" timing; None = no decode time)."""
+        decoded = self.decode_query(data)
         decoded_at = time.perf_counter()
-        started = decoded_at if started is None else started
-        search_box = None if box is None else tuple(v / decoded.scale for v in box)
-        cache = self.cache
-        encoding, hit = encode_photo(
-            cache,
-            self.encoder,
-            decoded,
-            search_box,  # type: ignore[arg-type]
-            search_max_side=self.config.limits.search_max_side,
-        )
-        encoded_at = time.perf_counter()
-        result = self.identify_encoding(encoding, (decoded.width, decoded.height))
+        regions: list[Box | None] = [box]
+        if box is None and use_detector and self.detector is not None:
+            detections = self.detector.detect([decoded.rgb])[0]
+            boxes = [(original_box(d.box, decoded.width, decoded.height, decoded.scale), d.score) for d in detections]
+            if boxes:
+                limit = self.config.detector.max_regions
+                regions = search_regions(boxes, decoded.original_width, decoded.original_height, limit)
+        detected_at = time.perf_counter()
+        result = self.identify_decoded(decoded, regions)
         finished = time.perf_counter()
-        result.width, result.height, result.sha256 = (
-            decoded.original_width,
-            decoded.original_height,
-            decoded.sha256,
+        result.timings_ms["decode"] = (decoded_at - started) * 1000
+        if self.detector is not None and use_detector and box is None:
+            result.timings_ms["detect"] = (detected_at - decoded_at) * 1000
+        result.timings_ms["total"] = (finished - started) * 1000
+        return result
+
+    def identify_decoded(self, decoded: DecodedImage, regions: Sequence[Box | None] = (None,)) -> IdentifyResult:
+        """:meth:`identify` of a photo :meth:`decode_query` already decoded, searching each of ``regions``
+        (original pixels; None = the whole photo) and merging their objects."""
+        encode_ms = search_ms = 0.0
+        searched: list[Region] = []
+        candidates: dict[str, None] = {}
+        features = 0
+        scale = decoded.scale
+        hits: list[bool] = []
+        cache = self.cache
+        for region in regions:
+            began = time.perf_counter()
+            search_box = None if region is None else scaled_box(region, decoded.scale)
+            try:
+                encoding, hit = encode_photo(
+                    cache,
+                    self.encoder,
+                    decoded,
+                    search_box,
+                    search_max_side=self.config.limits.search_max_side,
+                )
+            except InvalidRequest:
+                if len(regions) > 1:
+                    continue  # a featureless region: the others still answer
+                raise
+            encoded = time.perf_counter()
+            found, order = search(encoding, (decoded.width, decoded.height), self.index, self.config.search)
+            encode_ms += (encoded - began) * 1000
+            search_ms += (time.perf_counter() - encoded) * 1000
+            searched.append(Region(found, encoding.xy + np.asarray(encoding.origin, dtype=np.float32)))
+            candidates.update(dict.fromkeys(order))
+            features += len(encoding)
+            scale = encoding.scale
+            hits.append(hit)
+        merged = merge_regions(searched, self.config.search.max_objects)
+        objects = describe(merged, scale, CatalogLookup(self.catalog), alternatives=self.config.search.alternatives)
+        result = IdentifyResult(
+            objects=objects,
+            width=decoded.original_width,
+            height=decoded.original_height,
+            sha256=decoded.sha256,
+            features=features,
+            candidates=list(candidates),
+            timings_ms={"decode": 0.0, "encode": encode_ms, "search": search_ms, "total": encode_ms + search_ms},
         )
-        result.timings_ms = {
-            "decode": (decoded_at - started) * 1000,
-            "encode": (encoded_at - decoded_at) * 1000,
-            "search": (finished - encoded_at) * 1000,
-            "total": (finished - started) * 1000,
-        }
-        result.cache = "" if cache is None else "hit" if hit else "miss"
+        result.cache = "" if cache is None else "hit" if hits and all(hits) else "miss"
         return result
 
     def identify_encoding(self, encoding: Encoding, image_size: tuple[int, int]) -> IdentifyResult:
         """Search + metadata for an already encoded photo (``image_size`` at search scale)."""
         found, order = search(encoding, image_size, self.index, self.config.search)
-        objects = [self._describe(item, encoding.scale) for item in found]
+        objects = describe(
+            found, encoding.scale, CatalogLookup(self.catalog), alternatives=self.config.search.alternatives
+        )
         return IdentifyResult(objects=objects, width=0, height=0, sha256="", features=len(encoding), candidates=order)
-
-    def _describe(self, item: FoundObject, scale: float) -> IdentifiedObject:
-        matches: list[Match] = []
-        seen: set[tuple[str | None, str | None]] = set()
-        for verification in [item.verification, *item.alternatives]:
-            match = self._match(verification, scale)
-            key = (match.band_id, match.album_id)
-            if key in seen and matches:
-                continue  # several references of one band/album: one line each is enough
-            seen.add(key)
-            matches.append(match)
-            if len(matches) > self.config.search.alternatives:
-                break
-        outline = matches[0].outline
-        xs, ys = [p[0] for p in outline], [p[1] for p in outline]
-        return IdentifiedObject(
-            outline=outline,
-            box=[round(min(xs), 1), round(min(ys), 1), round(max(xs), 1), round(max(ys), 1)],
-            matches=matches,
-        )
-
-    def _match(self, verification: Verification, scale: float) -> Match:
-        reference_id = base_reference_id(verification.reference_id)
-        outline = [[round(float(x) * scale, 1), round(float(y) * scale, 1)] for x, y in verification.outline]
-        match = Match(
-            reference_id=reference_id,
-            score=verification.score,
-            inliers=verification.inliers,
-            outline=outline,
-            inverted=verification.inverted,
-        )
-        reference = self.catalog.get_reference(reference_id)
-        if reference is not None:
-            match.kind = reference.kind
-            match.band_id = reference.band_id
-            match.album_id = reference.album_id
-            band = self.catalog.get_band(reference.band_id) if reference.band_id else None
-            album = self.catalog.get_album(reference.album_id) if reference.album_id else None
-            match.band = band.to_dict() if band else None
-            match.album = album.to_dict() if album else None
-        return match
 
     # ------------------------------------------------------------------ ingest
     def _prepare(self, item: IngestItem) -> _Prepared:
-        data = item.read()
-        decoded = decode_image(data, self.config.limits, max_side=self.config.limits.reference_max_side)
-        regions: list[Box | None] = list(_unique_regions(item.regions)) or [None]
-        reference_id = reference_id_for(decoded.sha256, item.regions)
+        decoded, reference_id, regions = decode_reference(item, self.config.limits)
         features = []
         for region in regions:
-            scaled = None if region is None else tuple(v / decoded.scale for v in region)
-            features.append(extract_reference(decoded, scaled, self.config.features))  # type: ignore[arg-type]
+            scaled = None if region is None else scaled_box(region, decoded.scale)
+            features.append(extract_reference(decoded, scaled, self.config.features))
         return _Prepared(item, decoded, reference_id, regions, features)
 
     @_exclusive
@@ -393,16 +345,10 @@ class Engine:
 
     @staticmethod
     def _keys(prepared: _Prepared) -> list[str]:
-        if len(prepared.regions) == 1:
-            return [prepared.reference_id]
-        return [f"{prepared.reference_id}#{i}" for i in range(len(prepared.regions))]
+        return index_keys(prepared.reference_id, len(prepared.regions))
 
     def _log_failure(self, outcome: IngestOutcome) -> None:
-        log.warning("skipped %s: %s", outcome.source, outcome.message)
-        try:
-            self.catalog.record_ingestion(None, None, "failed", f"{outcome.source}: {outcome.message}")
-        except Exception as exc:  # the log is best effort; the outcome is still reported
-            log.debug("could not record failure: %s", exc)
+        record_outcome(self.catalog, outcome)
 
     def _commit(self, batch: list[_Prepared], index: ReferenceIndex) -> list[IngestOutcome]:
         """Catalog rows first, then the index: a crash in between leaves an invisible catalog row
@@ -411,27 +357,14 @@ class Engine:
         for prepared in batch:
             item = prepared.item
             try:
-                self.catalog.add_reference(
-                    ReferenceImage(
-                        reference_id=prepared.reference_id,
-                        sha256=prepared.decoded.sha256,
-                        kind=item.kind,
-                        band_id=item.band_id,
-                        album_id=item.album_id,
-                        source=item.source,
-                        width=prepared.decoded.original_width,
-                        height=prepared.decoded.original_height,
-                        size_bytes=prepared.decoded.size_bytes,
-                        regions=tuple(tuple(round(v) for v in r) for r in item.regions),  # type: ignore[misc]
-                    )
-                )
+                self.catalog.add_reference(reference_record(item, prepared.reference_id, prepared.decoded))
                 keys = self._keys(prepared)
                 results = index.add(
                     (key, prepared.decoded.sha256, enc) for key, enc in zip(keys, prepared.encodings, strict=True)
                 )
-                status = "added" if "added" in results else ("replaced" if "replaced" in results else "unchanged")
-                self.catalog.record_ingestion(prepared.reference_id, prepared.decoded.sha256, status, item.source)
-                outcomes.append(IngestOutcome(item.source, status, prepared.reference_id))
+                outcome = IngestOutcome(item.source, combined_status(results), prepared.reference_id)
+                record_outcome(self.catalog, outcome, prepared.decoded.sha256)
+                outcomes.append(outcome)
             except (KybError, ValueError) as exc:
                 outcome = IngestOutcome(item.source, "failed", prepared.reference_id, str(exc))
                 self._log_failure(outcome)
@@ -465,7 +398,7 @@ class Engine:
             raise NotReady(f"only {len(prepared)} usable reference image(s): a codebook needs at least 2 to train")
         log.info("no index at %s yet: training a codebook on %d references", self.config.index_dir, len(prepared))
         index, encoder = self._rebuild(prepared)
-        self._swap(index)
+        self._swap(index, encoder)
         for chunk_start in range(0, len(prepared), 64):
             chunk = prepared[chunk_start : chunk_start + 64]
             for p in chunk:
@@ -516,7 +449,7 @@ class Engine:
                             reference.kind,
                             reference.band_id,
                             reference.album_id,
-                            tuple(reference.regions),  # type: ignore[arg-type]
+                            tuple(reference.regions),
                         )
                     )
         for item in sources:
@@ -529,7 +462,7 @@ class Engine:
                 for key, (f, region) in zip(self._keys(result), result.features, strict=True)
             )
         fresh.save(self.config.index_dir)
-        self._swap(fresh)
+        self._swap(fresh, encoder)
         return fresh.codebook
 
     @_exclusive
@@ -582,8 +515,8 @@ class Engine:
                 report(IngestOutcome(row.source, "rebuilt", row.reference_id))
             else:
                 keys = [] if old is None else self._index_keys(old, row.reference_id)
-                if keys and all(old.sha256_of(k) == row.sha256 for k in keys):  # type: ignore[union-attr]
-                    pending.extend((k, row.sha256, old.encoding(k)) for k in keys)  # type: ignore[union-attr]
+                if old is not None and keys and all(old.sha256_of(k) == row.sha256 for k in keys):
+                    pending.extend((k, row.sha256, old.encoding(k)) for k in keys)
                     report(IngestOutcome(row.source, "kept", row.reference_id, result + "; kept its current encoding"))
                 else:
                     report(IngestOutcome(row.source, "failed", row.reference_id, result))
@@ -594,7 +527,7 @@ class Engine:
         switched = old is None or counts["references"] == 0 or counts["rebuilt"] + counts["kept"] > 0
         if switched:
             fresh.save(self.config.index_dir)
-            self._swap(fresh)
+            self._swap(fresh, encoder)
         current = fresh if switched else old
         assert current is not None
         stale = 0 if old is None else sum(1 for k in old.reference_ids() if k not in fresh)
@@ -621,7 +554,7 @@ class Engine:
         """Each catalog row with its source re-read and extracted (in parallel), or why that failed."""
 
         def prepare(row: ReferenceImage) -> _Prepared | str:
-            item = IngestItem(row.source, row.kind, row.band_id, row.album_id, tuple(row.regions))  # type: ignore[arg-type]
+            item = IngestItem(row.source, row.kind, row.band_id, row.album_id, tuple(row.regions))
             try:
                 prepared = self._prepare(item)
             except KybError as exc:

@@ -7,6 +7,9 @@ and the CLI with :data:`EXIT_CODES`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
 __all__ = [
     "EXIT_CODES",
     "GRPC_STATUS",
@@ -27,6 +30,9 @@ __all__ = [
 
 class KybError(Exception):
     """Root of every error this project raises on purpose; the message is one line for a person."""
+
+    #: The gRPC status code (a ``grpc.StatusCode``) when the error came back from a call, else None.
+    code: Any = None
 
 
 class InvalidRequest(KybError):
@@ -70,6 +76,8 @@ class IndexCorrupt(KybError):
 
 
 # Names of grpc.StatusCode members; kept as strings so importing this module does not import grpc.
+T = TypeVar("T")
+
 GRPC_STATUS: dict[type[KybError], str] = {
     InvalidImage: "INVALID_ARGUMENT",
     InvalidRequest: "INVALID_ARGUMENT",
@@ -115,7 +123,7 @@ EXIT_CODES: dict[type[KybError], int] = {
 }
 
 
-def lookup(table: dict[type[KybError], object], error: BaseException) -> object:
+def lookup(table: Mapping[type[KybError], T], error: BaseException) -> T:
     """The entry for the most specific class of ``error`` in ``table`` (walks the MRO)."""
     for cls in type(error).__mro__:
         if cls in table:

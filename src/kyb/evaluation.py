@@ -1,9 +1,6 @@
-"""Accuracy and speed on a labelled set: the ``gt.json`` format of ``../shared/datasets``.
+"""Accuracy and speed on a labelled set in the ``gt.json`` format (:mod:`kyb.groundtruth`).
 
-``gt.json`` holds ``database`` (reference image paths), ``labels`` (path -> label or [labels]),
-optional ``boxes`` (path -> [{label, box: [x1, y1, x2, y2]}]), ``queries`` ([{query, positives,
-label?}]) and ``distractor_queries`` (photos with no reference in them). Paths are relative to the
-set's folder. The database is indexed once into a cache folder keyed by its content and the
+The database is indexed once into a cache folder keyed by its content and the
 indexing settings, so re-running an evaluation only pays for the queries.
 """
 
@@ -13,7 +10,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,131 +21,21 @@ from kyb.catalog import Band
 from kyb.config import CacheConfig, EngineConfig
 from kyb.duplicates import find_duplicates
 from kyb.engine import Engine, IngestItem, IngestOutcome
-from kyb.errors import InvalidRequest, KybError
+from kyb.errors import KybError
+from kyb.groundtruth import GroundTruth, label_of
 from kyb.index import base_reference_id, current_generation
 
 __all__ = [
-    "SPLITS",
     "EvalReport",
-    "GroundTruth",
     "evaluate",
     "index_dataset",
-    "load_ground_truth",
     "lookalike_references",
-    "split_ground_truth",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Bump when indexing changes in a way the cache key would not see.
 CACHE_FORMAT = 6
-
-
-@dataclass(frozen=True)
-class GroundTruth:
-    root: Path
-    name: str
-    database: list[str]
-    labels: dict[str, str]
-    boxes: dict[str, list[tuple[float, float, float, float]]]
-    queries: list[dict[str, Any]]
-    distractors: list[str]
-    raw: bytes
-
-
-def _label(value: Any) -> str:
-    if isinstance(value, list):
-        return str(value[0]) if value else ""
-    return str(value)
-
-
-def parse_gt_boxes(entries: dict[str, list[Any]]) -> dict[str, list[tuple[float, float, float, float]]]:
-    """gt.json ``boxes`` (image -> ``[{"label", "box": [x1, y1, x2, y2]}]`` or bare ``[x1, y1, x2, y2]``)
-    as image -> unique boxes in file order; a repeated box (the logos set lists some twice) counts once."""
-    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
-    for p, items in entries.items():
-        unique: list[tuple[float, float, float, float]] = []
-        for entry in items:
-            box = tuple(float(v) for v in (entry["box"] if isinstance(entry, dict) else entry))
-            if len(box) == 4 and box not in unique:
-                unique.append(box)  # type: ignore[arg-type]
-        boxes[p] = unique
-    return boxes
-
-
-def load_ground_truth(dataset_dir: Path) -> GroundTruth:
-    """Reads and checks ``dataset_dir/gt.json``; raises InvalidRequest with the reason."""
-    path = Path(dataset_dir) / "gt.json"
-    try:
-        raw = path.read_bytes()
-        data = json.loads(raw)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise InvalidRequest(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("database"), list):
-        raise InvalidRequest(f"{path}: expected an object with a 'database' list")
-    labels = {p: _label(v) for p, v in (data.get("labels") or {}).items()}
-    boxes = parse_gt_boxes(data.get("boxes") or {})
-    queries = []
-    for q in data.get("queries") or []:
-        if "query" not in q:
-            raise InvalidRequest(f"{path}: a query entry has no 'query' path")
-        queries.append(q)
-    return GroundTruth(
-        root=Path(dataset_dir),
-        name=str(data.get("name") or Path(dataset_dir).name),
-        database=[str(p) for p in data["database"]],
-        labels=labels,
-        boxes=boxes,
-        queries=queries,
-        distractors=[str(p) for p in data.get("distractor_queries") or []],
-        raw=raw,
-    )
-
-
-#: The parts of a set's queries: settings are chosen on "tune" and reported on "test".
-SPLITS = ("tune", "test", "all")
-
-
-def _split_order(path: str) -> str:
-    return hashlib.sha256(path.encode("utf-8")).hexdigest()
-
-
-def query_part(gt: GroundTruth) -> dict[str, str]:
-    """Query or distractor path -> "tune" or "test": a fixed split that depends on the paths alone.
-
-    Queries are grouped by label (a brand's photos are split between both parts, so neither part
-    lacks a brand the other has), ordered within a group by the sha256 of their path and dealt out
-    alternately, each group starting with the part its label's hash picks (a brand with one photo
-    goes to either); distractors are dealt out the same way. A photo added to a set moves only photos
-    of its own label (or distractors), never the rest.
-    """
-    groups: dict[str, list[str]] = {}
-    for q in gt.queries:
-        label = _label(q.get("label")) if q.get("label") else gt.labels.get((q.get("positives") or [""])[0], "")
-        groups.setdefault(f"label:{label}", []).append(str(q["query"]))
-    groups["distractors"] = list(gt.distractors)
-    parts: dict[str, str] = {}
-    for group, paths in groups.items():
-        start = int(_split_order(group)[0], 16) % 2
-        for i, path in enumerate(sorted(set(paths), key=_split_order)):
-            parts[path] = SPLITS[(start + i) % 2]
-    return parts
-
-
-def split_ground_truth(gt: GroundTruth, part: str) -> GroundTruth:
-    """``gt`` with only the queries and distractors of ``part`` ("tune", "test" or "all")."""
-    if part not in SPLITS:
-        raise InvalidRequest(f"split must be one of {', '.join(SPLITS)}, not {part!r}")
-    if part == "all":
-        return gt
-    parts = query_part(gt)
-    return replace(
-        gt,
-        queries=[q for q in gt.queries if parts[str(q["query"])] == part],
-        distractors=[d for d in gt.distractors if parts[d] == part],
-    )
 
 
 def cache_key(gt: GroundTruth, config: EngineConfig) -> str:
@@ -344,7 +231,7 @@ def evaluate(
     failures = 0
     per_query = []
     for q in queries:
-        label = _label(q.get("label")) if q.get("label") else gt.labels.get(q["positives"][0], "")
+        label = label_of(q.get("label")) if q.get("label") else gt.labels.get(q["positives"][0], "")
         positives = set(q.get("positives") or [])
 
         def relevant(reference_path: str | None, positives: set[str] = positives, label: str = label) -> bool:
@@ -368,7 +255,9 @@ def evaluate(
         top = mapping.get(verified[0]) if verified else None
         correct = relevant(top) if top else False
         hits_top1 += correct
-        as_lookalike = bool(lookalikes) and not correct and any(relevant(p) for p in lookalikes.get(top or "", ()))
+        as_lookalike = (
+            lookalikes is not None and not correct and any(relevant(p) for p in lookalikes.get(top or "", ()))
+        )
         lookalike_hits += as_lookalike
         for k in ks:
             recall_hits[k] += any(flags[:k])

@@ -71,7 +71,7 @@ def _detector(max_features: int, contrast_threshold: float) -> cv2.SIFT:
     _local.sift = cache
     key = (max_features, contrast_threshold)
     if key not in cache:
-        cache[key] = cv2.SIFT_create(nfeatures=max_features, contrastThreshold=contrast_threshold)
+        cache[key] = cv2.SIFT.create(nfeatures=max_features, contrastThreshold=contrast_threshold)
     return cache[key]
 
 
@@ -105,17 +105,17 @@ def extract_rootsift(
         keypoints, descriptors = detector.compute(work, [found[i] for i in rank])
         if descriptors is None or not keypoints:
             return LocalFeatures.empty()
-        order = np.arange(len(keypoints))  # compute() keeps the order given (best first)
+        order = list(range(len(keypoints)))  # compute() keeps the order given (best first)
     else:
         keypoints, descriptors = _detector(max_features, contrast_threshold).detectAndCompute(work, None)
         if descriptors is None or not keypoints:
             return LocalFeatures.empty()
         # SIFT may return a few more than asked (ties on response); keep the strongest max_features.
-        order = np.argsort([-kp.response for kp in keypoints], kind="stable")[:max_features]
+        order = np.argsort([-kp.response for kp in keypoints], kind="stable")[:max_features].tolist()
     xy = np.array([keypoints[i].pt for i in order], dtype=np.float32) / factor
-    size = np.array([keypoints[i].size for i in order], dtype=np.float32) / factor
+    sizes = np.array([keypoints[i].size for i in order], dtype=np.float32) / factor
     angle = np.array([keypoints[i].angle for i in order], dtype=np.float32)
     desc = descriptors[order].astype(np.float32)
     desc /= desc.sum(axis=1, keepdims=True) + 1e-7
     np.sqrt(desc, out=desc)
-    return LocalFeatures(xy=xy, size=size, descriptors=desc, angle=angle)
+    return LocalFeatures(xy=xy, size=sizes, descriptors=desc, angle=angle)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kyb.catalog import Album, Band
+
 __all__ = ["IdentifiedObject", "IdentifyResult", "Match"]
 
 
@@ -19,8 +21,9 @@ class Match:
     band_id: str | None = None
     album_id: str | None = None
     kind: str | None = None
-    band: dict[str, Any] | None = None
-    album: dict[str, Any] | None = None
+    band: Band | None = None
+    album: Album | None = None
+    #: The matcher shard that verified it (served answers; "" embedded).
     shard: str = ""
     #: Found in the opposite polarity to the reference (a white print of a black-on-white logo).
     inverted: bool = False
@@ -36,8 +39,8 @@ class Match:
             "inverted": self.inverted,
             "outline": self.outline,
             "shard": self.shard,
-            "band": self.band,
-            "album": self.album,
+            "band": self.band.to_dict() if self.band else None,
+            "album": self.album.to_dict() if self.album else None,
         }
 
 
@@ -62,10 +65,11 @@ class IdentifiedObject:
             "kind": self.kind,
             "box": self.box,
             "outline": self.outline,
-            "band": self.best.band,
-            "album": self.best.album,
+            "band": self.best.band.to_dict() if self.best.band else None,
+            "album": self.best.album.to_dict() if self.best.album else None,
             "score": round(self.best.score, 4),
             "inliers": self.best.inliers,
+            "shard": self.best.shard,
             "matches": [m.to_dict() for m in self.matches],
         }
 
@@ -82,14 +86,23 @@ class IdentifyResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     candidates: list[str] = field(default_factory=list)  # shortlist order, for retrieval metrics
     cache: str = ""  # "hit" / "miss" from the descriptor cache, "" when none was asked
+    #: Served answers: some matcher shards did not answer (named), so objects may be missing.
+    partial: bool = False
+    missing_shards: list[str] = field(default_factory=list)
+    #: The caller's request id, echoed (served answers).
+    request_id: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "image": {"width": self.width, "height": self.height, "sha256": self.sha256},
             "features": self.features,
             "objects": [o.to_dict() for o in self.objects],
-            "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()},
+            "timings_ms": {k: round(v, 1) for k, v in sorted(self.timings_ms.items())},
+            "partial": self.partial,
+            "missing_shards": list(self.missing_shards),
         }
         if self.cache:
             out["cache"] = self.cache
+        if self.request_id:
+            out["request_id"] = self.request_id
         return out

@@ -24,9 +24,11 @@ from kyb.verify import QueryFeatures, Verification, verify
 
 __all__ = [
     "NOT_INDEXED",
+    "OWNED_SHARE",
     "CandidateSource",
     "FoundObject",
     "IndexSource",
+    "NotIndexed",
     "inside_outline",
     "prefer_complete",
     "probe_encoding",
@@ -34,6 +36,11 @@ __all__ = [
     "search",
     "verify_ahead",
 ]
+
+
+#: A verified reference with this share of its inliers inside an object already found is another
+#: explanation of that object (an alternative), not a new object.
+OWNED_SHARE = 0.3
 
 
 @dataclass
@@ -66,20 +73,20 @@ class CandidateSource(Protocol):
 
     def verify(
         self, keys: Sequence[str], rows: np.ndarray, *, sure: int = 0
-    ) -> Iterator[Verification | _NotIndexed | None]:
+    ) -> Iterator[Verification | NotIndexed | None]:
         """The verification of each key in order (None: not in the photo; :data:`NOT_INDEXED`: deleted
         since it was shortlisted). Consumed lazily: the loop stops pulling when it has seen enough,
         never before the first ``sure`` keys (those may be verified ahead of their turn)."""
         ...
 
 
-class _NotIndexed:
+class NotIndexed:
     def __repr__(self) -> str:
         return "NOT_INDEXED"
 
 
 #: Yielded by :meth:`CandidateSource.verify` for a key that is no longer indexed (not a miss).
-NOT_INDEXED = _NotIndexed()
+NOT_INDEXED = NotIndexed()
 
 
 def probe_encoding(query: Encoding, rows: np.ndarray, codebook: Codebook, projected: np.ndarray) -> Encoding:
@@ -138,12 +145,12 @@ class IndexSource:
 
     def verify(
         self, keys: Sequence[str], rows: np.ndarray, *, sure: int = 0
-    ) -> Iterator[Verification | _NotIndexed | None]:
+    ) -> Iterator[Verification | NotIndexed | None]:
         codebook = self.index.codebook
         subset = None if rows.size == len(self.query) else rows  # None: every feature, no copy
         photo = self.photo  # built here, not in a pool thread
 
-        def check(key: str) -> Verification | _NotIndexed | None:
+        def check(key: str) -> Verification | NotIndexed | None:
             try:
                 reference = self.index.features(key)
             except KeyError:  # deleted since the shortlist was made
@@ -159,6 +166,10 @@ class IndexSource:
 SERIAL_LOOKS = 8
 #: Candidates per pool task: one candidate a task spent a tenth of a first look handing it over.
 LOOKS_PER_TASK = 4
+
+
+def _check_each(check: Callable[[str], Any], keys: Sequence[str]) -> list[Any]:
+    return [check(key) for key in keys]
 
 
 def verify_ahead(check: Callable[[str], Any], keys: Sequence[str], threads: int, *, sure: int = 0) -> Iterator[Any]:
@@ -193,7 +204,7 @@ def verify_ahead(check: Callable[[str], Any], keys: Sequence[str], threads: int,
                     break
                 if not task:
                     break
-                pending.append((pool.submit(lambda task=task: [check(key) for key in task]), task, certain))
+                pending.append((pool.submit(_check_each, check, task), task, certain))
                 scheduled += len(task)
             if pending:
                 future, task, certain = pending.popleft()
@@ -327,7 +338,7 @@ def run_search(
             points = xy[result.inlier_rows]
             owner = None
             for item in found:
-                if inside_outline(points, item.verification.outline).mean() >= 0.3:
+                if inside_outline(points, item.verification.outline).mean() >= OWNED_SHARE:
                     owner = item
                     break
             if owner is not None:

@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -380,7 +381,7 @@ def _noise(rng: np.random.Generator, h: int, w: int, *, cells: float = 4.0, octa
 
 def _hsv(h: float, s: float, v: float) -> Color:
     """BGR colour from hue in degrees and saturation/value in [0, 1]."""
-    px = np.uint8([[[int(h % 360) // 2, int(np.clip(s, 0, 1) * 255), int(np.clip(v, 0, 1) * 255)]]])
+    px = np.array([[[int(h % 360) // 2, int(np.clip(s, 0, 1) * 255), int(np.clip(v, 0, 1) * 255)]]], dtype=np.uint8)
     b, g, r = cv2.cvtColor(px, cv2.COLOR_HSV2BGR)[0, 0]
     return int(b), int(g), int(r)
 
@@ -564,7 +565,7 @@ def _shear(mask: np.ndarray, k: float) -> np.ndarray:
     """Shear horizontally by ``k`` (x += k * (y - h/2)), widening the canvas so nothing is cut."""
     h, w = mask.shape
     extra = int(abs(k) * h) + 2
-    m = np.float32([[1, k, extra / 2 - k * h / 2], [0, 1, 0]])
+    m = np.array([[1, k, extra / 2 - k * h / 2], [0, 1, 0]], dtype=np.float32)
     return cv2.warpAffine(mask, m, (w + extra, h), flags=cv2.INTER_LINEAR)
 
 
@@ -803,7 +804,11 @@ def _el_polygons(img: np.ndarray, rng: np.random.Generator, pal: Sequence[Color]
     for _ in range(int(rng.integers(3, 9))):
         poly = _random_polygon(rng, tuple(rng.uniform(0, s, 2)), s * rng.uniform(0.05, 0.3))
         col = pal[int(rng.integers(len(pal)))] if rng.random() < 0.7 else _random_color(rng)
-        _translucent(img, rng.uniform(0.35, 1.0), lambda im, p=poly, c=col: cv2.fillPoly(im, [p], c, cv2.LINE_AA))
+
+        def fill(im: np.ndarray, p: np.ndarray = poly, c: Color = col) -> None:
+            cv2.fillPoly(im, [p], c, cv2.LINE_AA)
+
+        _translucent(img, rng.uniform(0.35, 1.0), fill)
         if rng.random() < 0.4:
             cv2.polylines(img, [poly], True, _random_color(rng), int(rng.integers(1, 4)), cv2.LINE_AA)
 
@@ -1131,9 +1136,9 @@ def draw_album_cover(title: str, band_name: str, rng: np.random.Generator, size:
 
     for _ in range(int(rng.integers(0, 3))):  # small print: edition marks, catalogue numbers
         txt = _pick(rng, _COVER_SMALL) if rng.random() < 0.6 else f"CAT-{int(rng.integers(100, 999))}"
-        m = _text_mask(txt, int(rng.choice(_FONTS_ALL)), int(rng.integers(8, 14)), 1, pad=2)
+        small = _text_mask(txt, int(rng.choice(_FONTS_ALL)), int(rng.integers(8, 14)), 1, pad=2)
         corner = (rng.uniform(0.1, 0.9) * s, rng.choice([0.04, 0.96]) * s)
-        pm = _fit_mask(m, (s, s), corner, (s * 0.35, s * 0.05), angle=float(rng.choice([0, 0, 90, -90])))
+        pm = _fit_mask(small, (s, s), corner, (s * 0.35, s * 0.05), angle=float(rng.choice([0, 0, 90, -90])))
         _paint(img, pm, _random_color(rng))
 
     # Print texture: mottled multiplicative grunge plus grain.
@@ -1504,14 +1509,14 @@ class SceneStyle:
     max_attempts: int = 48
 
     @classmethod
-    def clean(cls, **overrides: object) -> SceneStyle:
+    def clean(cls, **overrides: Any) -> SceneStyle:
         """Same geometry, no photometric degradation at all (for exact-pixel tests)."""
         base = cls(
             blur_sigma=(0.0, 0.0), motion_blur=0.0, glare=0.0, brightness=(0.0, 0.0), contrast=(1.0, 1.0),
             color_cast=0.0, vignette=0.0, noise_sigma=(0.0, 0.0), jpeg_quality=(100, 100), occlusion=0.0,
             shadow=0.0,
         )  # fmt: skip
-        return replace(base, **overrides)  # type: ignore[arg-type]
+        return replace(base, **overrides)
 
 
 @dataclass(frozen=True, eq=False)
@@ -1662,7 +1667,7 @@ def degrade_image(img: np.ndarray, rng: np.random.Generator, style: SceneStyle =
     """Global camera effects on a BGR uint8 image: lighting (contrast, brightness, colour cast, vignette),
     Gaussian and motion blur, sensor noise, then a JPEG encode/decode round trip. Returns a new image."""
     h, w = img.shape[:2]
-    out = img.astype(np.float32)
+    out: np.ndarray = img.astype(np.float32)
     contrast = rng.uniform(*style.contrast)
     bright = rng.uniform(*style.brightness)
     gains = 1.0 + rng.uniform(-style.color_cast, style.color_cast, 3)

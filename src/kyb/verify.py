@@ -136,7 +136,7 @@ def _fit(
     inliers, fitted to each polarity's matches on its own (a print is in one polarity: mixed, the
     other's chance matches only dilute RANSAC's sample). (H, qi, ri, inlier mask, count) of the
     polarity that won, or None when no polarity has ``need`` matches or a fit."""
-    groups = [slice(None)]
+    groups: list[slice | np.ndarray] = [slice(None)]
     if query.inverted is not None and qi.size:
         twin = query.inverted[qi]
         groups = [np.flatnonzero(~twin), np.flatnonzero(twin)]

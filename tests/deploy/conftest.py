@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from kyb.config import EngineConfig
+from kyb.config import EngineConfig, environment
 from kyb.rpc import ServiceConfig
-from kyb.rpc._config import environment
 
 
 def known_env_names() -> set[str]:

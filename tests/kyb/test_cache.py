@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -65,8 +64,8 @@ def prefix() -> Iterator[str]:
     client = redis.Redis.from_url(REDIS_URL)
     try:
         client.ping()
-    except redis.RedisError as exc:  # pragma: no cover - CI always runs Redis
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    except redis.RedisError as exc:  # the set-up script starts Redis: its absence is a failure
+        pytest.fail(f"no Redis at {REDIS_URL} (run scripts/setup.sh): {exc}")
     name = f"kyb-test-{uuid.uuid4().hex[:12]}:"
     yield name
     keys = list(client.scan_iter(match=name + "*"))
@@ -192,14 +191,15 @@ def test_redis_round_trip_with_ttl(prefix: str) -> None:
 def test_redis_down_is_a_fast_miss_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     cache = open_cache("redis://127.0.0.1:1/0")
     assert isinstance(cache, RedisCache)
+    cache.backoff_s = 3600.0  # the whole test runs inside one backoff period, however slow the machine
     key = cache_key(SHA, "v1", None)
-    started = time.perf_counter()
     for _ in range(20):
         assert cache.get(key) is None
         cache.put(key, _encoding(10))
-    assert time.perf_counter() - started < 1.0
     stats = cache.stats()
-    assert stats["errors"] >= 1 and stats["misses"] == 20 and stats["hits"] == 0
+    # Fast: Redis was tried once (one socket timeout at most); the 39 operations after it skipped it.
+    assert stats["errors"] == 1 and stats["skipped"] == 39
+    assert stats["misses"] == 20 and stats["hits"] == 0
     warnings = [r for r in caplog.records if r.name == "kyb.cache" and "Redis" in r.getMessage()]
     assert len(warnings) == 1
 
@@ -248,20 +248,17 @@ def _version(engine: Engine) -> str:
 def test_engine_with_redis_down_answers_correctly_and_quickly(library: Library) -> None:
     photos = _photos(library, 3)
     with Engine(dataclasses.replace(library.config, cache=CacheConfig(url="none"))) as engine:
-        engine.identify(photos[0])  # warm up (index load)
-        started = time.perf_counter()
         expected = [_answer(engine.identify(p)) for p in photos]
-        plain_s = time.perf_counter() - started
     with Engine(dataclasses.replace(library.config, cache=CacheConfig(url="redis://127.0.0.1:1/0"))) as engine:
-        engine.identify(photos[0])
-        started = time.perf_counter()
+        cache = engine.cache
+        assert isinstance(cache, RedisCache)
+        cache.backoff_s = 3600.0
         results = [engine.identify(p) for p in photos]
-        down_s = time.perf_counter() - started
-        stats = engine.cache.stats()  # type: ignore[union-attr]
+        stats = cache.stats()
     assert [_answer(r) for r in results] == expected
     assert all(r.cache == "miss" for r in results)
-    assert stats["errors"] >= 1 and stats["hits"] == 0
-    assert down_s < plain_s + 2.0
+    # Quick: one failed attempt, then every photo's get and put skipped Redis instead of waiting on it.
+    assert stats["errors"] == 1 and stats["hits"] == 0 and stats["skipped"] == 2 * len(photos) - 1
 
 
 def test_engine_encoder_change_misses(library: Library) -> None:

@@ -21,7 +21,6 @@ from kyb.detection import (
     WeightsError,
     build_detector,
     drawn_references,
-    expand_box,
     generate_scenes,
     read_annotations,
     read_coco,
@@ -141,11 +140,6 @@ def test_scene_generator_balances_categories(tmp_path: Path) -> None:
         return sum(s.labels.count("album_cover") for s in samples)
 
     assert covers(True) >= 12 > covers(False)
-
-
-def test_expand_box_grows_and_clips() -> None:
-    assert expand_box((10, 10, 110, 60), 200, 100, 0.1) == (0.0, 5.0, 120.0, 65.0)
-    assert expand_box((150, 0, 200, 100), 200, 100, 0.5) == (125.0, 0.0, 200.0, 100.0)
 
 
 # ------------------------------------------------------------------ model and weights

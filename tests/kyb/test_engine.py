@@ -60,7 +60,7 @@ def test_logo_in_clutter(library: Library, engine: Engine) -> None:
     result = engine.identify(data)
     assert _bands(result)[:1] == [library.band_of[name]]
     assert result.objects[0].kind == "logo"
-    assert result.objects[0].best.band["name"]  # metadata comes from the catalog
+    assert result.objects[0].best.band and result.objects[0].best.band.name  # metadata comes from the catalog
 
 
 def test_several_objects_each_once(library: Library, engine: Engine) -> None:
@@ -434,6 +434,7 @@ def test_verify_ahead_yields_every_answer_in_order_and_stops_with_its_caller() -
     import threading
     import time
 
+    from kyb.index import search_pool
     from kyb.search import LOOKS_PER_TASK, SERIAL_LOOKS, verify_ahead
 
     caller = threading.get_ident()
@@ -459,7 +460,10 @@ def test_verify_ahead_yields_every_answer_in_order_and_stops_with_its_caller() -
     walk = verify_ahead(check, keys, threads=2)
     taken = [next(walk) for _ in range(SERIAL_LOOKS + 1)]
     walk.close()
-    time.sleep(0.1)  # what was running has finished
+    # Every task already running has finished once both pool workers are free at the same time.
+    gate = threading.Barrier(2)
+    for done in [search_pool(2).submit(gate.wait, 30) for _ in range(2)]:
+        done.result(timeout=30)
     assert taken == [f"answer-{k}" for k in keys[: SERIAL_LOOKS + 1]]
     assert len(checked) <= SERIAL_LOOKS + (2 + 1) * LOOKS_PER_TASK < len(keys)
 

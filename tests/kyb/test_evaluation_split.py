@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kyb.errors import InvalidRequest
-from kyb.evaluation import load_ground_truth, query_part, split_ground_truth
+from kyb.groundtruth import load_ground_truth, query_part, split_ground_truth
 
 
 def _write_set(folder: Path, queries: list[dict[str, object]], distractors: list[str]) -> Path:

@@ -11,8 +11,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kyb.catalog import CatalogUnavailable
+from kyb.config import DetectorConfig, EngineConfig
 from kyb.errors import DeadlineExceeded, ImageTooLarge, NotFound, Unavailable
-from kyb.rpc import Deadline, DetectorConfig, RetryPolicy, RpcConfig, ServiceConfig, call_unary, open_channel
+from kyb.rpc import Deadline, RetryPolicy, RpcConfig, ServiceConfig, call_unary, open_channel
 from kyb.v1 import detector_pb2, detector_pb2_grpc
 from services.detector.server import create_server
 from services.detector.servicer import DetectorServicer
@@ -37,7 +38,7 @@ class ScriptedDetector(DetectorServicer):
 def detector(tmp_path) -> Iterator[tuple[ScriptedDetector, grpc.Channel, object]]:
     config = ServiceConfig(
         rpc=RpcConfig(host="127.0.0.1", grace_s=0, metrics_port=0),
-        detector=DetectorConfig(port=0),
+        engine=EngineConfig(detector=DetectorConfig(port=0)),
     )
     config = config.replace(engine=dataclasses.replace(config.engine, index_dir=tmp_path / "i"))
     servicer = ScriptedDetector(config, [])
@@ -79,7 +80,9 @@ def test_errors_become_statuses_with_one_line(detector, error, code, details):
 
 
 def test_no_model_detector_answers_no_boxes_and_refuses_bad_images(tmp_path):
-    config = ServiceConfig(rpc=RpcConfig(host="127.0.0.1", grace_s=0), detector=DetectorConfig(port=0))
+    config = ServiceConfig(
+        rpc=RpcConfig(host="127.0.0.1", grace_s=0), engine=EngineConfig(detector=DetectorConfig(port=0))
+    )
     server, port = create_server(config)
     server.start()
     try:
@@ -136,7 +139,7 @@ def test_max_connection_age_makes_clients_reconnect(tmp_path):
 
     config = ServiceConfig(
         rpc=RpcConfig(host="127.0.0.1", grace_s=0.2, max_connection_age_s=0.3),
-        detector=DetectorConfig(port=0),
+        engine=EngineConfig(detector=DetectorConfig(port=0)),
     )
     config = config.replace(engine=dataclasses.replace(config.engine, index_dir=tmp_path / "i"))
     server, port = create_server(config, servicer=ScriptedDetector(config, []))

@@ -22,6 +22,7 @@ from kyb.catalog import Band
 from kyb.config import EngineConfig, FeatureConfig, load_config
 from kyb.engine import Engine, IngestItem
 from kyb.index import ReferenceIndex
+from kyb.regions import RegionDetector
 from kyb.rpc import (
     EncoderConfig,
     GatewayConfig,
@@ -182,13 +183,15 @@ def start_stack(
     *,
     ingest: bool = True,
     tokens: tuple[str, ...] = (),
+    detector: bool | RegionDetector = True,
     **rpc: object,
 ) -> tuple[LocalStack, grpc.Channel]:
     """A started stack with ``shards`` empty shards under ``root``, the corpus ingested through the
-    gateway (unless ``ingest=False``), and an open channel to its gateway; the caller stops both."""
+    gateway (unless ``ingest=False``), and an open channel to its gateway; the caller stops both.
+    ``detector`` is what the detector service serves (True: the configured weights, none here)."""
     config = service_config(root, corpus.engine.config, tokens=tokens, **rpc)
     empty_shards(corpus, config, shards)
-    stack = start_local(config, shards=shards)
+    stack = start_local(config, shards=shards, detector=detector)
     wait_ready(stack)
     channel = grpc.insecure_channel(f"127.0.0.1:{stack.gateway_port}")
     if ingest:
@@ -207,9 +210,14 @@ def make_stack(corpus: Corpus, tmp_path: Path) -> Iterator[StackFactory]:
     started: list[tuple[LocalStack, grpc.Channel]] = []
 
     def factory(
-        shards: int = 2, *, ingest: bool = True, tokens: tuple[str, ...] = (), **rpc: object
+        shards: int = 2,
+        *,
+        ingest: bool = True,
+        tokens: tuple[str, ...] = (),
+        detector: bool | RegionDetector = True,
+        **rpc: object,
     ) -> tuple[LocalStack, gateway_pb2_grpc.GatewayStub]:
-        stack, channel = start_stack(corpus, tmp_path, shards, ingest=ingest, tokens=tokens, **rpc)
+        stack, channel = start_stack(corpus, tmp_path, shards, ingest=ingest, tokens=tokens, detector=detector, **rpc)
         started.append((stack, channel))
         return stack, gateway_pb2_grpc.GatewayStub(channel)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,12 +58,13 @@ def _bands(answer: dict[str, Any]) -> list[str]:
 
 
 def _redis() -> Any:
-    redis = pytest.importorskip("redis")
+    import redis
+
     client = redis.Redis.from_url(REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
     try:
         client.ping()
-    except (redis.RedisError, OSError) as exc:
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
+    except (redis.RedisError, OSError) as exc:  # the set-up script starts Redis: its absence is a failure
+        pytest.fail(f"no Redis at {REDIS_URL} (run scripts/setup.sh): {exc}")
     return client
 
 
@@ -73,14 +73,14 @@ def test_identify_answers_quickly_with_redis_down(corpus: Corpus, cache_stack: C
     photo = corpus.photo([0, 3, 5], seed=1)
     embedded = corpus.engine.identify(photo).to_dict()
     for _ in range(2):
-        started = time.monotonic()
         served = identify_response_to_dict(stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10))
-        assert time.monotonic() - started < 5
         assert _bands(served) == _bands(embedded) == ["band-0", "band-3", "band-5"]
         assert not served["partial"]
     stats = _encoder_stats(stack)
     assert stats["hits"] == 0 and stats["puts"] == 0
-    assert stats["errors"] >= 1  # the failure was noticed (then Redis is skipped for a while)
+    # Quick: the first failure was noticed, then Redis was skipped (the encoder's backoff is 5 s; the
+    # photos are encoded inside it) instead of costing a socket timeout per call.
+    assert stats["errors"] >= 1 and stats["skipped"] >= 1
 
 
 def test_second_identify_of_the_same_photo_is_a_cache_hit(corpus: Corpus, cache_stack: CacheStack) -> None:

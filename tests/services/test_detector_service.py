@@ -5,7 +5,6 @@ fallback when the detector has no model."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -14,8 +13,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kyb.config import DetectorConfig, EngineConfig
 from kyb.detection import CATEGORIES, Detector, DetectorArch, WeightsError, build_detector, save_weights
-from kyb.rpc import DetectorConfig, RpcConfig, ServiceConfig, open_channel
+from kyb.rpc import RpcConfig, ServiceConfig, open_channel
 from kyb.v1 import detector_pb2, detector_pb2_grpc, gateway_pb2
 from services.detector.server import create_server
 from services.detector.servicer import DetectorServicer
@@ -35,8 +35,9 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(**detector: object) -> ServiceConfig:
+    detector_config = DetectorConfig(port=0, **detector)  # type: ignore[arg-type]
     return ServiceConfig(rpc=RpcConfig(host="127.0.0.1", grace_s=0, workers=16),
-                         detector=DetectorConfig(port=0, **detector))  # type: ignore[arg-type]  # fmt: skip
+                         engine=EngineConfig(detector=detector_config))  # fmt: skip
 
 
 def _photos(n: int) -> list[bytes]:
@@ -62,10 +63,8 @@ def test_concurrent_calls_are_batched_and_each_gets_its_own_boxes(weights: Path)
     server.start()
     try:
         with open_channel(f"127.0.0.1:{port}", config.rpc) as channel:
-            deadline = time.monotonic() + 60
-            while _health(channel) != health_pb2.HealthCheckResponse.SERVING:
-                assert time.monotonic() < deadline and servicer.load_error is None, servicer.load_error
-                time.sleep(0.05)
+            assert servicer.wait_for_load(timeout=60), servicer.load_error
+            assert _health(channel) == health_pb2.HealthCheckResponse.SERVING
             photos = _photos(8)
             stub = detector_pb2_grpc.DetectorStub(channel)
             answers: dict[int, detector_pb2.DetectResponse] = {}
@@ -109,11 +108,13 @@ def test_a_weights_file_that_is_not_the_configured_one_is_refused(weights: Path)
     servicer = DetectorServicer(config)
     with pytest.raises(WeightsError, match=r"tiny\.pt: sha256 .* does not match the config"):
         servicer.load()
-    server, port = create_server(config, servicer=DetectorServicer(config))
+    servicer = DetectorServicer(config)
+    server, port = create_server(config, servicer=servicer)
     server.start()
     try:
         with open_channel(f"127.0.0.1:{port}", config.rpc) as channel:
-            time.sleep(0.5)
+            assert not servicer.wait_for_load(timeout=60)  # the load ended, refused
+            assert isinstance(servicer.load_error, WeightsError)
             assert _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         server.stop(0).wait(5)

@@ -8,12 +8,10 @@ needs only the interface (:meth:`Catalog.import_parsed`) lives here, once, for a
 from __future__ import annotations
 
 import abc
-import os
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import unquote
 
 from ._model import (
     REFERENCE_KINDS,
@@ -28,7 +26,7 @@ from ._model import (
     RowError,
 )
 
-__all__ = ["Catalog", "open_catalog"]
+__all__ = ["Catalog"]
 
 
 class Catalog(abc.ABC):
@@ -293,36 +291,3 @@ def reference_from_row(row: tuple[Any, ...], decode_regions: Callable[[Any], Any
         regions=tuple(tuple(box) for box in decode_regions(regions)),
         created_at=created,
     )
-
-
-def open_catalog(url: str | os.PathLike[str], *, migrate: bool = True) -> Catalog:
-    """Open the catalog a URL names, migrated to the latest schema unless ``migrate=False``.
-
-    - ``sqlite:///abs/path.db`` (everything after ``sqlite://`` is the path, so ``sqlite://rel.db`` is
-      relative), ``sqlite://:memory:`` (a private in-memory database), or a bare filesystem path -> SQLite;
-    - ``postgresql://...`` / ``postgres://...`` -> Postgres (a libpq URI, passed to :class:`PostgresCatalog`
-      as is; :class:`CatalogUnavailable` if the server cannot be reached).
-    """
-    text = os.fspath(url).strip()
-    if not text:
-        raise CatalogError("empty catalog URL")
-    scheme, sep, rest = text.partition("://")
-    backend = scheme.lower() if sep else ""
-    catalog: Catalog
-    if backend in ("postgresql", "postgres"):
-        from ._postgres import PostgresCatalog  # imported here: _postgres imports this module
-
-        catalog = PostgresCatalog(text)
-    elif backend in ("", "sqlite"):
-        from ._sqlite import SQLiteCatalog  # imported here: _sqlite imports this module
-
-        catalog = SQLiteCatalog((unquote(rest) or ":memory:") if sep else text)
-    else:
-        raise CatalogError(f"unsupported catalog URL scheme {scheme!r}; use sqlite://, postgresql:// or a file path")
-    if migrate:
-        try:
-            catalog.migrate()
-        except BaseException:
-            catalog.close()
-            raise
-    return catalog

@@ -133,12 +133,13 @@ class _Record:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict: field name -> value, tuples as (nested) lists."""
+        # _Record itself is no dataclass (its subclasses are), which mypy cannot see from here.
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Build a record from a mapping such as ``to_dict()`` output; unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # a dataclass subclass
         missing = [key for key in cls._REQUIRED if key not in data]
         if missing:
             raise ValueError(f"missing required field(s): {', '.join(missing)}")

@@ -111,6 +111,14 @@ def _translate(exc: psycopg2.Error, where: str) -> CatalogError:
     return CatalogError(f"postgres error: {text}")
 
 
+def _aggregate(cur: Any) -> tuple[Any, ...]:
+    """The one row an aggregate query (COUNT, MAX) always returns."""
+    row = cur.fetchone()
+    if row is None:
+        raise CatalogError("an aggregate query returned no row")
+    return tuple(row)
+
+
 class _BrokenConnection(CatalogUnavailable):
     """A pooled connection died (server restart, idle timeout); it has been dropped from the pool."""
 
@@ -272,7 +280,7 @@ class PostgresCatalog(Catalog):
     @staticmethod
     def _schema_version(cur: psycopg2.extensions.cursor, latest: int) -> int:
         cur.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version")
-        (current,) = cur.fetchone()
+        (current,) = _aggregate(cur)
         if current > latest:
             raise CatalogError(
                 f"catalog schema version {current} is newer than this code supports ({latest}); upgrade kyb"
@@ -328,7 +336,7 @@ class PostgresCatalog(Catalog):
     def count_bands(self) -> int:
         with self._cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM bands")
-            (count,) = cur.fetchone()
+            (count,) = _aggregate(cur)
         return int(count)
 
     # -- albums --------------------------------------------------------------------------------------
@@ -439,7 +447,7 @@ class PostgresCatalog(Catalog):
     def count_references(self) -> int:
         with self._cursor() as cur:
             cur.execute("SELECT COUNT(*) FROM reference_images")
-            (count,) = cur.fetchone()
+            (count,) = _aggregate(cur)
         return int(count)
 
     # -- ingestion log -------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def _band_params(band: Band, now: float) -> tuple[Any, ...]:
 
 
 def _band_from_row(row: tuple[Any, ...]) -> Band:
-    data = {
+    data: dict[str, Any] = {
         col: tuple(json.loads(value)) if col in _BAND_LIST_COLUMNS else value
         for col, value in zip(_BAND_COLUMNS, row, strict=True)
     }

@@ -20,7 +20,6 @@ from kyb.detection._data import (
 )
 from kyb.detection._detector import Detection, Detector, set_input_size
 from kyb.detection._model import CATEGORIES, DetectorArch, build_detector
-from kyb.detection._regions import MARGIN, expand_box, identify_detected
 from kyb.detection._scenes import (
     DETECTION_STYLE,
     Reference,
@@ -34,7 +33,6 @@ from kyb.detection._weights import DetectorWeights, WeightsError, WeightsFile, f
 __all__ = [
     "CATEGORIES",
     "DETECTION_STYLE",
-    "MARGIN",
     "Detection",
     "Detector",
     "DetectorArch",
@@ -47,11 +45,9 @@ __all__ = [
     "build_detector",
     "crop_references",
     "drawn_references",
-    "expand_box",
     "file_sha256",
     "folder_references",
     "generate_scenes",
-    "identify_detected",
     "read_annotations",
     "read_coco",
     "read_gt_boxes",

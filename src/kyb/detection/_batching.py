@@ -11,6 +11,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import typing
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -41,7 +42,8 @@ class DynamicBatcher(Generic[T, R]):
         self._fn = fn
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
-        self._queue: queue.Queue[object] = queue.Queue()
+        #: (item, its future) pairs, then _CLOSE.
+        self._queue: queue.Queue[tuple[T, Future[R]] | object] = queue.Queue()
         self._closed = False
         #: Sizes of the batches run so far (for metrics and tests), most recent last, capped.
         self.batch_sizes: list[int] = []
@@ -72,7 +74,7 @@ class DynamicBatcher(Generic[T, R]):
             first = self._queue.get()
             if first is _CLOSE:
                 return
-            batch = [first]
+            batch: list[tuple[T, Future[R]]] = [typing.cast(tuple[T, Future[R]], first)]
             deadline = time.monotonic() + self.max_wait_s
             stop = False
             while len(batch) < self.max_batch:
@@ -84,8 +86,8 @@ class DynamicBatcher(Generic[T, R]):
                 if nxt is _CLOSE:
                     stop = True
                     break
-                batch.append(nxt)
-            self._execute(batch)  # type: ignore[arg-type]
+                batch.append(typing.cast(tuple[T, Future[R]], nxt))
+            self._execute(batch)
             if stop:
                 return
 

@@ -15,8 +15,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kyb.errors import InvalidRequest
+from kyb.groundtruth import parse_gt_boxes
 
 __all__ = [
     "Sample", "read_annotations", "read_coco", "read_gt_boxes", "read_voc", "split_of", "write_coco", "write_voc",
@@ -121,8 +123,6 @@ def read_coco(
 def read_gt_boxes(path: Path, *, label: str = "logo") -> list[Sample]:
     """The ``boxes`` of a kyb gt.json (``{"boxes": {image: [{"label", "box": [x1, y1, x2, y2]}]}}``, as in
     ../shared/datasets/logos): every box becomes ``label``; repeated identical boxes count once."""
-    from kyb.evaluation import parse_gt_boxes  # the one reader of the gt.json format (kyb eval's)
-
     try:
         data = json.loads(Path(path).read_text("utf-8"))
         entries = parse_gt_boxes(data["boxes"])
@@ -139,7 +139,8 @@ def write_coco(samples: Sequence[Sample], path: Path, *, categories: Sequence[st
     """COCO JSON for ``samples`` (file names relative to the JSON's folder when they lie under it).
     Category ids are 1.. in ``categories`` order, matching the detector's label ids."""
     cat_id = {name: i + 1 for i, name in enumerate(categories)}
-    images, anns = [], []
+    images: list[dict[str, Any]] = []
+    anns: list[dict[str, Any]] = []
     for i, s in enumerate(samples, 1):
         try:
             name = str(s.image.relative_to(path.parent))
@@ -162,8 +163,8 @@ def write_voc(sample: Sample, path: Path) -> Path:
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = sample.image.name
     size = ET.SubElement(root, "size")
-    for tag, v in (("width", sample.width), ("height", sample.height), ("depth", 3)):
-        ET.SubElement(size, tag).text = str(v)
+    for tag, count in (("width", sample.width), ("height", sample.height), ("depth", 3)):
+        ET.SubElement(size, tag).text = str(count)
     for box, label in zip(sample.boxes, sample.labels, strict=True):
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = label

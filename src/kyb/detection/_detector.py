@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,21 +18,12 @@ import cv2
 import numpy as np
 
 from kyb.detection._weights import DetectorWeights
+from kyb.regions import Detection
 
 if TYPE_CHECKING:
-    from kyb.rpc import DetectorConfig
+    from kyb.config import DetectorConfig
 
 __all__ = ["Detection", "Detector", "set_input_size"]
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One region: ``box`` ``(x1, y1, x2, y2)`` float pixels of the input image (x2/y2 exclusive), the
-    ``label`` (a category name: ``logo`` or ``album_cover``) and the detector's ``score`` in [0, 1]."""
-
-    box: tuple[float, float, float, float]
-    label: str
-    score: float
 
 
 def set_input_size(model: Any, weights: DetectorWeights, input_size: int) -> tuple[int, int]:

@@ -162,7 +162,7 @@ def _hamming_scatter(
                 x = (x + (x >> four)) & _M4
                 bits = np.int64((x * _H01) >> top)
                 hits[n_hits] = (p << 7) | bits  # position and distance (0..64) in one store
-                n_hits += bits <= threshold
+                n_hits += int(bits <= threshold)
             for i in range(n_hits):
                 row = rows[hits[i] >> 7]
                 similarity = table[hits[i] & 127]
@@ -246,7 +246,7 @@ def _vote_segments(
     for (position, _, _), output in sorted(zip(pieces, outputs, strict=True), key=lambda item: item[0]):
         before = raws[position]
         raws[position] = output if before is None else before + output
-    return raws  # type: ignore[return-value]
+    return [raw if raw is not None else np.zeros(0, dtype=np.float32) for raw in raws]
 
 
 def _vote(segment: _Segment, photo: PhotoVote, table: np.ndarray, threshold: int) -> np.ndarray:

@@ -6,9 +6,7 @@ typed configuration (:class:`ServiceConfig`, ``KYB_*``), shard placement (:func:
 the engine <-> protobuf conversions. The services under ``services/`` are thin layers on top.
 """
 
-from kyb.rpc._auth import TokenCheck, bearer_metadata
-from kyb.rpc._channels import Deadline, RetryPolicy, call_unary, open_channel, wait_until_serving
-from kyb.rpc._config import (
+from kyb.config import (
     DetectorConfig,
     EncoderConfig,
     GatewayConfig,
@@ -21,6 +19,8 @@ from kyb.rpc._config import (
     load_service_config,
     parse_shard,
 )
+from kyb.rpc._auth import TokenCheck, bearer_metadata
+from kyb.rpc._channels import Deadline, RetryPolicy, call_unary, open_channel, wait_until_serving
 from kyb.rpc._convert import (
     album_from_proto,
     album_to_proto,
@@ -32,6 +32,10 @@ from kyb.rpc._convert import (
     decoded_to_proto,
     encoding_from_proto,
     encoding_to_proto,
+    found_from_proto,
+    found_to_proto,
+    identify_result_from_proto,
+    identify_result_to_proto,
     kind_from_proto,
     kind_to_proto,
     outline_from_proto,
@@ -48,7 +52,7 @@ from kyb.rpc._convert import (
 from kyb.rpc._errors import error_from_rpc, one_line, status_for
 from kyb.rpc._metrics import Metrics
 from kyb.rpc._reshard import ReshardReport, expand_addresses, reshard
-from kyb.rpc._server import ServiceServer, serve
+from kyb.rpc._server import Server, ServiceServer, serve
 from kyb.rpc._sharding import base_reference_id, shard_for, shard_name, split_index
 
 __all__ = [
@@ -61,6 +65,7 @@ __all__ = [
     "ReshardReport",
     "RetryPolicy",
     "RpcConfig",
+    "Server",
     "ServiceConfig",
     "ServiceServer",
     "TokenCheck",
@@ -81,7 +86,11 @@ __all__ = [
     "environment",
     "error_from_rpc",
     "expand_addresses",
+    "found_from_proto",
+    "found_to_proto",
     "from_environ",
+    "identify_result_from_proto",
+    "identify_result_to_proto",
     "kind_from_proto",
     "kind_to_proto",
     "load_service_config",

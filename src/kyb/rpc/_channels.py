@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from kyb.config import RpcConfig
 from kyb.errors import DeadlineExceeded, Unavailable
-from kyb.rpc._config import RpcConfig
 from kyb.rpc._errors import error_from_rpc
 from kyb.rpc._metrics import Metrics
 

@@ -17,7 +17,9 @@ from kyb.encoder import Box, Encoding
 from kyb.errors import InvalidRequest
 from kyb.imageio import DecodedImage
 from kyb.index import RankedLists
-from kyb.v1 import common_pb2, matcher_pb2
+from kyb.results import IdentifiedObject, IdentifyResult, Match
+from kyb.search import FoundObject
+from kyb.v1 import common_pb2, gateway_pb2, matcher_pb2
 from kyb.verify import Verification
 
 __all__ = [
@@ -31,6 +33,10 @@ __all__ = [
     "decoded_to_proto",
     "encoding_from_proto",
     "encoding_to_proto",
+    "found_from_proto",
+    "found_to_proto",
+    "identify_result_from_proto",
+    "identify_result_to_proto",
     "kind_from_proto",
     "kind_to_proto",
     "outline_from_proto",
@@ -47,8 +53,8 @@ __all__ = [
 
 #: dtypes allowed on the wire; anything else is refused before numpy sees the bytes.
 _DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "int32", "int64", "float32", "float64"})
-_KINDS = {"logo": common_pb2.KIND_LOGO, "album_cover": common_pb2.KIND_ALBUM_COVER}
-_KIND_NAMES = {value: key for key, value in _KINDS.items()}
+_KINDS: dict[str, common_pb2.Kind] = {"logo": common_pb2.KIND_LOGO, "album_cover": common_pb2.KIND_ALBUM_COVER}
+_KIND_NAMES: dict[int, str] = {value: key for key, value in _KINDS.items()}
 
 
 def pack_array(array: np.ndarray) -> common_pb2.PackedArray:
@@ -199,7 +205,7 @@ def outline_from_proto(message: common_pb2.Outline) -> np.ndarray:
     return np.array([[p.x, p.y] for p in message.points], dtype=np.float32).reshape(-1, 2)
 
 
-def kind_to_proto(kind: str | None) -> int:
+def kind_to_proto(kind: str | None) -> common_pb2.Kind:
     return _KINDS.get(kind or "", common_pb2.KIND_UNSPECIFIED)
 
 
@@ -354,4 +360,120 @@ def ranked_from_proto(response: matcher_pb2.ShortlistResponse) -> RankedLists:
     return RankedLists(
         [(item.reference_id, float(item.score)) for item in response.global_list],
         [(item.reference_id, float(item.score)) for item in response.words],
+    )
+
+
+def found_to_proto(found: Sequence[FoundObject]) -> list[matcher_pb2.VerifiedObject]:
+    """A search's objects as a matcher answers them (search pixels, rows of the searched features)."""
+    return [
+        matcher_pb2.VerifiedObject(
+            match=verification_to_proto(item.verification),
+            alternatives=[verification_to_proto(a) for a in item.alternatives],
+        )
+        for item in found
+    ]
+
+
+def found_from_proto(objects: Iterable[matcher_pb2.VerifiedObject], count: int, *, name: str) -> list[FoundObject]:
+    """A matcher's objects back as :class:`~kyb.search.FoundObject` s over ``count`` searched features."""
+    return [
+        FoundObject(
+            verification_from_proto(item.match, count, name=f"{name} object {i}"),
+            [verification_from_proto(a, count, name=f"{name} object {i}") for a in item.alternatives],
+        )
+        for i, item in enumerate(objects)
+    ]
+
+
+def _match_to_proto(match: Match) -> common_pb2.Match:
+    message = common_pb2.Match(
+        reference_id=match.reference_id,
+        kind=kind_to_proto(match.kind),
+        band_id=match.band_id or "",
+        album_id=match.album_id or "",
+        score=match.score,
+        inliers=match.inliers,
+        outline=outline_to_proto(match.outline),
+        shard=match.shard,
+        inverted=match.inverted,
+    )
+    if match.band is not None:
+        message.band.CopyFrom(band_to_proto(match.band))
+    if match.album is not None:
+        message.album.CopyFrom(album_to_proto(match.album))
+    return message
+
+
+def _outline_list(message: common_pb2.Outline) -> list[list[float]]:
+    return [[round(p.x, 1), round(p.y, 1)] for p in message.points]
+
+
+def _match_from_proto(message: common_pb2.Match) -> Match:
+    return Match(
+        reference_id=message.reference_id,
+        score=message.score,
+        inliers=message.inliers,
+        outline=_outline_list(message.outline),
+        band_id=message.band_id or None,
+        album_id=message.album_id or None,
+        kind=kind_from_proto(message.kind),
+        band=band_from_proto(message.band) if message.HasField("band") else None,
+        album=album_from_proto(message.album) if message.HasField("album") else None,
+        shard=message.shard,
+        inverted=message.inverted,
+    )
+
+
+def identify_result_to_proto(result: IdentifyResult) -> gateway_pb2.IdentifyResponse:
+    """An answer as the gateway sends it (the objects' best match repeated at object level)."""
+    objects = []
+    for obj in result.objects:
+        matches = [_match_to_proto(m) for m in obj.matches]
+        best = matches[0]
+        message = common_pb2.IdentifiedObject(
+            kind=best.kind,
+            box=box_to_proto(obj.box),
+            outline=best.outline,
+            score=best.score,
+            inliers=best.inliers,
+            shard=best.shard,
+            matches=matches,
+        )
+        if best.HasField("band"):
+            message.band.CopyFrom(best.band)
+        if best.HasField("album"):
+            message.album.CopyFrom(best.album)
+        objects.append(message)
+    response = gateway_pb2.IdentifyResponse(
+        image=gateway_pb2.ImageInfo(width=result.width, height=result.height, sha256=result.sha256),
+        features=result.features,
+        objects=objects,
+        partial=result.partial,
+        missing_shards=result.missing_shards,
+        request_id=result.request_id,
+        candidates=result.candidates,
+    )
+    for key, value in result.timings_ms.items():
+        response.timings_ms[key] = value
+    return response
+
+
+def identify_result_from_proto(response: gateway_pb2.IdentifyResponse) -> IdentifyResult:
+    """A gateway's answer as the engine's :class:`~kyb.results.IdentifyResult` (what a client reads)."""
+    objects = []
+    for obj in response.objects:
+        matches = [_match_from_proto(m) for m in obj.matches]
+        box = [round(obj.box.x1, 1), round(obj.box.y1, 1), round(obj.box.x2, 1), round(obj.box.y2, 1)]
+        objects.append(IdentifiedObject(outline=_outline_list(obj.outline), box=box, matches=matches))
+    return IdentifyResult(
+        objects=objects,
+        width=response.image.width,
+        height=response.image.height,
+        sha256=response.image.sha256,
+        features=response.features,
+        timings_ms=dict(response.timings_ms),
+        candidates=list(response.candidates),
+        partial=response.partial,
+        missing_shards=list(response.missing_shards),
+        request_id=response.request_id,
     )

@@ -47,7 +47,7 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and one-line message for a domain error (catalog errors are KybErrors too);
     INTERNAL with a generic message for anything else, whose text may hold internals."""
     if isinstance(error, KybError):
-        name = lookup(GRPC_STATUS, error)  # type: ignore[arg-type]
+        name = lookup(GRPC_STATUS, error)
         return getattr(grpc.StatusCode, str(name)), one_line(str(error) or type(error).__name__)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); see the server log"
 
@@ -59,5 +59,5 @@ def error_from_rpc(error: grpc.RpcError, *, target: str = "") -> KybError:
     cls = _FROM_CODE.get(code, KybError)
     where = f"{target}: " if target else ""
     failure = cls(one_line(f"{where}{details}"))
-    failure.code = code  # type: ignore[attr-defined]
+    failure.code = code
     return failure

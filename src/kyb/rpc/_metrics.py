@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
@@ -77,7 +78,7 @@ class Metrics:
             ["shard"],
             registry=self.registry,
         )
-        self._http: object | None = None
+        self._http: WSGIServer | None = None
         self._lock = threading.Lock()
 
     @contextmanager
@@ -116,11 +117,11 @@ class Metrics:
                     raise Unavailable(f"metrics: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
                 self._http = server
                 log.info("metrics on http://%s:%d/metrics", host, server.server_port)
-            return int(self._http.server_port)  # type: ignore[attr-defined]
+            return int(self._http.server_port)
 
     def close(self) -> None:
         with self._lock:
             if self._http is not None:
-                self._http.shutdown()  # type: ignore[attr-defined]
-                self._http.server_close()  # type: ignore[attr-defined]
+                self._http.shutdown()
+                self._http.server_close()
                 self._http = None

@@ -17,14 +17,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
+from kyb.config import RpcConfig
 from kyb.errors import InvalidRequest, NotReady
 from kyb.index import ReferenceIndex
 from kyb.rpc._auth import bearer_metadata
 from kyb.rpc._channels import Deadline, RetryPolicy, call_unary, open_channel
-from kyb.rpc._config import RpcConfig
 from kyb.rpc._convert import encoding_to_proto
 from kyb.rpc._errors import error_from_rpc
 from kyb.rpc._sharding import shard_for
@@ -107,7 +108,7 @@ def reshard(
     channels = [open_channel(address, rpc) for address in addresses]
     stubs = [matcher_pb2_grpc.MatcherStub(channel) for channel in channels]
 
-    def call(k: int, method: str, request: object) -> object:
+    def call(k: int, method: str, request: object) -> Any:
         return call_unary(getattr(stubs[k], method), request, deadline=Deadline(timeout_s), metadata=metadata,
                           policy=policy, target=addresses[k], name=method)  # fmt: skip
 
@@ -137,8 +138,7 @@ def reshard(
             for target, batch_items in pending.items():
                 _move(call, source, target, new_count, batch_items, report, dry_run, progress)
         report.sizes_after = [
-            int(call(k, "Stats", matcher_pb2.StatsRequest()).references)  # type: ignore[attr-defined]
-            for k in range(len(addresses))
+            int(call(k, "Stats", matcher_pb2.StatsRequest()).references) for k in range(len(addresses))
         ]
     finally:
         for channel in channels:
@@ -154,12 +154,12 @@ def _index_items(index: ReferenceIndex) -> Iterator[matcher_pb2.AddItem]:
         )
 
 
-def _check_topology(call: Callable[..., object], new_count: int, addresses: Sequence[str]) -> set[str]:
+def _check_topology(call: Callable[..., Any], new_count: int, addresses: Sequence[str]) -> set[str]:
     """Every shard answers as the one its position says and all share one codebook (returned)."""
     versions = set()
     for k, address in enumerate(addresses):
         stats = call(k, "Stats", matcher_pb2.StatsRequest())
-        index, count = int(stats.shard_index), int(stats.shard_count)  # type: ignore[attr-defined]
+        index, count = int(stats.shard_index), int(stats.shard_count)
         if index != k:
             raise NotReady(f"{address} is shard {index}, expected {k}: list the matchers in shard order")
         if k < new_count and count != new_count:
@@ -167,14 +167,14 @@ def _check_topology(call: Callable[..., object], new_count: int, addresses: Sequ
                 f"{address} still runs as shard {index}/{count}: restart the matchers with "
                 f"matcher.shard=auto/{new_count} (and the gateway with gateway.shards={new_count}) first"
             )
-        versions.add(str(stats.codebook_version))  # type: ignore[attr-defined]
+        versions.add(str(stats.codebook_version))
     if len(versions) > 1:
         raise NotReady(f"the shards use different codebooks ({', '.join(sorted(versions))}): finish that rollout first")
     return versions
 
 
 def _move(
-    call: Callable[..., object],
+    call: Callable[..., Any],
     source: int,
     target: int,
     new_count: int,

@@ -20,21 +20,21 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from kyb.config import RpcConfig, ServiceConfig
 from kyb.errors import Unavailable
 from kyb.heap import retain_freed_heap
 from kyb.rpc._auth import TokenCheck
 from kyb.rpc._channels import channel_options
-from kyb.rpc._config import RpcConfig, ServiceConfig
 from kyb.rpc._errors import status_for
 from kyb.rpc._metrics import Metrics
 
-__all__ = ["ServiceServer", "serve"]
+__all__ = ["Server", "ServiceServer", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class _CallInterceptor(grpc.ServerInterceptor):
 
     def _finish(self, error: Exception, context: grpc.ServicerContext, outcome: dict[str, str]) -> None:
         """Ends the call for ``error``: keeps an abort already made, maps the rest, re-raises."""
-        code = context.code()
+        code = context.code()  # type: ignore[attr-defined]  # types-grpcio lacks ServicerContext.code()
         if type(error) is Exception and code not in (None, grpc.StatusCode.OK):
             outcome["code"] = code.name  # context.abort() was called: its status stands
             raise error
@@ -78,7 +78,7 @@ class _CallInterceptor(grpc.ServerInterceptor):
         metrics = self._metrics
 
         def settle(context: grpc.ServicerContext, outcome: dict[str, str]) -> None:
-            code = context.code()
+            code = context.code()  # type: ignore[attr-defined]  # types-grpcio lacks ServicerContext.code()
             if outcome["code"] == "OK" and code not in (None, grpc.StatusCode.OK):
                 outcome["code"] = code.name
 
@@ -122,6 +122,7 @@ class _CallInterceptor(grpc.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **kwargs)
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **kwargs)
+        assert handler.stream_stream is not None  # the one kind left
         return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **kwargs)
 
 
@@ -284,7 +285,17 @@ class ServiceServer:
         return stopped
 
 
-def serve(servers: Sequence[ServiceServer]) -> None:
+class Server(Protocol):
+    """What :func:`serve` runs: a gRPC :class:`ServiceServer` or the web front's HTTP server."""
+
+    def start(self) -> None: ...
+
+    def stop(self, grace: float | None = None) -> threading.Event: ...
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool: ...
+
+
+def serve(servers: Sequence[Server]) -> None:
     """Starts ``servers`` and blocks until they stop; SIGTERM/SIGINT stop them all gracefully.
 
     Signal handlers are installed only from the main thread (Python's rule); elsewhere the caller

@@ -11,7 +11,7 @@
     kyb reshard --matchers 'matcher-{k}.matcher:50053' --from 2 --to 3   move references after scaling
 
 Flags override ``--config`` (a TOML file, default ``$KYB_CONFIG``), which the ``KYB_*`` variables
-override in turn; the names are those of :mod:`kyb.rpc._config`, the same a manifest sets.
+override in turn; the names are those of :mod:`kyb.config`, the same a manifest sets.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from kyb.errors import EXIT_CODES, KybError, lookup
-from kyb.rpc._config import ServiceConfig, load_service_config
+from kyb.config import ServiceConfig, load_service_config
+from kyb.errors import EXIT_CODES, ConfigError, KybError, lookup
 
 __all__ = ["add_reshard_command", "add_serve_commands", "run_reshard", "run_serve", "setup_logging"]
 
@@ -121,6 +122,15 @@ def load_from_args(args: argparse.Namespace) -> ServiceConfig:
     return load_service_config(path, env=os.environ, overrides=_overrides(args))
 
 
+def service_entry_point(group: str, name: str) -> Any:
+    """What the installed services register under ``group`` / ``name`` (pyproject's entry points): the
+    services build on this package, so it finds them by name instead of importing them."""
+    found = [point for point in entry_points(group=group) if point.name == name]
+    if not found:
+        raise ConfigError(f"no {group} entry point {name!r}: install the services (pip install -e .)")
+    return found[0].load()
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Runs the chosen service(s) until SIGTERM/SIGINT; returns the process exit code."""
     if not logging.getLogger().handlers:
@@ -128,34 +138,20 @@ def run_serve(args: argparse.Namespace) -> int:
     role = args.serve_role
     try:
         config = load_from_args(args)
-        # services/ depends on kyb.rpc, never the reverse at import time: import it only to run.
         from kyb.rpc import serve
 
         if role == "stack":
-            from services._local import run_processes
-
             if args.config:
                 os.environ["KYB_CONFIG"] = args.config  # the child processes read the same file
-            return run_processes(config, shards=args.shards, web=args.web)
+            return int(service_entry_point("kyb.stack", "processes")(config, shards=args.shards, web=args.web))
         if role == "all":
-            from services._local import serve_local
-
-            return serve_local(config, shards=args.shards, web=args.web)
-        if role == "gateway":
-            from services.gateway.server import create_server
-        elif role == "detector":
-            from services.detector.server import create_server
-        elif role == "encoder":
-            from services.encoder.server import create_server
-        elif role == "web":
-            from services.web.server import create_server
-        else:
-            from services.matcher.server import create_server
+            return int(service_entry_point("kyb.stack", "in_process")(config, shards=args.shards, web=args.web))
+        create_server = service_entry_point("kyb.services", role)
         server, _port = create_server(config)
     except KybError as exc:
         log.error("cannot start %s: %s", role, exc)
-        return int(lookup(EXIT_CODES, exc))  # type: ignore[call-overload]
-    serve([server])  # type: ignore[list-item]
+        return int(lookup(EXIT_CODES, exc))
+    serve([server])
     return 0
 
 
@@ -204,7 +200,11 @@ def run_reshard(args: argparse.Namespace) -> int:
         index = ReferenceIndex.load(Path(args.from_index), config.engine.search)
     addresses = expand_addresses(args.matchers, max(old_count, args.new_count))
     with tqdm(desc="reshard", unit="key", disable=None) as bar:
+
+        def advance(keys: int) -> None:
+            bar.update(keys)
+
         report = reshard(addresses, old_count, args.new_count, rpc, source_index=index, batch=args.batch,
-                         dry_run=args.dry_run, timeout_s=args.timeout, progress=bar.update)  # fmt: skip
+                         dry_run=args.dry_run, timeout_s=args.timeout, progress=advance)  # fmt: skip
     print(report.table())
     return 0

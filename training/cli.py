@@ -1,35 +1,17 @@
-"""``kyb detector scenes | train | eval`` and the embedded ``--detector`` option of identify / eval.
-
-Training and evaluation import :mod:`training.detector` only when run (serving never does).
+"""``kyb detector scenes | train | eval``: the detector's training commands, added to ``kyb`` through
+the ``kyb.commands`` entry point (serving never imports this package).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from kyb.errors import InvalidRequest
 
-__all__ = ["add_detector_commands", "embedded_detector"]
-
-
-def embedded_detector(args: argparse.Namespace) -> Any:
-    """The detector for an embedded command: ``--detector WEIGHTS``, else ``[detector] weights`` of the
-    config file / ``KYB_DETECTOR__WEIGHTS`` (with its sha256, thresholds, device), else None (whole photo)."""
-    from kyb.rpc import load_service_config
-
-    overrides = {"detector.weights": getattr(args, "detector", None)}
-    cfg = load_service_config(args.config or os.environ.get("KYB_CONFIG") or None, env=os.environ,
-                              overrides=overrides).detector  # fmt: skip
-    if cfg.weights is None:
-        return None
-    from kyb.detection import Detector
-
-    sha256 = cfg.sha256 if not getattr(args, "detector", None) else ""  # a path on the command line pins itself
-    return Detector.from_config(cfg, sha256=sha256)
+__all__ = ["add_detector_commands"]
 
 
 def _pair(text: str, kind: type = int) -> tuple[Any, Any]:
