@@ -36,7 +36,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from kyb.answer import CatalogLookup, describe
+from kyb.answer import CatalogLookup, LastSeen, describe
 from kyb.catalog import Catalog, open_catalog
 from kyb.encoder import Box
 from kyb.errors import (
@@ -155,6 +155,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         self._config = config
         gateway, rpc = config.gateway, config.rpc
         self._metrics = metrics
+        #: Catalog rows answers used last: what an answer names while the catalog is down.
+        self._last_seen = LastSeen()
         self._metadata = bearer_metadata(rpc.outgoing_token)
         self._policy = RetryPolicy.from_config(rpc)
         self._channels: list[grpc.Channel] = []
@@ -338,7 +340,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
         objects, shard_of, candidates, missing = self._search_regions(regions, width, height, deadline)
         searched_at = time.perf_counter()
-        lookup = CatalogLookup(self._catalog)
+        lookup = CatalogLookup(self._catalog, self._last_seen)
         alternatives = self._config.engine.search.alternatives
         result = IdentifyResult(
             objects=describe(objects, scale, lookup, alternatives=alternatives, shard_of=shard_of),
@@ -350,7 +352,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             partial=bool(missing),
             missing_shards=missing,
             request_id=request.request_id,
+            catalog_unavailable=bool(lookup.unavailable),
         )
+        if lookup.unavailable and self._metrics is not None:
+            self._metrics.degraded_answers.labels("catalog_unavailable").inc()
         finished = time.perf_counter()
         result.timings_ms = {
             "decode": (checked_at - started) * 1000,  # the header check: the gateway decodes nothing

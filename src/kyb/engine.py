@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from kyb.answer import CatalogLookup, describe
+from kyb.answer import CatalogLookup, LastSeen, describe
 from kyb.cache import EncodingCache, encode_photo, open_cache
-from kyb.catalog import Album, Band, Catalog, ReferenceImage, open_catalog
+from kyb.catalog import Album, Band, Catalog, CatalogUnavailable, ReferenceImage, open_catalog
 from kyb.codebook import Codebook, train_codebook
 from kyb.config import EngineConfig
 from kyb.encoder import Box, Encoder, Encoding, extract_reference, scaled_box
@@ -95,6 +95,8 @@ class Engine:
         self._cache: EncodingCache | None = None
         self._cache_opened = False
         self._lock = threading.RLock()
+        #: Catalog rows answers used last: what an answer names while the catalog is down.
+        self._last_seen = LastSeen()
         #: Finds regions for detector-first identification (a :class:`kyb.detection.Detector`);
         #: None = the whole photo is one region.
         self.detector: RegionDetector | None = None
@@ -247,7 +249,8 @@ class Engine:
             scale = encoding.scale
             hits.append(hit)
         merged = merge_regions(searched, self.config.search.max_objects)
-        objects = describe(merged, scale, CatalogLookup(self.catalog), alternatives=self.config.search.alternatives)
+        lookup = self._lookup()
+        objects = describe(merged, scale, lookup, alternatives=self.config.search.alternatives)
         result = IdentifyResult(
             objects=objects,
             width=decoded.original_width,
@@ -258,15 +261,26 @@ class Engine:
             timings_ms={"decode": 0.0, "encode": encode_ms, "search": search_ms, "total": encode_ms + search_ms},
         )
         result.cache = "" if cache is None else "hit" if hits and all(hits) else "miss"
+        result.catalog_unavailable = bool(lookup.unavailable)
         return result
+
+    def _lookup(self) -> CatalogLookup:
+        """This answer's catalog reads; a catalog that cannot be opened yields the rows last seen."""
+        try:
+            catalog = self.catalog
+        except CatalogUnavailable as exc:
+            log.warning("catalog unavailable, answering with the metadata last seen: %s", exc)
+            return CatalogLookup(None, self._last_seen, unavailable=str(exc))
+        return CatalogLookup(catalog, self._last_seen)
 
     def identify_encoding(self, encoding: Encoding, image_size: tuple[int, int]) -> IdentifyResult:
         """Search + metadata for an already encoded photo (``image_size`` at search scale)."""
         found, order = search(encoding, image_size, self.index, self.config.search)
-        objects = describe(
-            found, encoding.scale, CatalogLookup(self.catalog), alternatives=self.config.search.alternatives
-        )
-        return IdentifyResult(objects=objects, width=0, height=0, sha256="", features=len(encoding), candidates=order)
+        lookup = self._lookup()
+        objects = describe(found, encoding.scale, lookup, alternatives=self.config.search.alternatives)
+        result = IdentifyResult(objects=objects, width=0, height=0, sha256="", features=len(encoding), candidates=order)
+        result.catalog_unavailable = bool(lookup.unavailable)
+        return result
 
     # ------------------------------------------------------------------ ingest
     def _prepare(self, item: IngestItem) -> _Prepared:

@@ -91,6 +91,8 @@ class IdentifyResult:
     missing_shards: list[str] = field(default_factory=list)
     #: The caller's request id, echoed (served answers).
     request_id: str = ""
+    #: The catalog could not be read: band/album records are the ones last seen (or missing).
+    catalog_unavailable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -100,6 +102,7 @@ class IdentifyResult:
             "timings_ms": {k: round(v, 1) for k, v in sorted(self.timings_ms.items())},
             "partial": self.partial,
             "missing_shards": list(self.missing_shards),
+            "catalog_unavailable": self.catalog_unavailable,
         }
         if self.cache:
             out["cache"] = self.cache

@@ -1,4 +1,5 @@
-"""The gateway over a real Postgres catalog that goes away: UNAVAILABLE, nothing half-written."""
+"""The gateway over a real Postgres catalog that goes away: ingest fails UNAVAILABLE with nothing
+half-written; identification still answers, with the metadata last seen, marked as such."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def _shard_references(stack) -> int:
     return total
 
 
-def test_catalog_down_fails_ingest_with_unavailable_and_writes_nothing(corpus, tmp_path) -> None:
+def test_catalog_down_fails_ingest_and_identify_answers_with_the_metadata_last_seen(corpus, tmp_path) -> None:
     database = f"kyb_test_down_{uuid.uuid4().hex[:8]}"
     _admin(f"CREATE DATABASE {database}")
     config = service_config(tmp_path, corpus.engine.config)
@@ -49,6 +50,8 @@ def test_catalog_down_fails_ingest_with_unavailable_and_writes_nothing(corpus, t
             first = gateway.Ingest(iter(requests[:2]), timeout=30)
             assert [r.status for r in first.results] == ["added", "added"]
             assert _shard_references(stack) == 2
+            seen = gateway.Identify(gateway_pb2.IdentifyRequest(image=corpus.photo([0], seed=3)), timeout=30)
+            assert [o.band.band_id for o in seen.objects] == ["band-0"] and not seen.catalog_unavailable
 
             _admin(f"DROP DATABASE {database} WITH (FORCE)")  # the catalog is gone, for real
             with pytest.raises(grpc.RpcError) as info:
@@ -57,10 +60,16 @@ def test_catalog_down_fails_ingest_with_unavailable_and_writes_nothing(corpus, t
             assert "\n" not in info.value.details() and info.value.details()
             assert _shard_references(stack) == 2  # nothing reached a shard without its catalog row
 
-            photo = corpus.photo([0], seed=3)
-            with pytest.raises(grpc.RpcError) as info:
-                gateway.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=30)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            # A band answered before: named from the rows last seen; one never answered: found, unnamed.
+            again = gateway.Identify(gateway_pb2.IdentifyRequest(image=corpus.photo([0], seed=4)), timeout=30)
+            assert again.catalog_unavailable
+            assert [o.band for o in again.objects] == [seen.objects[0].band]
+            assert again.objects[0].matches[0].reference_id == seen.objects[0].matches[0].reference_id
+            unseen = gateway.Identify(gateway_pb2.IdentifyRequest(image=corpus.photo([1], seed=4)), timeout=30)
+            assert unseen.catalog_unavailable and len(unseen.objects) == 1
+            assert unseen.objects[0].matches[0].reference_id and not unseen.objects[0].HasField("band")
+            metrics = stack.gateway_servicer._metrics.text().decode()
+            assert 'kyb_degraded_answers_total{reason="catalog_unavailable"} 2.0' in metrics
     finally:
         stack.stop()
         _admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

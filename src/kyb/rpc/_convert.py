@@ -452,6 +452,7 @@ def identify_result_to_proto(result: IdentifyResult) -> gateway_pb2.IdentifyResp
         missing_shards=result.missing_shards,
         request_id=result.request_id,
         candidates=result.candidates,
+        catalog_unavailable=result.catalog_unavailable,
     )
     for key, value in result.timings_ms.items():
         response.timings_ms[key] = value
@@ -476,4 +477,5 @@ def identify_result_from_proto(response: gateway_pb2.IdentifyResponse) -> Identi
         partial=response.partial,
         missing_shards=list(response.missing_shards),
         request_id=response.request_id,
+        catalog_unavailable=response.catalog_unavailable,
     )

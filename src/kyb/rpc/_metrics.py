@@ -72,6 +72,12 @@ class Metrics:
             ["target", "method", "direction"],
             registry=self.registry,
         )
+        self.degraded_answers = Counter(
+            "kyb_degraded_answers",
+            "Answers given without part of what they need, by reason (catalog_unavailable: metadata last seen).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.missing_shards = Counter(
             "kyb_gateway_missing_shard",
             "Identify answers marked partial because this matcher shard did not answer.",

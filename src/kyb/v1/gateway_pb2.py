@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kyb.v1 import common_pb2 as kyb_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kyb/v1/gateway.proto\x12\x06kyb.v1\x1a\x13kyb/v1/common.proto\"O\n\x0fIdentifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x19\n\x04\x63rop\x18\x02 \x01(\x0b\x32\x0b.kyb.v1.Box\x12\x12\n\nrequest_id\x18\x03 \x01(\t\":\n\tImageInfo\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xb1\x02\n\x10IdentifyResponse\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x11.kyb.v1.ImageInfo\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x01(\x05\x12)\n\x07objects\x18\x03 \x03(\x0b\x32\x18.kyb.v1.IdentifiedObject\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x05 \x03(\t\x12;\n\ntimings_ms\x18\x06 \x03(\x0b\x32\'.kyb.v1.IdentifyResponse.TimingsMsEntry\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x12\n\ncandidates\x18\x08 \x03(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x83\x01\n\x13IdentifyBatchResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12*\n\x08response\x18\x03 \x01(\x0b\x32\x18.kyb.v1.IdentifyResponse\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\"\xc5\x01\n\rIngestRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x1a\n\x04kind\x18\x02 \x01(\x0e\x32\x0c.kyb.v1.Kind\x12\x0f\n\x07\x62\x61nd_id\x18\x03 \x01(\t\x12\x10\n\x08\x61lbum_id\x18\x04 \x01(\t\x12\x1c\n\x07regions\x18\x05 \x03(\x0b\x32\x0b.kyb.v1.Box\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x1a\n\x04\x62\x61nd\x18\x07 \x01(\x0b\x32\x0c.kyb.v1.Band\x12\x1c\n\x05\x61lbum\x18\x08 \x01(\x0b\x32\r.kyb.v1.Album\"s\n\x0cIngestResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x14\n\x0creference_id\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\r\n\x05shard\x18\x06 \x01(\t\"{\n\x0eIngestResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.kyb.v1.IngestResult\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\x05\x12\x10\n\x08replaced\x18\x03 \x01(\x05\x12\x11\n\tunchanged\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\"!\n\x0eGetBandRequest\x12\x0f\n\x07\x62\x61nd_id\x18\x01 \x01(\t\"L\n\x0fGetBandResponse\x12\x1a\n\x04\x62\x61nd\x18\x01 \x01(\x0b\x32\x0c.kyb.v1.Band\x12\x1d\n\x06\x61lbums\x18\x02 \x03(\x0b\x32\r.kyb.v1.Album\"2\n\x12SearchBandsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"2\n\x13SearchBandsResponse\x12\x1b\n\x05\x62\x61nds\x18\x01 \x03(\x0b\x32\x0c.kyb.v1.Band\"k\n\x15ListReferencesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61nd_id\x18\x03 \x01(\t\x12\x1a\n\x04kind\x18\x04 \x01(\x0e\x32\x0c.kyb.v1.Kind\"\\\n\x16ListReferencesResponse\x12)\n\nreferences\x18\x01 \x03(\x0b\x32\x15.kyb.v1.ReferenceInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x16\x44\x65leteReferenceRequest\x12\x14\n\x0creference_id\x18\x01 \x01(\t\"b\n\x17\x44\x65leteReferenceResponse\x12\x1a\n\x12\x64\x65leted_from_index\x18\x01 \x01(\x08\x12\x1c\n\x14\x64\x65leted_from_catalog\x18\x02 \x01(\x08\x12\r\n\x05shard\x18\x03 \x01(\t2\xf7\x03\n\x07Gateway\x12=\n\x08Identify\x12\x17.kyb.v1.IdentifyRequest\x1a\x18.kyb.v1.IdentifyResponse\x12I\n\rIdentifyBatch\x12\x17.kyb.v1.IdentifyRequest\x1a\x1b.kyb.v1.IdentifyBatchResult(\x01\x30\x01\x12\x39\n\x06Ingest\x12\x15.kyb.v1.IngestRequest\x1a\x16.kyb.v1.IngestResponse(\x01\x12:\n\x07GetBand\x12\x16.kyb.v1.GetBandRequest\x1a\x17.kyb.v1.GetBandResponse\x12O\n\x0eListReferences\x12\x1d.kyb.v1.ListReferencesRequest\x1a\x1e.kyb.v1.ListReferencesResponse\x12R\n\x0f\x44\x65leteReference\x12\x1e.kyb.v1.DeleteReferenceRequest\x1a\x1f.kyb.v1.DeleteReferenceResponse\x12\x46\n\x0bSearchBands\x12\x1a.kyb.v1.SearchBandsRequest\x1a\x1b.kyb.v1.SearchBandsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kyb/v1/gateway.proto\x12\x06kyb.v1\x1a\x13kyb/v1/common.proto\"O\n\x0fIdentifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x19\n\x04\x63rop\x18\x02 \x01(\x0b\x32\x0b.kyb.v1.Box\x12\x12\n\nrequest_id\x18\x03 \x01(\t\":\n\tImageInfo\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xce\x02\n\x10IdentifyResponse\x12 \n\x05image\x18\x01 \x01(\x0b\x32\x11.kyb.v1.ImageInfo\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x01(\x05\x12)\n\x07objects\x18\x03 \x03(\x0b\x32\x18.kyb.v1.IdentifiedObject\x12\x0f\n\x07partial\x18\x04 \x01(\x08\x12\x16\n\x0emissing_shards\x18\x05 \x03(\t\x12;\n\ntimings_ms\x18\x06 \x03(\x0b\x32\'.kyb.v1.IdentifyResponse.TimingsMsEntry\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x12\n\ncandidates\x18\x08 \x03(\t\x12\x1b\n\x13\x63\x61talog_unavailable\x18\t \x01(\x08\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x83\x01\n\x13IdentifyBatchResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12*\n\x08response\x18\x03 \x01(\x0b\x32\x18.kyb.v1.IdentifyResponse\x12\x0c\n\x04\x63ode\x18\x04 \x01(\x05\x12\x0f\n\x07message\x18\x05 \x01(\t\"\xc5\x01\n\rIngestRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x1a\n\x04kind\x18\x02 \x01(\x0e\x32\x0c.kyb.v1.Kind\x12\x0f\n\x07\x62\x61nd_id\x18\x03 \x01(\t\x12\x10\n\x08\x61lbum_id\x18\x04 \x01(\t\x12\x1c\n\x07regions\x18\x05 \x03(\x0b\x32\x0b.kyb.v1.Box\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x1a\n\x04\x62\x61nd\x18\x07 \x01(\x0b\x32\x0c.kyb.v1.Band\x12\x1c\n\x05\x61lbum\x18\x08 \x01(\x0b\x32\r.kyb.v1.Album\"s\n\x0cIngestResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x14\n\x0creference_id\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\r\n\x05shard\x18\x06 \x01(\t\"{\n\x0eIngestResponse\x12%\n\x07results\x18\x01 \x03(\x0b\x32\x14.kyb.v1.IngestResult\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x01(\x05\x12\x10\n\x08replaced\x18\x03 \x01(\x05\x12\x11\n\tunchanged\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\"!\n\x0eGetBandRequest\x12\x0f\n\x07\x62\x61nd_id\x18\x01 \x01(\t\"L\n\x0fGetBandResponse\x12\x1a\n\x04\x62\x61nd\x18\x01 \x01(\x0b\x32\x0c.kyb.v1.Band\x12\x1d\n\x06\x61lbums\x18\x02 \x03(\x0b\x32\r.kyb.v1.Album\"2\n\x12SearchBandsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"2\n\x13SearchBandsResponse\x12\x1b\n\x05\x62\x61nds\x18\x01 \x03(\x0b\x32\x0c.kyb.v1.Band\"k\n\x15ListReferencesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61nd_id\x18\x03 \x01(\t\x12\x1a\n\x04kind\x18\x04 \x01(\x0e\x32\x0c.kyb.v1.Kind\"\\\n\x16ListReferencesResponse\x12)\n\nreferences\x18\x01 \x03(\x0b\x32\x15.kyb.v1.ReferenceInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x16\x44\x65leteReferenceRequest\x12\x14\n\x0creference_id\x18\x01 \x01(\t\"b\n\x17\x44\x65leteReferenceResponse\x12\x1a\n\x12\x64\x65leted_from_index\x18\x01 \x01(\x08\x12\x1c\n\x14\x64\x65leted_from_catalog\x18\x02 \x01(\x08\x12\r\n\x05shard\x18\x03 \x01(\t2\xf7\x03\n\x07Gateway\x12=\n\x08Identify\x12\x17.kyb.v1.IdentifyRequest\x1a\x18.kyb.v1.IdentifyResponse\x12I\n\rIdentifyBatch\x12\x17.kyb.v1.IdentifyRequest\x1a\x1b.kyb.v1.IdentifyBatchResult(\x01\x30\x01\x12\x39\n\x06Ingest\x12\x15.kyb.v1.IngestRequest\x1a\x16.kyb.v1.IngestResponse(\x01\x12:\n\x07GetBand\x12\x16.kyb.v1.GetBandRequest\x1a\x17.kyb.v1.GetBandResponse\x12O\n\x0eListReferences\x12\x1d.kyb.v1.ListReferencesRequest\x1a\x1e.kyb.v1.ListReferencesResponse\x12R\n\x0f\x44\x65leteReference\x12\x1e.kyb.v1.DeleteReferenceRequest\x1a\x1f.kyb.v1.DeleteReferenceResponse\x12\x46\n\x0bSearchBands\x12\x1a.kyb.v1.SearchBandsRequest\x1a\x1b.kyb.v1.SearchBandsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,33 +39,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMAGEINFO']._serialized_start=134
   _globals['_IMAGEINFO']._serialized_end=192
   _globals['_IDENTIFYRESPONSE']._serialized_start=195
-  _globals['_IDENTIFYRESPONSE']._serialized_end=500
-  _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._serialized_start=452
-  _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._serialized_end=500
-  _globals['_IDENTIFYBATCHRESULT']._serialized_start=503
-  _globals['_IDENTIFYBATCHRESULT']._serialized_end=634
-  _globals['_INGESTREQUEST']._serialized_start=637
-  _globals['_INGESTREQUEST']._serialized_end=834
-  _globals['_INGESTRESULT']._serialized_start=836
-  _globals['_INGESTRESULT']._serialized_end=951
-  _globals['_INGESTRESPONSE']._serialized_start=953
-  _globals['_INGESTRESPONSE']._serialized_end=1076
-  _globals['_GETBANDREQUEST']._serialized_start=1078
-  _globals['_GETBANDREQUEST']._serialized_end=1111
-  _globals['_GETBANDRESPONSE']._serialized_start=1113
-  _globals['_GETBANDRESPONSE']._serialized_end=1189
-  _globals['_SEARCHBANDSREQUEST']._serialized_start=1191
-  _globals['_SEARCHBANDSREQUEST']._serialized_end=1241
-  _globals['_SEARCHBANDSRESPONSE']._serialized_start=1243
-  _globals['_SEARCHBANDSRESPONSE']._serialized_end=1293
-  _globals['_LISTREFERENCESREQUEST']._serialized_start=1295
-  _globals['_LISTREFERENCESREQUEST']._serialized_end=1402
-  _globals['_LISTREFERENCESRESPONSE']._serialized_start=1404
-  _globals['_LISTREFERENCESRESPONSE']._serialized_end=1496
-  _globals['_DELETEREFERENCEREQUEST']._serialized_start=1498
-  _globals['_DELETEREFERENCEREQUEST']._serialized_end=1544
-  _globals['_DELETEREFERENCERESPONSE']._serialized_start=1546
-  _globals['_DELETEREFERENCERESPONSE']._serialized_end=1644
-  _globals['_GATEWAY']._serialized_start=1647
-  _globals['_GATEWAY']._serialized_end=2150
+  _globals['_IDENTIFYRESPONSE']._serialized_end=529
+  _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._serialized_start=481
+  _globals['_IDENTIFYRESPONSE_TIMINGSMSENTRY']._serialized_end=529
+  _globals['_IDENTIFYBATCHRESULT']._serialized_start=532
+  _globals['_IDENTIFYBATCHRESULT']._serialized_end=663
+  _globals['_INGESTREQUEST']._serialized_start=666
+  _globals['_INGESTREQUEST']._serialized_end=863
+  _globals['_INGESTRESULT']._serialized_start=865
+  _globals['_INGESTRESULT']._serialized_end=980
+  _globals['_INGESTRESPONSE']._serialized_start=982
+  _globals['_INGESTRESPONSE']._serialized_end=1105
+  _globals['_GETBANDREQUEST']._serialized_start=1107
+  _globals['_GETBANDREQUEST']._serialized_end=1140
+  _globals['_GETBANDRESPONSE']._serialized_start=1142
+  _globals['_GETBANDRESPONSE']._serialized_end=1218
+  _globals['_SEARCHBANDSREQUEST']._serialized_start=1220
+  _globals['_SEARCHBANDSREQUEST']._serialized_end=1270
+  _globals['_SEARCHBANDSRESPONSE']._serialized_start=1272
+  _globals['_SEARCHBANDSRESPONSE']._serialized_end=1322
+  _globals['_LISTREFERENCESREQUEST']._serialized_start=1324
+  _globals['_LISTREFERENCESREQUEST']._serialized_end=1431
+  _globals['_LISTREFERENCESRESPONSE']._serialized_start=1433
+  _globals['_LISTREFERENCESRESPONSE']._serialized_end=1525
+  _globals['_DELETEREFERENCEREQUEST']._serialized_start=1527
+  _globals['_DELETEREFERENCEREQUEST']._serialized_end=1573
+  _globals['_DELETEREFERENCERESPONSE']._serialized_start=1575
+  _globals['_DELETEREFERENCERESPONSE']._serialized_end=1673
+  _globals['_GATEWAY']._serialized_start=1676
+  _globals['_GATEWAY']._serialized_end=2179
 # @@protoc_insertion_point(module_scope)

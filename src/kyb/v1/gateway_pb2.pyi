@@ -28,7 +28,7 @@ class ImageInfo(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class IdentifyResponse(_message.Message):
-    __slots__ = ("image", "features", "objects", "partial", "missing_shards", "timings_ms", "request_id", "candidates")
+    __slots__ = ("image", "features", "objects", "partial", "missing_shards", "timings_ms", "request_id", "candidates", "catalog_unavailable")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class IdentifyResponse(_message.Message):
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     image: ImageInfo
     features: int
     objects: _containers.RepeatedCompositeFieldContainer[_common_pb2.IdentifiedObject]
@@ -52,7 +53,8 @@ class IdentifyResponse(_message.Message):
     timings_ms: _containers.ScalarMap[str, float]
     request_id: str
     candidates: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, image: _Optional[_Union[ImageInfo, _Mapping]] = ..., features: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[_common_pb2.IdentifiedObject, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[str]] = ...) -> None: ...
+    catalog_unavailable: bool
+    def __init__(self, image: _Optional[_Union[ImageInfo, _Mapping]] = ..., features: _Optional[int] = ..., objects: _Optional[_Iterable[_Union[_common_pb2.IdentifiedObject, _Mapping]]] = ..., partial: _Optional[bool] = ..., missing_shards: _Optional[_Iterable[str]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., request_id: _Optional[str] = ..., candidates: _Optional[_Iterable[str]] = ..., catalog_unavailable: _Optional[bool] = ...) -> None: ...
 
 class IdentifyBatchResult(_message.Message):
     __slots__ = ("request_id", "index", "response", "code", "message")
