@@ -219,10 +219,104 @@ def wait_for_http(url: str, *, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float = 120.0, web: bool = False) -> int:
+@dataclass
+class _Child:
+    """One supervised service process and its restart record."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: list[float] = field(default_factory=list)  # when each restart happened
+    next_start: float = 0.0  # when a dead child may start again (backoff)
+    given_up: bool = False
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, env=self.env)
+        self.started_at = time.monotonic()
+        log.info("%s started (pid %d)", self.name, self.process.pid)
+
+
+class Supervisor:
+    """Keeps a stack's processes running: a child that exits is started again after a backoff that
+    doubles from ``backoff_s`` up to ``max_backoff_s`` (reset once it has stayed up ``stable_s``);
+    one that exits ``max_restarts`` times within ``window_s`` is in a crash loop, which is logged as an
+    error and left down (the rest keep serving: the gateway answers partially without a shard)."""
+
+    def __init__(
+        self,
+        *,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        max_restarts: int = 5,
+        window_s: float = 60.0,
+        stable_s: float = 60.0,
+    ) -> None:
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.max_restarts, self.window_s, self.stable_s = max_restarts, window_s, stable_s
+        self.children: list[_Child] = []
+
+    def add(self, name: str, command: list[str], env: dict[str, str]) -> _Child:
+        child = _Child(name, command, env)
+        child.start()
+        self.children.append(child)
+        return child
+
+    def check(self, now: float | None = None) -> None:
+        """Restarts the children that exited and whose backoff is over (called every half second)."""
+        now = time.monotonic() if now is None else now
+        for child in self.children:
+            if child.given_up or child.process is None:
+                continue
+            code = child.process.poll()
+            if code is None:
+                continue
+            if child.next_start == 0.0:  # just noticed
+                if now - child.started_at >= self.stable_s:
+                    child.restarts.clear()  # it had recovered: a new failure starts a new count
+                child.restarts = [t for t in child.restarts if now - t < self.window_s]
+                if len(child.restarts) >= self.max_restarts:
+                    child.given_up = True
+                    log.error("%s exited with code %s, its %d. exit within %.0f s: a crash loop; it stays down "
+                              "(the other services keep serving)", child.name, code, len(child.restarts) + 1,
+                              self.window_s)  # fmt: skip
+                    continue
+                delay = min(self.max_backoff_s, self.backoff_s * 2 ** len(child.restarts))
+                child.next_start = now + delay
+                log.error("%s exited with code %s: restarting it in %.1f s", child.name, code, delay)
+            if now >= child.next_start:
+                child.restarts.append(now)
+                child.next_start = 0.0
+                child.start()
+
+    def stop(self, grace_s: float) -> None:
+        running = [c.process for c in self.children if c.process is not None and c.process.poll() is None]
+        for process in running:
+            process.send_signal(signal.SIGTERM)
+        limit = time.monotonic() + grace_s
+        for process in running:
+            try:
+                process.wait(timeout=max(0.1, limit - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_processes(
+    config: ServiceConfig,
+    *,
+    shards: int,
+    ready_timeout_s: float = 120.0,
+    web: bool = False,
+    restart_backoff_s: float = 0.5,
+    max_restarts: int = 5,
+) -> int:
     """``kyb serve stack``: one process per service (``python -m services.<name>``), configured only
-    through the ``KYB_*`` variables a Kubernetes manifest would set; stops them all on SIGTERM/SIGINT
-    or when one of them exits. Returns 0 after a requested stop, 1 when a service died."""
+    through the ``KYB_*`` variables a Kubernetes manifest would set, kept running by a
+    :class:`Supervisor` (a child that dies is restarted after ``restart_backoff_s``, doubling; one that
+    dies ``max_restarts`` times a minute stays down, reported) until SIGTERM/SIGINT stops them all.
+    Returns 0 after that stop, 1 when the stack did not start."""
     folders = prepare_shards(config, shards)
     ports = {"detector": _free_port(), "encoder": _free_port()}
     matcher_ports = [_free_port() for _ in range(shards)]
@@ -259,7 +353,7 @@ def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float 
     plans.append(("gateway", "services.gateway", {}, "kyb.v1.Gateway"))
     if web:
         plans.append(("web", "services.web", {"KYB_WEB__GATEWAY_ADDRESS": f"localhost:{config.gateway.port}"}, ""))
-    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    supervisor = Supervisor(backoff_s=restart_backoff_s, max_restarts=max_restarts)
     stopping = threading.Event()
 
     def stop_all(*_args: object) -> None:
@@ -268,7 +362,7 @@ def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float 
     previous = {sig: signal.signal(sig, stop_all) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for name, module, variables, _service in plans:
-            children.append((name, subprocess.Popen([sys.executable, "-m", module], env={**base, **variables})))
+            supervisor.add(name, [sys.executable, "-m", module], {**base, **variables})
         addresses = {
             "detector": f"{_LOOPBACK}:{ports['detector']}",
             "encoder": f"{_LOOPBACK}:{ports['encoder']}",
@@ -289,25 +383,13 @@ def run_processes(config: ServiceConfig, *, shards: int, ready_timeout_s: float 
             f", web page on {addresses['web']}" if web else "",
         )
         while not stopping.is_set():
-            for name, child in children:
-                if child.poll() is not None:
-                    log.error("%s exited with code %s: stopping the stack", name, child.returncode)
-                    return 1
+            supervisor.check()
             stopping.wait(0.5)
         return 0
     except Unavailable as exc:
         log.error("stack did not start: %s", exc)
         return 1
     finally:
-        for _name, child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        limit = time.monotonic() + config.rpc.grace_s + 5
-        for _name, child in children:
-            try:
-                child.wait(timeout=max(0.1, limit - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        supervisor.stop(config.rpc.grace_s + 5)
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -85,6 +85,12 @@ def add_serve_commands(subparsers: Any) -> None:
             parser.add_argument("--shards", type=int, default=1, help="matcher shards N (default 1)")
             parser.add_argument("--web", action="store_true", help="also serve the web front (web.port)")
             parser.add_argument("--web-port", type=int, help="web front port (web.port, default 8080)")
+        if role == "stack":
+            parser.add_argument("--restart-backoff", type=float, default=0.5, metavar="S",
+                                help="seconds before a service that exited is started again, doubling up to "
+                                     "30 s (default 0.5)")  # fmt: skip
+            parser.add_argument("--max-restarts", type=int, default=5, metavar="N",
+                                help="a service that exits N times within a minute stays down (default 5)")  # fmt: skip
         parser.set_defaults(func=run_serve)
 
 
@@ -143,7 +149,9 @@ def run_serve(args: argparse.Namespace) -> int:
         if role == "stack":
             if args.config:
                 os.environ["KYB_CONFIG"] = args.config  # the child processes read the same file
-            return int(service_entry_point("kyb.stack", "processes")(config, shards=args.shards, web=args.web))
+            run_processes = service_entry_point("kyb.stack", "processes")
+            restarts = {"restart_backoff_s": args.restart_backoff, "max_restarts": args.max_restarts}
+            return int(run_processes(config, shards=args.shards, web=args.web, **restarts))
         if role == "all":
             return int(service_entry_point("kyb.stack", "in_process")(config, shards=args.shards, web=args.web))
         create_server = service_entry_point("kyb.services", role)
