@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,7 +123,13 @@ def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str, str]:
     if len(data) > limits.max_bytes:
         raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
     digest = hashlib.sha256(data).hexdigest()
-    image = Image.open(io.BytesIO(data), formats=None)
+    try:
+        image = Image.open(io.BytesIO(data), formats=None)
+    except Image.DecompressionBombError as exc:
+        # Pillow refuses far larger headers itself, before ours is read: the same answer in our words.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{found.group(1)} pixels" if found else "too many pixels"
+        raise ImageTooLarge(f"image is {size}; the limit is {limits.max_pixels}") from None
     fmt = image.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
         raise InvalidImage(f"unsupported image type {fmt}; send JPEG, PNG or WebP")

@@ -80,3 +80,22 @@ def test_limits() -> None:
         decode_image(_save(Image.new("RGB", (64, 64)), "BMP"), LIMITS)
     with pytest.raises(InvalidImage, match="expected image bytes"):
         decode_image("not bytes", LIMITS)  # type: ignore[arg-type]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` (no real pixels behind it: a bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(("width", "height"), [(9_000, 9_000), (20_000, 20_000), (60_000, 60_000)])
+def test_every_pixel_limit_answer_is_the_projects_own(width: int, height: int) -> None:
+    # Past ~179 Mpx Pillow refuses the header itself; the answer still names the configured limit.
+    with pytest.raises(ImageTooLarge, match=r"^image is .*pixels; the limit is 60000000$"):
+        decode_image(_png_header(width, height), ImageLimits())
