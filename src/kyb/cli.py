@@ -453,6 +453,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
     stats = engine.index.stats()
     stats["catalog_bands"] = engine.catalog.count_bands()
     stats["catalog_references"] = engine.catalog.count_references()
+    stats.update(engine.consistency())  # an ingest that stopped half-way shows here
+    if stats["catalog_without_index"] or stats["index_without_catalog"]:
+        log.warning("catalog and index disagree: %d catalog rows not indexed (run the same ingest again or "
+                    "kyb reindex), %d index entries without a catalog row",
+                    stats["catalog_without_index"], stats["index_without_catalog"])  # fmt: skip
     print(json.dumps(stats, indent=2))
     return 0
 

@@ -555,6 +555,26 @@ class Engine:
             "elapsed_s": round(time.perf_counter() - started, 3),
         }
 
+    def consistency(self, *, examples: int = 5) -> dict[str, Any]:
+        """Whether catalog and index agree: references the catalog lists that the index lacks (an ingest
+        that stopped between the two writes: the same ingest again, or ``kyb reindex``, completes
+        them) and index entries with no catalog row (deleted from the catalog by hand: ``kyb delete``
+        removes them). Counts, plus a few ids of each for a person to look at."""
+        indexed = {base_reference_id(key) for key in self.index.reference_ids()} if self.has_index() else set()
+        listed: set[str] = set()
+        unindexed: list[str] = []
+        for row in self._catalog_rows():
+            listed.add(row.reference_id)
+            if row.reference_id not in indexed:
+                unindexed.append(row.reference_id)
+        orphans = sorted(indexed - listed)
+        return {
+            "catalog_without_index": len(unindexed),
+            "index_without_catalog": len(orphans),
+            "examples_catalog_without_index": sorted(unindexed)[:examples],
+            "examples_index_without_catalog": orphans[:examples],
+        }
+
     def _catalog_rows(self, page: int = 500) -> Iterator[ReferenceImage]:
         offset = 0
         while True:

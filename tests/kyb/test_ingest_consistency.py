@@ -152,8 +152,8 @@ def run_child(config: EngineConfig, items: list[IngestItem], when: str, tmp_path
 
 # -- crash consistency ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("when", ["after-catalog-write", "after-index-add", "mid-save-generation", "mid-save-current"])
-def test_killed_ingest_leaves_no_orphans_and_a_rerun_repairs(
-    library: Library, config: EngineConfig, tmp_path: Path, when: str
+def test_killed_ingest_leaves_no_orphans_stats_reports_it_and_a_rerun_repairs(
+    library: Library, config: EngineConfig, tmp_path: Path, when: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     items = write_items(library, tmp_path / "refs")
     with Engine(config) as engine:
@@ -169,6 +169,13 @@ def test_killed_ingest_leaves_no_orphans_and_a_rerun_repairs(
         assert len(in_catalog) > 4  # the kill came after at least one new catalog row
         missing = in_catalog - in_index  # rows the kill left invisible: Identify must not know them
         assert missing  # every kill point here comes after a catalog row and before its index save
+        report = engine.consistency(examples=100)  # what `kyb stats` reports
+        assert report["catalog_without_index"] == len(missing) and report["index_without_catalog"] == 0
+        assert set(report["examples_catalog_without_index"]) == missing
+        capsys.readouterr()
+        assert main(["stats", "--index-dir", str(config.index_dir), "--catalog", config.catalog_url]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["catalog_without_index"] == len(missing) and printed["index_without_catalog"] == 0
         for item in items[3:8]:  # the last one ingested before the kill, and the first ones after
             result = engine.identify(photo_of(cv2.imdecode(np.frombuffer(item.read(), np.uint8), cv2.IMREAD_COLOR)))
             for obj in result.objects:
@@ -183,6 +190,7 @@ def test_killed_ingest_leaves_no_orphans_and_a_rerun_repairs(
         repaired = {o.reference_id for o in rerun if o.status == "added"}
         assert missing <= repaired
         assert catalog_ids(engine) == index_ids(engine) == {o.reference_id for o in rerun}
+        assert engine.consistency()["catalog_without_index"] == 0
 
     with Engine(config) as engine:  # what the rerun saved is what a fresh process sees
         assert catalog_ids(engine) == index_ids(engine)
