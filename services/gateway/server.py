@@ -19,7 +19,7 @@ def create_server(
     It is SERVING once started: a peer that is down makes answers partial or UNAVAILABLE, it does
     not take the gateway out of its load balancer.
     """
-    server = ServiceServer(config, "gateway", metrics=metrics)
+    server = ServiceServer(config, "gateway", metrics=metrics, public=True)
     servicer = servicer if servicer is not None else GatewayServicer(config, metrics=server.metrics)
     server.add_service(SERVICE_NAME, gateway_pb2_grpc.add_GatewayServicer_to_server, servicer, ready=True)
     server.on_stop(servicer.close)

@@ -72,6 +72,7 @@ from kyb.rpc import (
     box_from_proto,
     box_to_proto,
     call_unary,
+    caller_message,
     decoded_to_proto,
     encoding_from_proto,
     found_from_proto,
@@ -461,7 +462,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             result.response.CopyFrom(future.result(timeout=deadline.remaining() + 1.0))
         except KybError as exc:
             code, message = status_for(exc)
-            result.code, result.message = code.value[0], message
+            if caller_message(message) != message:
+                log.warning("IdentifyBatch item %d failed: %s", index, message)  # the operator's copy
+            result.code, result.message = code.value[0], caller_message(message)
         except TimeoutError:
             result.code = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
             result.message = "deadline exceeded"
@@ -507,7 +510,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     def _ingest_failed(self, index: int, source: str, reference_id: str, message: str) -> gateway_pb2.IngestResult:
         record_outcome(self._catalog, IngestOutcome(source, "failed", reference_id or None, message))
         return gateway_pb2.IngestResult(
-            index=index, source=source, status="failed", reference_id=reference_id, message=message
+            index=index, source=source, status="failed", reference_id=reference_id, message=caller_message(message)
         )
 
     def _prepare_ingest(

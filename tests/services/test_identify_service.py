@@ -68,6 +68,7 @@ def test_killed_shard_gives_partial_answer_naming_it(corpus, make_stack):
         stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=10)
     assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "shard-0" in failure.value.details() and "shard-1" in failure.value.details()
+    assert "127.0.0.1" not in failure.value.details() and "error id" in failure.value.details()
 
 
 @pytest.mark.parametrize("method", ["Shortlist", "Verify"])

@@ -49,7 +49,7 @@ from kyb.rpc._convert import (
     verification_from_proto,
     verification_to_proto,
 )
-from kyb.rpc._errors import error_from_rpc, one_line, status_for
+from kyb.rpc._errors import caller_message, error_from_rpc, one_line, status_for
 from kyb.rpc._metrics import Metrics
 from kyb.rpc._reshard import ReshardReport, expand_addresses, reshard
 from kyb.rpc._server import Server, ServiceServer, serve
@@ -79,6 +79,7 @@ __all__ = [
     "box_from_proto",
     "box_to_proto",
     "call_unary",
+    "caller_message",
     "decoded_from_proto",
     "decoded_to_proto",
     "encoding_from_proto",

@@ -7,6 +7,8 @@ same exceptions embedded and remote (Pastec's PastecLib maps its result codes th
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from kyb.errors import (
@@ -23,7 +25,7 @@ from kyb.errors import (
     lookup,
 )
 
-__all__ = ["error_from_rpc", "one_line", "status_for"]
+__all__ = ["caller_message", "error_from_rpc", "one_line", "status_for"]
 
 _FROM_CODE: dict[grpc.StatusCode, type[KybError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
@@ -50,6 +52,24 @@ def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
         name = lookup(GRPC_STATUS, error)
         return getattr(grpc.StatusCode, str(name)), one_line(str(error) or type(error).__name__)
     return grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__}); see the server log"
+
+
+#: What a message for a caller outside the cluster must not carry: connection strings and DSNs
+#: (``postgresql://u@h/db``, ``user@host:port/db``), addresses (``ipv4:10.0.0.7:50052``, ``host:port``)
+#: and file paths (``/var/lib/kyb/index``). Stage names ("encoder", "shard-1") stay: they say what failed.
+_INTERNALS = [
+    (re.compile(r"\b[a-z][a-z0-9+.\-]*://\S+", re.I), "<address>"),
+    (re.compile(r"\b[\w.\-]+@[\w.\-]+(?::\d+)?(?:/[\w.\-]*)?"), "<database>"),
+    (re.compile(r"\b(?:ipv4:|ipv6:|dns:)?(?:\[[0-9a-f:]+\]|[a-z0-9][\w.\-]*):\d{2,5}\b(?:,\S+)?", re.I), "<address>"),
+    (re.compile(r"(?<![\w.])(?:/[\w.\-]+){2,}/?"), "<path>"),
+]
+
+
+def caller_message(message: str) -> str:
+    """``message`` without the internals a caller outside the cluster must not see (see _INTERNALS)."""
+    for pattern, replacement in _INTERNALS:
+        message = pattern.sub(replacement, message)
+    return message
 
 
 def error_from_rpc(error: grpc.RpcError, *, target: str = "") -> KybError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -31,7 +32,7 @@ from kyb.errors import Unavailable
 from kyb.heap import retain_freed_heap
 from kyb.rpc._auth import TokenCheck
 from kyb.rpc._channels import channel_options
-from kyb.rpc._errors import status_for
+from kyb.rpc._errors import caller_message, status_for
 from kyb.rpc._metrics import Metrics
 
 __all__ = ["Server", "ServiceServer", "serve"]
@@ -45,9 +46,11 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class _CallInterceptor(grpc.ServerInterceptor):
     """Metrics, auth and error mapping around every handler (see the module docstring)."""
 
-    def __init__(self, metrics: Metrics, tokens: TokenCheck) -> None:
+    def __init__(self, metrics: Metrics, tokens: TokenCheck, *, public: bool = False, role: str = "") -> None:
         self._metrics = metrics
         self._tokens = tokens
+        self._public = public
+        self._role = role
 
     def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Any], details: grpc.HandlerCallDetails
@@ -71,6 +74,12 @@ class _CallInterceptor(grpc.ServerInterceptor):
         status, message = status_for(error)
         if status == grpc.StatusCode.INTERNAL:
             log.exception("unexpected error in %s", outcome["method"], exc_info=error)
+        if self._public and caller_message(message) != message:
+            # Callers outside the cluster get the failing stage and the remedy; the addresses, DSNs and
+            # paths go to this log under an id the answer carries, for the operator.
+            error_id = uuid.uuid4().hex[:12]
+            log.warning("%s failed (error id %s): %s", outcome["method"], error_id, message)
+            message = f"{caller_message(message)} (error id {error_id}: details in the {self._role} log)"
         outcome["code"] = status.name
         context.abort(status, message)
 
@@ -142,7 +151,11 @@ class ServiceServer:
     can answer NOT_SERVING meanwhile) and release its resources on shutdown.
     """
 
-    def __init__(self, config: ServiceConfig, role: str, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, config: ServiceConfig, role: str, *, metrics: Metrics | None = None, public: bool = False
+    ) -> None:
+        """``public``: callers outside the cluster call it (the gateway), so the messages of its errors
+        name no address, DSN or path (those are logged with an error id the message carries)."""
         self.config = config
         self.role = role
         retain_freed_heap(config.engine.heap_retain_mb)  # process-wide (kyb.heap)
@@ -152,7 +165,7 @@ class ServiceServer:
         self._pool = ThreadPoolExecutor(max_workers=config.rpc.workers, thread_name_prefix=f"kyb-{role}")
         self.server = grpc.server(
             self._pool,
-            interceptors=[_CallInterceptor(self.metrics, self._tokens)],
+            interceptors=[_CallInterceptor(self.metrics, self._tokens, public=public, role=role)],
             options=[
                 *channel_options(config.rpc),
                 ("grpc.so_reuseport", 0),
