@@ -148,7 +148,7 @@ def _detected_regions(response: Any, header: ImageHeader, limit: int) -> list[Bo
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
-    """Identify, IdentifyBatch, Ingest, GetBand, ListReferences and DeleteReference."""
+    """Identify, IdentifyBatch, Ingest, GetBand, SearchBands, ListReferences, GetReference and DeleteReference."""
 
     def __init__(
         self, config: ServiceConfig, *, metrics: Metrics | None = None, catalog: Catalog | None = None
@@ -605,6 +605,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             references=[reference_to_proto(r, shard_name(shard_for(r.reference_id, count))) for r in rows[:size]],
             next_page_token=str(offset + size) if len(rows) > size else "",
         )
+
+    def GetReference(self, request: gateway_pb2.GetReferenceRequest, context: grpc.ServicerContext) -> Any:
+        reference_id = request.reference_id.strip()
+        if not reference_id:
+            raise InvalidRequest("reference_id is empty")
+        reference = self._catalog.get_reference(reference_id)
+        if reference is None:
+            raise NotFound(f"no reference {reference_id}")
+        return reference_to_proto(reference, shard_name(shard_for(reference_id, len(self._shards))))
 
     def DeleteReference(self, request: gateway_pb2.DeleteReferenceRequest, context: grpc.ServicerContext) -> Any:
         """Index first, then catalog: a failure leaves the catalog row, and a retry completes it."""

@@ -11,10 +11,17 @@ Answers are plain dicts: the embedded :meth:`kyb.results.IdentifyResult.to_dict`
 answer (``partial``, ``missing_shards`` and each match's ``shard`` filled in), so code can switch
 between embedded and remote. Failures raise the :class:`~kyb.errors.KybError` subclass of the gRPC status
 (InvalidImage -> ``InvalidRequest``, UNAVAILABLE -> ``Unavailable``, ...), with ``.code`` set.
+
+The idempotent calls (identify, get_band, search_bands, list_references, get_reference) ride out a
+gateway restart: gRPC retries them per :class:`~kyb.rpc.ClientRetry` (backoff, retry throttling,
+waiting for a connection) within the call's deadline. Ingest and delete are not retried: a retry
+of an ingest stream would resend every photo, and a delete that went through answers NOT_FOUND
+the second time.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -24,8 +31,10 @@ import grpc
 
 from kyb.catalog import Album, Band
 from kyb.encoder import Box
+from kyb.errors import Unavailable
 from kyb.ingest import IngestItem
 from kyb.rpc import (
+    ClientRetry,
     RpcConfig,
     album_from_proto,
     album_to_proto,
@@ -39,9 +48,13 @@ from kyb.rpc import (
     kind_to_proto,
     open_channel,
 )
-from kyb.v1 import gateway_pb2, gateway_pb2_grpc
+from kyb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
-__all__ = ["GatewayClient", "identify_response_to_dict"]
+__all__ = ["IDEMPOTENT_METHODS", "GatewayClient", "identify_response_to_dict", "reference_info_to_dict"]
+
+#: Gateway methods that change nothing, so a retry can never do something twice.
+IDEMPOTENT_METHODS = ("Identify", "GetBand", "SearchBands", "ListReferences", "GetReference")
+_GATEWAY_SERVICE = "kyb.v1.Gateway"
 
 
 def identify_response_to_dict(response: gateway_pb2.IdentifyResponse) -> dict[str, Any]:
@@ -49,10 +62,30 @@ def identify_response_to_dict(response: gateway_pb2.IdentifyResponse) -> dict[st
     return identify_result_from_proto(response).to_dict()
 
 
+def reference_info_to_dict(ref: common_pb2.ReferenceInfo) -> dict[str, Any]:
+    """A ReferenceInfo as plain JSON types (boxes as ``[x1, y1, x2, y2]``)."""
+    return {
+        "reference_id": ref.reference_id,
+        "sha256": ref.sha256,
+        "kind": kind_from_proto(ref.kind),
+        "band_id": ref.band_id or None,
+        "album_id": ref.album_id or None,
+        "source": ref.source,
+        "width": ref.width,
+        "height": ref.height,
+        "size_bytes": ref.size_bytes,
+        "regions": [[box.x1, box.y1, box.x2, box.y2] for box in ref.regions],
+        "created_at": ref.created_at,
+        "shard": ref.shard,
+    }
+
+
 class GatewayClient:
     """Calls one gateway; every call carries ``timeout`` (seconds) as its deadline.
 
     ``token`` is sent as ``authorization: Bearer <token>``; ``tls_ca`` (a PEM file) turns on TLS.
+    ``retry`` is the policy for the idempotent methods (None: no retries, every attempt fails at
+    once while the gateway cannot be reached).
     """
 
     def __init__(
@@ -63,17 +96,36 @@ class GatewayClient:
         timeout: float = 30.0,
         tls_ca: str | Path | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        retry: ClientRetry | None = ClientRetry(),  # noqa: B008 (frozen: one shared default is safe)
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         rpc = RpcConfig(tls_ca=Path(tls_ca) if tls_ca else None, max_message_bytes=max_message_bytes)
         self.address = address
         self.timeout = timeout
+        self.retry = retry
         self._metadata = bearer_metadata(token or "")
-        self._channel = open_channel(address, rpc)
+        service_config = retry.service_config(_GATEWAY_SERVICE, IDEMPOTENT_METHODS) if retry else None
+        self._channel = open_channel(address, rpc, service_config=service_config)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
+        # Whether the channel has a connection: a call that waited for one until its deadline is
+        # reported as the gateway being unreachable, not as a slow answer.
+        self._connected = threading.Event()
+        self._channel.subscribe(self._track_connectivity, try_to_connect=False)
+
+    def _track_connectivity(self, state: grpc.ChannelConnectivity) -> None:
+        if state == grpc.ChannelConnectivity.READY:
+            self._connected.set()
+        else:
+            self._connected.clear()
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel to the gateway (to watch its connectivity, or call grpc.health.v1 on it)."""
+        return self._channel
 
     def close(self) -> None:
+        self._channel.unsubscribe(self._track_connectivity)
         self._channel.close()
 
     def __enter__(self) -> GatewayClient:
@@ -88,7 +140,15 @@ class GatewayClient:
         try:
             return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, target="gateway") from None
+            raise self._error(exc, timeout or self.timeout) from None
+
+    def _error(self, exc: grpc.RpcError, timeout: float) -> Exception:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and not self._connected.is_set():
+            failure = Unavailable(f"gateway: cannot connect to {self.address} (no connection within {timeout:g} s)")
+            failure.code = grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            return failure
+        return error_from_rpc(exc, target="gateway")
 
     # ------------------------------------------------------------------ identify
     def identify(self, image: bytes, *, crop: Box | None = None, timeout: float | None = None) -> dict[str, Any]:
@@ -109,7 +169,7 @@ class GatewayClient:
                 else:
                     yield {"index": result.index, **identify_response_to_dict(result.response)}
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc, target="gateway") from None
+            raise self._error(exc, timeout or self.timeout) from None
 
     # ------------------------------------------------------------------ ingest and catalog
     def ingest(
@@ -178,25 +238,31 @@ class GatewayClient:
         """Every reference (optionally of one band or kind), fetching pages as it goes."""
         token = ""
         while True:
-            request = gateway_pb2.ListReferencesRequest(
-                page_size=page_size, page_token=token, band_id=band_id or "", kind=kind_to_proto(kind)
-            )
-            response = self._call(self._stub.ListReferences, request, None)
-            for ref in response.references:
-                yield {
-                    "reference_id": ref.reference_id,
-                    "sha256": ref.sha256,
-                    "kind": kind_from_proto(ref.kind),
-                    "band_id": ref.band_id or None,
-                    "album_id": ref.album_id or None,
-                    "source": ref.source,
-                    "width": ref.width,
-                    "height": ref.height,
-                    "shard": ref.shard,
-                }
-            token = response.next_page_token
+            references, token = self.references_page(band_id=band_id, kind=kind, page_size=page_size, page_token=token)
+            yield from references
             if not token:
                 return
+
+    def references_page(
+        self,
+        *,
+        band_id: str | None = None,
+        kind: str | None = None,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> tuple[list[dict[str, Any]], str]:
+        """One page of references and the token of the next ("" after the last page)."""
+        request = gateway_pb2.ListReferencesRequest(
+            page_size=page_size, page_token=page_token, band_id=band_id or "", kind=kind_to_proto(kind)
+        )
+        response = self._call(self._stub.ListReferences, request, timeout)
+        return [reference_info_to_dict(ref) for ref in response.references], response.next_page_token
+
+    def get_reference(self, reference_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """One reference's record; NotFound for an unknown id."""
+        request = gateway_pb2.GetReferenceRequest(reference_id=reference_id)
+        return reference_info_to_dict(self._call(self._stub.GetReference, request, timeout))
 
     def delete_reference(self, reference_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         request = gateway_pb2.DeleteReferenceRequest(reference_id=reference_id)

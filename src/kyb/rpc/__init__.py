@@ -20,7 +20,7 @@ from kyb.config import (
     parse_shard,
 )
 from kyb.rpc._auth import TokenCheck, bearer_metadata
-from kyb.rpc._channels import Deadline, RetryPolicy, call_unary, open_channel, wait_until_serving
+from kyb.rpc._channels import ClientRetry, Deadline, RetryPolicy, call_unary, open_channel, wait_until_serving
 from kyb.rpc._convert import (
     album_from_proto,
     album_to_proto,
@@ -56,6 +56,7 @@ from kyb.rpc._server import Server, ServiceServer, serve
 from kyb.rpc._sharding import base_reference_id, shard_for, shard_name, split_index
 
 __all__ = [
+    "ClientRetry",
     "Deadline",
     "DetectorConfig",
     "EncoderConfig",

@@ -4,11 +4,16 @@ Every downstream call gets the caller's *remaining* deadline (never a fresh one)
 keeps working for a client that has given up. Only idempotent calls are retried, only on
 UNAVAILABLE (the one status that says "not processed, try again"), with exponential backoff and full
 jitter so a restarting shard is not hit by every gateway at the same instant. gRPC's own retries
-are turned off so attempts are never multiplied.
+are turned off on those channels so attempts are never multiplied.
+
+Clients outside the services (:class:`kyb.client.GatewayClient`) use gRPC's own retries instead,
+declared in the channel's service config (:class:`ClientRetry`): the policy then lives in one JSON
+document the gRPC core enforces, with retry throttling across all calls of the channel.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +28,15 @@ from kyb.errors import DeadlineExceeded, Unavailable
 from kyb.rpc._errors import error_from_rpc
 from kyb.rpc._metrics import Metrics
 
-__all__ = ["Deadline", "RetryPolicy", "call_unary", "channel_options", "open_channel", "wait_until_serving"]
+__all__ = [
+    "ClientRetry",
+    "Deadline",
+    "RetryPolicy",
+    "call_unary",
+    "channel_options",
+    "open_channel",
+    "wait_until_serving",
+]
 
 #: time_remaining() of a call without a deadline is huge (or None); treat it as "none given".
 _NO_DEADLINE_S = 1e7
@@ -73,6 +86,56 @@ class RetryPolicy:
         return random.uniform(0.0, min(self.cap_s, self.base_s * (2**attempt)))
 
 
+@dataclass(frozen=True)
+class ClientRetry:
+    """gRPC's retries for a client's idempotent methods, as a service config (gRFC A6).
+
+    An attempt that fails with UNAVAILABLE is tried again after a pause drawn uniformly from
+    [0, min(``max_backoff_s``, ``initial_backoff_s`` * ``multiplier`` ^ (n-1))], at most ``attempts``
+    tries in all (gRPC caps it at 5), and never past the call's deadline. ``wait_for_ready`` makes an
+    attempt made while the channel has no connection wait for one (up to the deadline) instead of
+    failing at once: a gateway that restarts in less than the deadline costs its callers a wait, not
+    an error. Retry throttling (``throttle_tokens``, ``throttle_ratio``) stops retrying when most
+    calls of the channel fail, so a gateway that is really down is not hammered by its clients.
+    """
+
+    attempts: int = 5
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+    wait_for_ready: bool = True
+    throttle_tokens: int = 10
+    throttle_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.attempts <= 5:
+            raise ValueError(f"attempts must be in 2..5 (gRPC's limit), got {self.attempts}")
+        if not 0 < self.initial_backoff_s <= self.max_backoff_s:
+            raise ValueError("initial_backoff_s must be in (0, max_backoff_s]")
+        if self.multiplier <= 0 or self.throttle_tokens <= 0 or self.throttle_ratio <= 0:
+            raise ValueError("multiplier, throttle_tokens and throttle_ratio must be > 0")
+
+    def service_config(self, service: str, methods: Sequence[str]) -> str:
+        """The service config JSON that retries ``methods`` of ``service`` (full name, e.g. kyb.v1.Gateway)."""
+        config = {
+            "methodConfig": [
+                {
+                    "name": [{"service": service, "method": method} for method in methods],
+                    "waitForReady": self.wait_for_ready,
+                    "retryPolicy": {
+                        "maxAttempts": self.attempts,
+                        "initialBackoff": f"{self.initial_backoff_s:.3f}s",
+                        "maxBackoff": f"{self.max_backoff_s:.3f}s",
+                        "backoffMultiplier": self.multiplier,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+            "retryThrottling": {"maxTokens": self.throttle_tokens, "tokenRatio": self.throttle_ratio},
+        }
+        return json.dumps(config)
+
+
 def channel_options(rpc: RpcConfig) -> list[tuple[str, Any]]:
     """Options shared by every channel and server: message limits and keepalive."""
     return [
@@ -85,17 +148,23 @@ def channel_options(rpc: RpcConfig) -> list[tuple[str, Any]]:
     ]
 
 
-def open_channel(address: str, rpc: RpcConfig) -> grpc.Channel:
+def open_channel(address: str, rpc: RpcConfig, *, service_config: str | None = None) -> grpc.Channel:
     """A channel to ``address``: TLS when ``rpc.tls_ca`` is set, round-robin over the name's addresses
-    (the replicas of a shard behind one DNS name), quick reconnects after a peer restarts."""
+    (the replicas of a shard behind one DNS name), quick reconnects after a peer restarts.
+
+    gRPC's retries are on only with a ``service_config`` (:meth:`ClientRetry.service_config`) that
+    declares them; callers that retry with :func:`call_unary` pass none."""
     options = [
         *channel_options(rpc),
         ("grpc.lb_policy_name", "round_robin"),
-        ("grpc.enable_retries", 0),
+        ("grpc.enable_retries", 0 if service_config is None else 1),
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 5000),
     ]
+    if service_config is not None:
+        # The service config given here wins over any a name resolver would supply.
+        options += [("grpc.service_config", service_config), ("grpc.service_config_disable_resolution", 1)]
     if rpc.tls_ca is not None:
         credentials = grpc.ssl_channel_credentials(root_certificates=rpc.tls_ca.read_bytes())
         return grpc.secure_channel(address, credentials, options=options)

@@ -168,6 +168,12 @@ class ListReferencesResponse(_message.Message):
     next_page_token: str
     def __init__(self, references: _Optional[_Iterable[_Union[_common_pb2.ReferenceInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class GetReferenceRequest(_message.Message):
+    __slots__ = ("reference_id",)
+    REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]
+    reference_id: str
+    def __init__(self, reference_id: _Optional[str] = ...) -> None: ...
+
 class DeleteReferenceRequest(_message.Message):
     __slots__ = ("reference_id",)
     REFERENCE_ID_FIELD_NUMBER: _ClassVar[int]

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from kyb.v1 import common_pb2 as kyb_dot_v1_dot_common__pb2
 from kyb.v1 import gateway_pb2 as kyb_dot_v1_dot_gateway__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -60,6 +61,11 @@ class GatewayStub:
                 request_serializer=kyb_dot_v1_dot_gateway__pb2.ListReferencesRequest.SerializeToString,
                 response_deserializer=kyb_dot_v1_dot_gateway__pb2.ListReferencesResponse.FromString,
                 _registered_method=True)
+        self.GetReference = channel.unary_unary(
+                '/kyb.v1.Gateway/GetReference',
+                request_serializer=kyb_dot_v1_dot_gateway__pb2.GetReferenceRequest.SerializeToString,
+                response_deserializer=kyb_dot_v1_dot_common__pb2.ReferenceInfo.FromString,
+                _registered_method=True)
         self.DeleteReference = channel.unary_unary(
                 '/kyb.v1.Gateway/DeleteReference',
                 request_serializer=kyb_dot_v1_dot_gateway__pb2.DeleteReferenceRequest.SerializeToString,
@@ -113,6 +119,13 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReference(self, request, context):
+        """One reference image's record. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteReference(self, request, context):
         """Removes a reference from its shard and the catalog.
         """
@@ -155,6 +168,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.ListReferences,
                     request_deserializer=kyb_dot_v1_dot_gateway__pb2.ListReferencesRequest.FromString,
                     response_serializer=kyb_dot_v1_dot_gateway__pb2.ListReferencesResponse.SerializeToString,
+            ),
+            'GetReference': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReference,
+                    request_deserializer=kyb_dot_v1_dot_gateway__pb2.GetReferenceRequest.FromString,
+                    response_serializer=kyb_dot_v1_dot_common__pb2.ReferenceInfo.SerializeToString,
             ),
             'DeleteReference': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteReference,
@@ -303,6 +321,33 @@ class Gateway:
             '/kyb.v1.Gateway/ListReferences',
             kyb_dot_v1_dot_gateway__pb2.ListReferencesRequest.SerializeToString,
             kyb_dot_v1_dot_gateway__pb2.ListReferencesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReference(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kyb.v1.Gateway/GetReference',
+            kyb_dot_v1_dot_gateway__pb2.GetReferenceRequest.SerializeToString,
+            kyb_dot_v1_dot_common__pb2.ReferenceInfo.FromString,
             options,
             channel_credentials,
             insecure,
