@@ -1,8 +1,10 @@
 """``kyb``: the embedded command line (ingest, identify, eval, duplicates, demo, codebook, catalog, db, reindex, stats).
 
 Every command works on one index folder and one catalog (``--index-dir``, ``--catalog`` or the config
-file / ``KYB_*`` variables). Exit codes: 0 ok, 1 some items failed, 2 bad usage, then one code per
-error family (see :data:`kyb.errors.EXIT_CODES`); every failure prints one line on stderr.
+file / ``KYB_*`` variables). Output is for people, or with ``--json`` for programs (``kyb identify``
+writes JSON Lines always: one object per photo as soon as it is done). Exit codes are the table
+:data:`kyb.errors.EXIT_CODE_MEANINGS` (``kyb --help`` prints it); every failure prints one line on
+stderr, and whatever was already answered stays printed.
 """
 
 from __future__ import annotations
@@ -20,13 +22,31 @@ from pathlib import Path
 from typing import Any
 
 from kyb import __version__
-from kyb.errors import EXIT_CODES, InvalidRequest, KybError, NotFound, lookup
+from kyb.errors import (
+    EXIT_CODE_MEANINGS,
+    EXIT_CODES,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_PARTIAL,
+    GRPC_STATUS,
+    InvalidRequest,
+    KybError,
+    NotFound,
+    lookup,
+)
 
 __all__ = ["main"]
 
 log = logging.getLogger("kyb")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (``error: ...``), exit code 2 like any bad request."""
+
+    def error(self, message: str) -> Any:
+        self.exit(EXIT_CODES[InvalidRequest], f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -44,6 +64,22 @@ def _progress(total: int | None, desc: str, unit: str = "img") -> Any:
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True,
                 disable=None)  # fmt: skip
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """Prints ``data`` as one JSON line with ``--json``, else ``text`` for a person."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, ensure_ascii=False), flush=True)
+    else:
+        print(text, flush=True)
+
+
+def _exit_code(error: BaseException) -> int:
+    return int(lookup(EXIT_CODES, error))  # type: ignore[arg-type]
+
+
+def _error_record(error: KybError) -> dict[str, str]:
+    return {"code": str(lookup(GRPC_STATUS, error)), "message": str(error)}  # type: ignore[arg-type]
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -75,6 +111,14 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
         return parse_box(text)
     except InvalidRequest as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _drawing(text: str) -> Path:
+    """A --draw target: a file name whose suffix says the image type (OpenCV picks its writer by it)."""
+    path = Path(text)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text!r} needs an image suffix ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return path
 
 
 def _share(text: str) -> float:
@@ -154,14 +198,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     items, row_errors = _collect(engine, [Path(p) for p in args.paths], args.kind)
     if not items:
         print("error: nothing to ingest (no images found)", file=sys.stderr)
-        return 1 if row_errors else EXIT_CODES[InvalidRequest]
+        return EXIT_PARTIAL if row_errors else EXIT_CODES[InvalidRequest]
     counts: dict[str, int] = {}
+    failures: list[dict[str, str]] = []
     started = time.perf_counter()
     with _progress(len(items), "ingest") as bar:
 
         def tick(outcome: Any) -> None:
             counts[outcome.status] = counts.get(outcome.status, 0) + 1
             if outcome.status == "failed":
+                failures.append({"source": outcome.source, "message": outcome.message})
                 bar.write(f"failed: {outcome.source}: {outcome.message}", file=sys.stderr)
             bar.update(1)
 
@@ -169,11 +215,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     stats = engine.index.stats()
-    print(f"ingested {len(items)} images in {elapsed:.1f} s: {summary}; index holds {stats['references']} "
-          f"references ({stats['bytes_per_reference']:.0f} bytes each)")  # fmt: skip
+    report = {
+        "items": len(items),
+        **{status: counts.get(status, 0) for status in ("added", "replaced", "unchanged", "failed")},
+        "failures": failures,
+        "bad_catalog_rows": row_errors,
+        "elapsed_s": round(elapsed, 3),
+        "index_references": stats["references"],
+        "bytes_per_reference": round(stats["bytes_per_reference"]),
+    }
+    _emit(args, report, f"ingested {len(items)} images in {elapsed:.1f} s: {summary}; index holds "
+          f"{stats['references']} references ({stats['bytes_per_reference']:.0f} bytes each)")  # fmt: skip
     if counts.get("failed", 0) == len(items):
         return EXIT_CODES[InvalidRequest]
-    return 1 if counts.get("failed") or row_errors else 0
+    return EXIT_PARTIAL if counts.get("failed") or row_errors else 0
 
 
 # ---------------------------------------------------------------------------- identify
@@ -198,8 +253,12 @@ def _draw(photo: Path, answer: dict[str, Any], out: Path) -> None:
         scale = max(0.5, max(canvas.shape[:2]) / 1600)
         cv2.putText(canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness + 2, cv2.LINE_AA)
         cv2.putText(canvas, label, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(out), canvas):
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        written = cv2.imwrite(str(out), canvas)
+    except (OSError, cv2.error) as exc:
+        raise InvalidRequest(f"cannot write {out}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not written:
         raise InvalidRequest(f"cannot write {out}")
 
 
@@ -226,37 +285,60 @@ def _embedded_detector(config: Any, args: argparse.Namespace) -> Any:
     return Detector.from_config(config, sha256=sha256)
 
 
+def _identify_one(identify: Any, photo: Path) -> dict[str, Any]:
+    """``{"photo", ...answer}``; a KybError for this photo's failure (an unreadable file included)."""
+    try:
+        data = photo.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest(f"{photo}: {exc.strerror or exc}") from None
+    return {"photo": str(photo), **identify(data)}
+
+
 def cmd_identify(args: argparse.Namespace) -> int:
+    """One JSON line per photo, written (and flushed) as soon as that photo is done, so a long run
+    can be read as it goes and an error that ends it keeps every answer before it; ``--json-array``
+    prints one array at the end instead (also when the run ends early)."""
     identify = _identifier(args)
-    answers = []
-    codes: list[int] = []
-    for i, name in enumerate(args.photos):
-        photo = Path(name)
-        try:
-            data = photo.read_bytes()
-        except OSError as exc:
-            codes.append(EXIT_CODES[InvalidRequest])
-            print(f"error: {photo}: {exc.strerror or exc}", file=sys.stderr)
-            answers.append({"photo": str(photo), "error": exc.strerror or str(exc)})
-            continue
-        try:
-            answer = identify(data)
-        except KybError as exc:
-            codes.append(int(lookup(EXIT_CODES, exc)))
-            print(f"error: {photo}: {exc}", file=sys.stderr)
-            answers.append({"photo": str(photo), "error": str(exc)})
-            continue
-        answers.append({"photo": str(photo), **answer})
-        if args.draw:
-            target = Path(args.draw)
-            if len(args.photos) > 1:
-                target = target.with_name(f"{target.stem}-{i}{target.suffix or '.jpg'}")
-            _draw(photo, answer, target)
-            log.info("drew %s", target)
-    print(json.dumps(answers if len(answers) > 1 else answers[0], indent=2, ensure_ascii=False))
-    if codes and len(codes) == len(args.photos):
-        return codes[-1]  # nothing identified: the reason's own code
-    return 1 if codes else 0
+    collected: list[dict[str, Any]] = []
+    failed: dict[str, int] = {}  # photo -> exit code of its failure
+
+    def write(record: dict[str, Any]) -> None:
+        if args.json_array:
+            collected.append(record)
+        else:
+            print(json.dumps(record, ensure_ascii=False), flush=True)
+
+    def fail(photo: Path, exc: KybError) -> None:
+        failed[str(photo)] = _exit_code(exc)
+        message = str(exc) if str(exc).startswith(str(photo)) else f"{photo}: {exc}"
+        print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
+
+    try:
+        for i, name in enumerate(args.photos):
+            photo = Path(name)
+            try:
+                answer = _identify_one(identify, photo)
+            except KybError as exc:
+                fail(photo, exc)
+                write({"photo": str(photo), "error": _error_record(exc)})
+                continue
+            write(answer)
+            if args.draw is not None:
+                target = args.draw
+                if len(args.photos) > 1:
+                    target = target.with_name(f"{target.stem}-{i}{target.suffix}")
+                try:
+                    _draw(photo, answer, target)
+                except KybError as exc:
+                    fail(photo, exc)
+                else:
+                    log.info("drew %s", target)
+    finally:
+        if args.json_array:
+            print(json.dumps(collected, indent=2, ensure_ascii=False), flush=True)
+    if failed and len(failed) == len(args.photos):
+        return list(failed.values())[-1]  # nothing identified: the reason's own code
+    return EXIT_PARTIAL if failed else 0
 
 
 # ---------------------------------------------------------------------------- eval
@@ -405,9 +487,26 @@ def cmd_codebook_train(args: argparse.Namespace) -> int:
         print("error: a codebook needs at least 2 reference images", file=sys.stderr)
         return EXIT_CODES[InvalidRequest]
     started = time.perf_counter()
-    codebook = engine.retrain_codebook(items)
-    print(f"trained codebook {codebook.version} in {time.perf_counter() - started:.1f} s: "
-          f"{json.dumps(codebook.params)}")  # fmt: skip
+    bars: dict[str, Any] = {}
+
+    def advance(stage: str, done: int, total: int) -> None:
+        # One bar per stage (reading, each k-means, whitening, re-encoding), closed when the next starts.
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[stage] = _progress(total, stage, unit="step")
+        bar = bars[stage]
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        codebook = engine.retrain_codebook(items, progress=advance)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    elapsed = time.perf_counter() - started
+    report = {"codebook_version": codebook.version, "elapsed_s": round(elapsed, 3), "params": codebook.params}
+    _emit(args, report, f"trained codebook {codebook.version} in {elapsed:.1f} s: {json.dumps(codebook.params)}")
     return 0
 
 
@@ -418,10 +517,18 @@ def cmd_catalog_import(args: argparse.Namespace) -> int:
     report = import_catalog(engine.catalog, Path(args.file))
     for error in report.errors:
         print(f"warning: {error}", file=sys.stderr)
-    print(f"{args.file}: {report.bands_upserted} bands, {report.albums_upserted} albums, "
+    data = {
+        "file": args.file,
+        "bands": report.bands_upserted,
+        "albums": report.albums_upserted,
+        "bad_rows": [str(error) for error in report.errors],
+        "references_to_ingest": len(report.references),
+        "elapsed_s": round(report.elapsed_s, 3),
+    }
+    _emit(args, data, f"{args.file}: {report.bands_upserted} bands, {report.albums_upserted} albums, "
           f"{len(report.errors)} bad rows, {len(report.references)} references to ingest "
           f"({report.elapsed_s:.2f} s)")  # fmt: skip
-    return 1 if report.errors else 0
+    return EXIT_PARTIAL if report.errors else 0
 
 
 def cmd_band(args: argparse.Namespace) -> int:
@@ -432,20 +539,40 @@ def cmd_band(args: argparse.Namespace) -> int:
         if not matches:
             print(f"error: no band {args.band_id!r}", file=sys.stderr)
             return EXIT_CODES[NotFound]
-        print(json.dumps([b.to_dict() for b in matches], indent=2, ensure_ascii=False))
+        _print_json(args, [b.to_dict() for b in matches])
         return 0
     data = band.to_dict()
     data["albums"] = [a.to_dict() for a in engine.catalog.list_albums(band.band_id)]
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    _print_json(args, data)
     return 0
+
+
+def _print_json(args: argparse.Namespace, data: Any) -> None:
+    """JSON either way: indented for a person, one line with ``--json``."""
+    print(json.dumps(data, ensure_ascii=False, indent=None if args.json else 2), flush=True)
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
+    """Deletes every id it can; an unknown id is reported and the others still go."""
     engine = _engine(args)
+    results: list[dict[str, Any]] = []
+    codes: list[int] = []
     for reference_id in args.reference_ids:
-        engine.delete_reference(reference_id)
-        print(f"deleted {reference_id}")
-    return 0
+        try:
+            engine.delete_reference(reference_id)
+        except NotFound as exc:
+            codes.append(_exit_code(exc))
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            results.append({"reference_id": reference_id, "deleted": False, "error": _error_record(exc)})
+            continue
+        results.append({"reference_id": reference_id, "deleted": True})
+        if not args.json:
+            print(f"deleted {reference_id}", flush=True)
+    if args.json:
+        print(json.dumps({"results": results}, ensure_ascii=False), flush=True)
+    if codes and len(codes) == len(args.reference_ids):
+        return codes[-1]
+    return EXIT_PARTIAL if codes else 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -458,7 +585,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         log.warning("catalog and index disagree: %d catalog rows not indexed (run the same ingest again or "
                     "kyb reindex), %d index entries without a catalog row",
                     stats["catalog_without_index"], stats["index_without_catalog"])  # fmt: skip
-    print(json.dumps(stats, indent=2))
+    _print_json(args, stats)
     return 0
 
 
@@ -471,7 +598,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
     with open_catalog(url, migrate=False) as catalog:
         version = catalog.migrate()
-    print(f"catalog schema version {version}")
+    _emit(args, {"schema_version": version}, f"catalog schema version {version}")
     return 0
 
 
@@ -488,18 +615,33 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
         report = engine.reindex(progress=tick)
     where = f"generation {report['generation']}" if report["switched"] else "nothing rebuilt: the current index stays"
+    if args.json:
+        _emit(args, report, "")
+        return EXIT_PARTIAL if report["failed"] or report["kept"] else 0
     print(f"reindexed {report['references']} catalog references in {report['elapsed_s']:.1f} s: "
           f"{report['rebuilt']} rebuilt, {report['kept']} kept from the previous generation, "
           f"{report['failed']} failed, {report['dropped']} index entries without a catalog row dropped; "
           f"{where} (codebook {report['codebook_version']})")  # fmt: skip
-    return 1 if report["failed"] or report["kept"] else 0
+    return EXIT_PARTIAL if report["failed"] or report["kept"] else 0
 
 
 # ---------------------------------------------------------------------------- parser
+def _json_flag(
+    parser: argparse.ArgumentParser, text: str = "print one JSON object instead of lines for people"
+) -> None:
+    parser.add_argument("--json", action="store_true", help=text)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kyb", description="Know Your Bands: identify band logos and album covers.")
+    parser = _Parser(
+        prog="kyb",
+        description="Know Your Bands: identify band logos and album covers.",
+        epilog="exit codes (every error is one line on stderr):\n"
+        + "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"kyb {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", help="TOML config file (also KYB_CONFIG)")
     common.add_argument("--index-dir", help="index folder (default .kyb/index)")
     common.add_argument(
@@ -511,12 +653,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", parents=[common], help="add reference images (folders, catalog files, images)")
     p.add_argument("paths", nargs="+", help="folder, catalog.json/.csv, or image files")
     p.add_argument("--kind", choices=["logo", "album_cover"], help="kind for images without one")
+    _json_flag(p)
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("identify", parents=[common], help="find every known logo and cover in photos")
     p.add_argument("photos", nargs="+")
     p.add_argument("--box", type=_parse_box, help="search only this crop: x1,y1,x2,y2 in photo pixels")
-    p.add_argument("--draw", help="write the photo with outlines and names to this file")
+    p.add_argument(
+        "--draw", type=_drawing, help="write the photo with outlines and names to this file (.jpg, .png, .webp)"
+    )
+    p.add_argument(
+        "--json-array", action="store_true", help="one JSON array at the end instead of a JSON line per photo"
+    )
     p.add_argument("--gateway", help="ask a running gateway (HOST:PORT) instead of the embedded engine")
     p.add_argument("--token", help="bearer token for --gateway (also KYB_TOKEN)")
     p.add_argument("--timeout", type=float, default=30.0, help="deadline in seconds for --gateway calls")
@@ -569,30 +717,37 @@ def build_parser() -> argparse.ArgumentParser:
     t = codebook_sub.add_parser("train", parents=[common], help="train a codebook and re-encode the index")
     t.add_argument("sources", nargs="+", help="folders / catalog files of reference images to learn from")
     t.add_argument("--kind", choices=["logo", "album_cover"])
+    _json_flag(t)
     t.set_defaults(func=cmd_codebook_train)
 
     p = sub.add_parser("catalog", help="band catalog")
     catalog_sub = p.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
     c = catalog_sub.add_parser("import", parents=[common], help="import bands/albums from a JSON or CSV file")
     c.add_argument("file")
+    _json_flag(c)
     c.set_defaults(func=cmd_catalog_import)
     c = catalog_sub.add_parser("band", parents=[common], help="show a band by id, or search by name")
     c.add_argument("band_id")
+    _json_flag(c, "print one JSON line instead of indented JSON")
     c.set_defaults(func=cmd_band)
 
     p = sub.add_parser("delete", parents=[common], help="remove references by id")
     p.add_argument("reference_ids", nargs="+")
+    _json_flag(p)
     p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("stats", parents=[common], help="index and catalog sizes")
+    _json_flag(p, "print one JSON line instead of indented JSON")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("db", help="catalog database")
     db_sub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     d = db_sub.add_parser("migrate", parents=[common], help="bring the catalog schema up to date (idempotent)")
+    _json_flag(d)
     d.set_defaults(func=cmd_db_migrate)
 
     p = sub.add_parser("reindex", parents=[common], help="rebuild the index from the catalog's reference images")
+    _json_flag(p)
     p.set_defaults(func=cmd_reindex)
 
     for extension in entry_points(group="kyb.commands"):  # e.g. `kyb detector ...` from training/
@@ -615,11 +770,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KybError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(lookup(EXIT_CODES, exc))
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return _exit_code(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`kyb identify ... | head -1`): nothing left to tell anyone.
+        sys.stderr.close()
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: still one line and a documented code; the traceback goes to the log
+        log.debug("internal error", exc_info=True)
+        print(f"error: internal error: {type(exc).__name__}: {_one_line(str(exc))} (--log-level DEBUG shows where)",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_INTERNAL
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "no message"
 
 
 if __name__ == "__main__":

@@ -133,9 +133,12 @@ class Engine:
                     self._swap(ReferenceIndex.load(self.config.index_dir, self.config.search))
             yield
 
-    def _rebuild(self, source: Codebook | Sequence[_Prepared]) -> tuple[ReferenceIndex, Encoder]:
+    def _rebuild(
+        self, source: Codebook | Sequence[_Prepared], progress: Callable[[str, int, int], None] | None = None
+    ) -> tuple[ReferenceIndex, Encoder]:
         """An empty index for a new generation and its encoder: over the codebook ``source``, or over
-        one trained on the features of the prepared references ``source``."""
+        one trained on the features of the prepared references ``source`` (``progress`` as in
+        :func:`~kyb.codebook.train_codebook`)."""
         if isinstance(source, Codebook):
             codebook = source
         else:
@@ -143,6 +146,7 @@ class Engine:
                 [f.descriptors for p in source for f, _ in p.features],
                 self.config.codebook,
                 pca_dims=self.config.features.pca_dims,
+                progress=progress,
             )
         index = ReferenceIndex(codebook, self.config.search, self.config.index_dir)
         return index, Encoder(codebook, self.config.features)
@@ -441,14 +445,26 @@ class Engine:
         self.catalog.upsert_albums(albums)
 
     @_exclusive
-    def retrain_codebook(self, items: Sequence[IngestItem]) -> Codebook:
+    def retrain_codebook(
+        self, items: Sequence[IngestItem], progress: Callable[[str, int, int], None] | None = None
+    ) -> Codebook:
         """Trains a new codebook from ``items`` and re-encodes every indexed reference with it.
 
         The references are re-read from their catalog sources; the new index replaces the old one in
         one atomic save, so searches keep working on the old generation until the switch.
+        ``progress(stage, done, total)`` is called as each stage advances: "read images", the
+        codebook's own stages, then "re-encode index".
         """
-        prepared = [p for p in (self._prepare_safe(i) for i in items) if isinstance(p, _Prepared)]
-        fresh, encoder = self._rebuild(prepared)
+        report = progress or (lambda _stage, _done, _total: None)
+        prepared = []
+        for done, item in enumerate(items, start=1):
+            # Every readable image counts, indexed already or not (_prepare_safe would skip those).
+            try:
+                prepared.append(self._prepare(item))
+            except KybError as exc:
+                log.warning("skipped %s: %s", item.source, exc)
+            report("read images", done, len(items))
+        fresh, encoder = self._rebuild(prepared, progress)
         old = self.index if self.has_index() else None
         sources = []
         if old is not None:
@@ -466,8 +482,9 @@ class Engine:
                             tuple(reference.regions),
                         )
                     )
-        for item in sources:
+        for done, item in enumerate(sources, start=1):
             result = self._prepare_safe(item)
+            report("re-encode index", done, len(sources))
             if isinstance(result, IngestOutcome):
                 log.warning("re-encoding %s failed: %s", item.source, result.message)
                 continue

@@ -12,6 +12,10 @@ from typing import Any, TypeVar
 
 __all__ = [
     "EXIT_CODES",
+    "EXIT_CODE_MEANINGS",
+    "EXIT_INTERNAL",
+    "EXIT_INTERRUPTED",
+    "EXIT_PARTIAL",
     "GRPC_STATUS",
     "HTTP_STATUS",
     "ConfigError",
@@ -25,6 +29,7 @@ __all__ = [
     "NotReady",
     "Unauthenticated",
     "Unavailable",
+    "exit_codes_text",
 ]
 
 
@@ -107,6 +112,13 @@ HTTP_STATUS: dict[type[KybError], int] = {
     KybError: 500,
 }
 
+#: Exit code of a command that did part of its work: some items failed, the rest went through.
+EXIT_PARTIAL = 1
+#: Exit code of an error nobody raised on purpose (a bug): the one line says what and where.
+EXIT_INTERNAL = 10
+#: Exit code after Ctrl-C (128 + SIGINT, as shells report it) or a closed output pipe.
+EXIT_INTERRUPTED = 130
+
 # CLI exit codes: 0 ok, 1 some items failed, then one code per error family.
 EXIT_CODES: dict[type[KybError], int] = {
     InvalidImage: 3,
@@ -119,8 +131,30 @@ EXIT_CODES: dict[type[KybError], int] = {
     DeadlineExceeded: 7,
     Unauthenticated: 8,
     IndexCorrupt: 9,
-    KybError: 10,
+    KybError: EXIT_INTERNAL,
 }
+
+#: What every exit code of ``kyb`` means: ``kyb --help`` prints it and the README quotes it (a test
+#: keeps the three equal to :data:`EXIT_CODES`).
+EXIT_CODE_MEANINGS: dict[int, str] = {
+    0: "ok",
+    EXIT_PARTIAL: "some items failed (the rest went through)",
+    2: "bad usage or a bad request",
+    3: "bad image (unreadable, or over a size limit)",
+    4: "not found",
+    5: "not ready (no index yet)",
+    6: "a dependency is down (database, gateway, another service)",
+    7: "deadline exceeded",
+    8: "unauthenticated (missing or wrong token)",
+    9: "index corrupt (files do not match their manifest)",
+    EXIT_INTERNAL: "internal error (a bug: the message names it)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, or the reader of the output went away)",
+}
+
+
+def exit_codes_text() -> str:
+    """The exit codes as one sentence ("0 ok, 1 some items failed ..., 130 interrupted (Ctrl-C)")."""
+    return ", ".join(f"{code} {meaning}" for code, meaning in EXIT_CODE_MEANINGS.items())
 
 
 def lookup(table: Mapping[type[KybError], T], error: BaseException) -> T:

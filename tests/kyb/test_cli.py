@@ -111,3 +111,117 @@ def test_duplicates_command(demo_dir: Path, tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit) as usage:
         main(["duplicates", "--min-share", "1.5", *where])
     assert usage.value.code == 2 and "must be in (0, 1]" in capsys.readouterr().err
+
+
+def _lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_identify_writes_one_json_line_per_photo(
+    demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--index-dir", str(tmp_path / "index"), "--catalog", str(tmp_path / "catalog.db")]
+    code, out, _ = _run(capsys, "ingest", str(demo_dir / "catalog.json"), "--json", *where)
+    report = json.loads(out)
+    assert code == 0 and report["added"] == report["items"] > 0 and report["failures"] == []
+
+    gt = json.loads((demo_dir / "gt.json").read_text())
+    first, second = (str(demo_dir / q["query"]) for q in gt["queries"][:2])
+    missing = str(tmp_path / "missing.jpg")
+    code, out, err = _run(capsys, "identify", first, missing, second, *where)
+    lines = _lines(out)
+    assert code == 1  # one photo failed, the others were answered
+    assert [line["photo"] for line in lines] == [first, missing, second]
+    assert lines[0]["objects"] and lines[2]["objects"] and "error" not in lines[0]
+    assert lines[1]["error"]["code"] == "INVALID_ARGUMENT" and "No such file" in lines[1]["error"]["message"]
+    assert err.count("\n") == 1 and err.startswith("error: ")
+
+    code, out, _ = _run(capsys, "identify", first, second, "--json-array", *where)
+    array = json.loads(out)
+    assert code == 0 and [a["photo"] for a in array] == [first, second]
+    assert [a["objects"] for a in array] == [lines[0]["objects"], lines[2]["objects"]]
+
+    # Drawing fails after the answer was computed: the answer is still printed, the error is one line.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, out, err = _run(capsys, "identify", first, "--draw", str(blocker / "drawn.jpg"), *where)
+    assert code == 2 and _lines(out)[0]["objects"] == lines[0]["objects"]
+    assert err.count("\n") == 1 and "cannot write" in err
+
+
+def test_usage_and_internal_errors_are_one_line_with_their_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as usage:
+        main(["identify", "photo.jpg", "--draw", str(tmp_path / "out")])  # no suffix: no image writer
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and err.count("\n") == 1 and "needs an image suffix" in err
+
+    not_a_folder = tmp_path / "index-file"
+    not_a_folder.write_text("x")
+    code, _, err = _run(capsys, "stats", "--index-dir", str(not_a_folder), "--catalog", str(tmp_path / "c.db"))
+    assert code == 10 and err.count("\n") == 1 and err.startswith("error: internal error: NotADirectoryError")
+
+
+def test_exit_codes_are_one_table_in_help_readme_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from kyb.errors import EXIT_CODE_MEANINGS, EXIT_CODES, exit_codes_text
+
+    assert set(EXIT_CODES.values()) < set(EXIT_CODE_MEANINGS)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    for code, meaning in EXIT_CODE_MEANINGS.items():
+        assert f"{code:>3}  {meaning}" in help_text
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    assert exit_codes_text() in readme
+
+
+def test_reporting_commands_print_json(demo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    where = ["--index-dir", str(tmp_path / "index"), "--catalog", str(tmp_path / "catalog.db")]
+    code, out, _ = _run(capsys, "db", "migrate", "--json", *where)
+    assert code == 0 and json.loads(out)["schema_version"] >= 1
+    code, out, _ = _run(capsys, "catalog", "import", str(demo_dir / "catalog.json"), "--json", *where)
+    imported = json.loads(out)
+    assert code == 0 and imported["bands"] == 4 and imported["bad_rows"] == [] and imported["references_to_ingest"]
+    assert _run(capsys, "ingest", str(demo_dir / "catalog.json"), *where)[0] == 0
+
+    code, out, _ = _run(capsys, "codebook", "train", str(demo_dir / "catalog.json"), "--json", *where)
+    trained = json.loads(out)
+    assert code == 0 and trained["codebook_version"] and trained["params"]
+    code, out, _ = _run(capsys, "reindex", "--json", *where)
+    reindexed = json.loads(out)
+    assert code == 0 and reindexed["rebuilt"] == reindexed["references"] > 0 and reindexed["failed"] == 0
+    code, out, _ = _run(capsys, "stats", "--json", *where)
+    stats = json.loads(out)
+    assert code == 0 and len(out.splitlines()) == 1 and stats["references"] == reindexed["references"]
+
+    some_id = _first_reference(tmp_path)
+    code, out, err = _run(capsys, "delete", some_id, "no-such-reference", "--json", *where)
+    deleted = json.loads(out)["results"]
+    assert code == 1 and [r["deleted"] for r in deleted] == [True, False]
+    assert deleted[1]["error"]["code"] == "NOT_FOUND" and err.count("\n") == 1
+
+
+def _first_reference(root: Path) -> str:
+    from kyb.catalog import open_catalog
+
+    with open_catalog(str(root / "catalog.db")) as catalog:
+        return catalog.list_references(limit=1)[0].reference_id
+
+
+def test_codebook_training_reports_progress_per_stage(demo_dir: Path, tmp_path: Path) -> None:
+    """Every stage reports up to its total; images already indexed are learned from too."""
+    from kyb.cli import _collect
+    from kyb.config import load_config
+    from kyb.engine import Engine
+
+    engine = Engine(load_config(overrides={"index_dir": str(tmp_path / "i"), "catalog_url": str(tmp_path / "c.db")}))
+    items, _ = _collect(engine, [demo_dir / "catalog.json"], None)
+    engine.ingest(items)
+    seen: dict[str, list[tuple[int, int]]] = {}
+    engine.retrain_codebook(items, progress=lambda stage, done, total: seen.setdefault(stage, []).append((done, total)))
+    engine.close()
+    assert next(iter(seen)) == "read images" and list(seen)[-1] == "re-encode index"
+    assert {"fine words", "VLAD words"} <= set(seen)
+    for steps in seen.values():
+        assert steps[-1][0] == steps[-1][1]  # every stage reaches its total

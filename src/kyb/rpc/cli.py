@@ -180,6 +180,7 @@ def add_reshard_command(subparsers: Any) -> None:
     parser.add_argument("--to", dest="new_count", type=int, required=True, help="shard count now")
     parser.add_argument("--batch", type=int, default=64, help="keys per Add/Delete (one save each)")
     parser.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline of each call in seconds")
     parser.add_argument("--config", help="TOML file for the rpc section (default: $KYB_CONFIG)")
     parser.add_argument("--token", help="bearer token (default: rpc.client_token / first of rpc.tokens)")
@@ -214,5 +215,13 @@ def run_reshard(args: argparse.Namespace) -> int:
 
         report = reshard(addresses, old_count, args.new_count, rpc, source_index=index, batch=args.batch,
                          dry_run=args.dry_run, timeout_s=args.timeout, progress=advance)  # fmt: skip
-    print(report.table())
+    if args.json:
+        import json
+
+        moves = [{"from": a if a >= 0 else "index", "to": b, "keys": n} for (a, b), n in sorted(report.moved.items())]
+        print(json.dumps({"old_count": report.old_count, "new_count": report.new_count, "moves": moves,
+                          "moved": report.total_moved, "keys_per_shard": report.sizes_after,
+                          "elapsed_s": round(report.elapsed_s, 3), "dry_run": report.dry_run}))  # fmt: skip
+    else:
+        print(report.table())
     return 0
