@@ -1,8 +1,9 @@
 """The JSON shapes of the web API, for its OpenAPI description (``/openapi.json``).
 
-They mirror :func:`kyb.client.identify_response_to_dict`; bands and albums are the catalog's own
-record classes (pydantic reads their dataclass fields). Pixels are original (upright) photo pixels;
-outlines are 4 points in the order top-left, top-right, bottom-right, bottom-left of the reference.
+They mirror :mod:`kyb.client`'s dicts (``identify_response_to_dict``, ``reference_info_to_dict``);
+bands and albums are the catalog's own record classes (pydantic reads their dataclass fields).
+Pixels are original (upright) photo pixels; outlines are 4 points in the order top-left, top-right,
+bottom-right, bottom-left of the reference. Errors are RFC 9457 problem details (:class:`Problem`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,17 @@ from pydantic import BaseModel, Field
 
 from kyb.catalog import Album, Band
 
-__all__ = ["BandAnswer", "ErrorAnswer", "IdentifyAnswer"]
+__all__ = [
+    "BandAnswer",
+    "BandList",
+    "BatchAnswer",
+    "DeleteAnswer",
+    "IdentifyAnswer",
+    "IngestAnswer",
+    "Problem",
+    "ReferenceInfo",
+    "ReferencePage",
+]
 
 Point = list[float]
 
@@ -64,10 +75,67 @@ class BandAnswer(BaseModel):
     albums: list[Album]
 
 
-class ErrorDetail(BaseModel):
-    code: str = Field(description="the gRPC status name, e.g. INVALID_ARGUMENT or UNAVAILABLE")
-    message: str = Field(description="one line for a person")
+class BandList(BaseModel):
+    """What ``Gateway.SearchBands`` answered: bands whose name matches the query, best first."""
+
+    bands: list[Band]
 
 
-class ErrorAnswer(BaseModel):
-    error: ErrorDetail
+class ReferenceInfo(BaseModel):
+    reference_id: str = Field(description="stable id derived from the image's SHA-256 and its regions")
+    sha256: str
+    kind: str | None = Field(description="logo or album_cover")
+    band_id: str | None
+    album_id: str | None
+    source: str = Field(description="where the image came from (a path, a URI or the uploaded file's name)")
+    width: int
+    height: int
+    size_bytes: int
+    regions: list[list[float]] = Field(description="x1, y1, x2, y2 boxes indexed; empty = the whole image")
+    created_at: float = Field(description="when it was ingested, Unix seconds")
+    shard: str = Field(description="the matcher shard that holds it")
+
+
+class ReferencePage(BaseModel):
+    references: list[ReferenceInfo] = Field(description="in ingestion order")
+    next_page_token: str = Field(description="pass as page_token for the next page; empty on the last page")
+
+
+class IngestAnswer(BaseModel):
+    """What ``Gateway.Ingest`` answered for the one image."""
+
+    source: str
+    status: str = Field(description="added, replaced or unchanged (the same bytes and regions again)")
+    reference_id: str | None
+    message: str
+    shard: str
+
+
+class DeleteAnswer(BaseModel):
+    deleted_from_index: bool
+    deleted_from_catalog: bool
+    shard: str
+
+
+class Problem(BaseModel):
+    """An error as RFC 9457 problem details (``application/problem+json``)."""
+
+    type: str = Field(description='"about:blank": the HTTP status and ``code`` say what happened')
+    title: str = Field(description="the HTTP status phrase")
+    status: int
+    detail: str = Field(description="one line for a person")
+    instance: str | None = Field(default=None, description="the request path")
+    code: str = Field(description="the gRPC status name behind it, e.g. INVALID_ARGUMENT or UNAVAILABLE")
+
+
+class BatchResult(BaseModel):
+    index: int = Field(description="position of the photo in the request, from 0")
+    filename: str
+    answer: IdentifyAnswer | None = Field(description="the photo's answer, when it could be identified")
+    error: Problem | None = Field(description="why not, when it could not (the other photos are unaffected)")
+
+
+class BatchAnswer(BaseModel):
+    """One result per photo, in request order (``Gateway.IdentifyBatch``)."""
+
+    results: list[BatchResult]

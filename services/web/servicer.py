@@ -1,27 +1,37 @@
 """The web front's handlers: HTTP/JSON over the gateway, and the page people use.
 
-Endpoints (``GET /openapi.json`` describes them):
+Endpoints (``GET /openapi.json`` describes them, ``/docs`` and ``/redoc`` show it):
 
 * ``POST /api/v1/identify[?crop=x1,y1,x2,y2]``, body = the photo bytes (JPEG, PNG or WebP, any
   ``Content-Type``): what ``Gateway.Identify`` answers, as :class:`~services.web.schema.IdentifyAnswer`;
-* ``GET /api/v1/bands/{band_id}``: what ``Gateway.GetBand`` answers;
+* ``POST /api/v1/identify/batch``, a multipart form of ``photos`` files: ``Gateway.IdentifyBatch``,
+  one result per photo in order (a bad photo fails only its own result);
+* ``GET /api/v1/bands?q=NAME[&limit=N]``: ``Gateway.SearchBands``; ``GET /api/v1/bands/{band_id}``:
+  ``Gateway.GetBand``;
+* ``POST /api/v1/references`` (a multipart form: the ``image`` with ``kind``, ``band_id``, ``album_id``,
+  ``regions`` and optional ``band`` / ``album`` records as JSON): ``Gateway.Ingest`` of one image;
+  ``GET /api/v1/references[?band_id=&kind=&page_size=&page_token=]``: ``Gateway.ListReferences``;
+  ``GET`` / ``DELETE /api/v1/references/{reference_id}``: ``Gateway.GetReference`` / ``DeleteReference``;
 * ``GET /healthz``: the front itself is up (the gateway is not asked: a gateway that is down makes
-  identify answer 503, it does not take the front out of its load balancer);
+  the API answer 503, it does not take the front out of its load balancer);
 * ``GET /`` and ``/static/...``: the page (plain files from ``static/``, no build step).
 
 Every call to the gateway goes through :class:`kyb.client.GatewayClient` with ``web.deadline_s`` as
-its deadline, so this is never a second implementation of identify. Errors are
-``{"error": {"code", "message"}}`` with the HTTP status of :data:`kyb.errors.HTTP_STATUS`: 400 bad
-image or crop, 401 missing/wrong token, 404 unknown band, 413 over ``limits.max_bytes`` (refused
-before anything is forwarded), 503 gateway down, 504 deadline. Messages of 5xx answers are fixed
+its deadline, so this is never a second implementation of anything. Errors are RFC 9457 problem
+details (``application/problem+json``) with the HTTP status of :data:`kyb.errors.HTTP_STATUS` and the
+gRPC status name in ``code``: 400 bad image, crop or field, 401 missing/wrong token, 404 unknown id,
+411 a batch without Content-Length, 413 over ``limits.max_bytes`` (refused before anything is
+forwarded), 503 gateway down (with ``Retry-After``), 504 deadline. Details of 5xx answers are fixed
 texts (the real one, which names internal hosts, is logged).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,11 +39,17 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from kyb import __version__
+from kyb.catalog import Album, Band
 from kyb.client import GatewayClient
 from kyb.encoder import Box, parse_box
+from kyb.engine import IngestItem
 from kyb.errors import (
     GRPC_STATUS,
     HTTP_STATUS,
@@ -46,26 +62,55 @@ from kyb.errors import (
     lookup,
 )
 from kyb.rpc import Metrics, ServiceConfig, TokenCheck
-from services.web.schema import BandAnswer, ErrorAnswer, IdentifyAnswer
+from services.web.schema import (
+    BandAnswer,
+    BandList,
+    BatchAnswer,
+    DeleteAnswer,
+    IdentifyAnswer,
+    IngestAnswer,
+    Problem,
+    ReferenceInfo,
+    ReferencePage,
+)
 
-__all__ = ["STATIC_DIR", "WebServicer", "create_app"]
+__all__ = ["MAX_BATCH", "RETRY_AFTER_S", "STATIC_DIR", "WebServicer", "create_app"]
 
 log = logging.getLogger(__name__)
 
 #: The page's files (package data: they ship with the wheel).
 STATIC_DIR = Path(__file__).with_name("static")
+#: Most photos in one batch request: a batch is answered whole, so its size bounds the wait.
+MAX_BATCH = 16
+#: Seconds a client is asked to wait after a 503 (or 429): about what a gateway restart takes.
+RETRY_AFTER_S = 5
+#: Room for a multipart form's boundaries and text fields next to its files.
+_FORM_OVERHEAD = 64 * 1024
 
+_PROBLEM = "application/problem+json"
 _PHOTO_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorAnswer, "description": text}
-    for status, text in {
-        400: "not an image this service can read, or a bad crop",
+_KINDS = ("logo", "album_cover")
+
+
+def _responses(*statuses: int, **texts: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI error answers: problem details for each status (``texts``: ``s404="..."`` overrides)."""
+    common = {
+        400: "a bad image, crop or field",
         401: "missing or wrong bearer token",
-        413: "photo over the size limit",
-        503: "the gateway (or what it needs) is down",
+        404: "no such id",
+        411: "a batch needs a Content-Length",
+        413: "over the size limit",
+        503: "the gateway (or what it needs) is down; see Retry-After",
         504: "the gateway did not answer within the deadline",
-    }.items()
-}
+    }
+    chosen = sorted({401, 503, 504, *statuses})
+    return {
+        status: {
+            "description": texts.get(f"s{status}", common[status]),
+            "content": {_PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in chosen
+    }
 
 
 #: Declares the bearer scheme in the OpenAPI description; the check itself is WebServicer.authorize.
@@ -89,8 +134,9 @@ class WebServicer:
         self, config: ServiceConfig, *, client: GatewayClient | None = None, metrics: Metrics | None = None
     ) -> None:
         self.config = config
-        #: Latency and outcome per endpoint (service "Web", methods Identify / GetBand), code "OK" or
-        #: ``HTTP_<status>``; exposed on ``rpc.metrics_port`` like the gRPC services' metrics.
+        #: Latency and outcome per endpoint (service "Web", methods named after the gateway RPC each
+        #: one calls), code "OK" or ``HTTP_<status>``; exposed on ``rpc.metrics_port`` like the gRPC
+        #: services' metrics.
         self.metrics = metrics if metrics is not None else Metrics()
         self._owns_metrics = metrics is None
         self.max_bytes = config.engine.limits.max_bytes
@@ -113,7 +159,7 @@ class WebServicer:
         if problem:
             raise Unauthenticated(problem)
 
-    def _forward(self, call: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def _forward(self, call: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return call(*args, **kwargs)
         except Unauthenticated as exc:
@@ -121,10 +167,44 @@ class WebServicer:
             raise Unavailable(f"the gateway refused this web front's token (rpc.client_token): {exc}") from None
 
     def identify(self, image: bytes, crop: Box | None = None) -> dict[str, Any]:
-        return self._forward(self.client.identify, image, crop=crop)
+        return self._forward(self.client.identify, image, crop=crop)  # type: ignore[no-any-return]
+
+    def identify_batch(self, photos: list[tuple[str, bytes]]) -> dict[str, Any]:
+        answers = self._forward(lambda: list(self.client.identify_many(data for _name, data in photos)))
+        results = []
+        for item in answers:
+            index = item.pop("index")
+            filename = photos[index][0]
+            if "error" in item:
+                error = _problem_from_code(item["error"]["code"], item["error"]["message"], instance=filename)
+                results.append({"index": index, "filename": filename, "answer": None, "error": error})
+            else:
+                results.append({"index": index, "filename": filename, "answer": item, "error": None})
+        return {"results": results}
+
+    def search_bands(self, query: str, limit: int) -> dict[str, Any]:
+        return {"bands": self._forward(self.client.search_bands, query, limit=limit)}
 
     def get_band(self, band_id: str) -> dict[str, Any]:
-        return self._forward(self.client.get_band, band_id)
+        return self._forward(self.client.get_band, band_id)  # type: ignore[no-any-return]
+
+    def add_reference(self, item: IngestItem, bands: list[Band], albums: list[Album]) -> dict[str, Any]:
+        [result] = self._forward(self.client.ingest, [item], bands=bands, albums=albums)
+        if result["status"] == "failed":
+            raise InvalidImage(result["message"] or "the image could not be stored")
+        return result  # type: ignore[no-any-return]
+
+    def list_references(self, band_id: str | None, kind: str | None, page_size: int, page_token: str) -> dict:
+        references, token = self._forward(
+            self.client.references_page, band_id=band_id, kind=kind, page_size=page_size, page_token=page_token
+        )
+        return {"references": references, "next_page_token": token}
+
+    def get_reference(self, reference_id: str) -> dict[str, Any]:
+        return self._forward(self.client.get_reference, reference_id)  # type: ignore[no-any-return]
+
+    def delete_reference(self, reference_id: str) -> dict[str, Any]:
+        return self._forward(self.client.delete_reference, reference_id)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self.client.close()
@@ -132,6 +212,48 @@ class WebServicer:
             self.metrics.close()
 
 
+# ---------------------------------------------------------------------------- errors
+#: What callers read for server-side failures: the real message names internal hosts, so it goes
+#: to the log only.
+_PUBLIC_DETAILS = {
+    503: "the search service is unavailable (the gateway or a service behind it is down); try again later",
+    504: "the gateway did not answer within the deadline; try again",
+    500: "internal error; see the web front's log",
+}
+#: HTTP status of each gRPC status name, from the one table in kyb.errors.
+_HTTP_OF_CODE = {str(code): HTTP_STATUS[cls] for cls, code in reversed(GRPC_STATUS.items())}
+
+
+def _problem(status: int, code: str, detail: str, instance: str | None) -> dict[str, Any]:
+    if status >= 500:
+        log.warning("%s: %s", code, detail)
+        detail = _PUBLIC_DETAILS.get(status, _PUBLIC_DETAILS[500])
+    title = HTTPStatus(status).phrase
+    return {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": instance,
+            "code": code}  # fmt: skip
+
+
+def _problem_from_code(code: str, message: str, *, instance: str | None) -> dict[str, Any]:
+    return _problem(_HTTP_OF_CODE.get(code, 500), code, message, instance)
+
+
+def _problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    status = problem["status"]
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status in (429, 503):
+        headers["Retry-After"] = str(RETRY_AFTER_S)
+    return JSONResponse(problem, status_code=status, headers=headers, media_type=_PROBLEM)
+
+
+def _error(exc: KybError, request: Request) -> JSONResponse:
+    status = int(lookup(HTTP_STATUS, exc))  # type: ignore[call-overload]
+    code = str(lookup(GRPC_STATUS, exc))  # type: ignore[arg-type]
+    return _problem_response(_problem(status, code, str(exc), request.url.path))
+
+
+# ---------------------------------------------------------------------------- request bodies
 async def _read_photo(request: Request, max_bytes: int) -> bytes:
     """The body, refused with ImageTooLarge as soon as it passes ``max_bytes`` (never buffered whole)."""
     declared = request.headers.get("content-length", "")
@@ -149,43 +271,122 @@ async def _read_photo(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-#: What callers read for server-side failures: the real message names internal hosts, so it goes
-#: to the log only.
-_PUBLIC_MESSAGES = {
-    503: "the search service is unavailable (the gateway or a service behind it is down); try again later",
-    504: "the gateway did not answer within the deadline; try again",
-    500: "internal error; see the web front's log",
+class _LengthRequired(KybError):
+    """A multipart upload without a Content-Length (its size must be known before it is read)."""
+
+
+async def _read_form(request: Request, max_body: int, max_files: int) -> FormData:
+    """A multipart form whose declared size is at most ``max_body`` bytes (checked before reading)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("send a multipart/form-data body")
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        raise _LengthRequired("a multipart upload needs a Content-Length header")
+    if int(declared) > max_body:
+        raise ImageTooLarge(f"upload is {int(declared)} bytes, over the limit of {max_body} bytes")
+    try:
+        return await request.form(max_files=max_files, max_fields=16)
+    except StarletteHTTPException as exc:  # the parser's own limits (too many files or fields)
+        raise InvalidRequest(f"bad form: {exc.detail}") from None
+
+
+async def _file_bytes(upload: UploadFile, max_bytes: int) -> bytes:
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"{upload.filename or 'file'} is over the limit of {max_bytes} bytes")
+    if not data:
+        raise InvalidImage(f"{upload.filename or 'file'} is empty")
+    return data
+
+
+def _json_record(form: FormData, field: str, record: type[Band] | type[Album]) -> Band | Album | None:
+    text = form.get(field)
+    if text is None or text == "":
+        return None
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{field} must be a JSON object, not a file")
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return record.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"{field}: {exc}") from None
+
+
+def _regions(text: str | None) -> tuple[Box, ...]:
+    if not text:
+        return ()
+    try:
+        boxes = json.loads(text)
+        if not isinstance(boxes, list):
+            raise ValueError("not a list")
+        return tuple(parse_box(",".join(str(v) for v in box)) for box in boxes)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"regions must be a JSON list of [x1, y1, x2, y2] boxes: {exc}") from None
+
+
+def _text(form: FormData, field: str) -> str | None:
+    value = form.get(field)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"{field} must be text, not a file")
+    return value.strip() or None if value is not None else None
+
+
+def _multipart(description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema = {"type": "object", "properties": properties, "required": required}
+    return {"requestBody": {"required": True, "description": description,
+                            "content": {"multipart/form-data": {"schema": schema}}}}  # fmt: skip
+
+
+_BINARY = {"type": "string", "format": "binary"}
+_REFERENCE_FORM = _multipart(
+    "the reference image and what it shows",
+    {
+        "image": {**_BINARY, "description": "JPEG, PNG or WebP bytes"},
+        "kind": {"type": "string", "enum": list(_KINDS)},
+        "band_id": {"type": "string", "description": "the band it belongs to (required unless album_id is set)"},
+        "album_id": {"type": "string", "description": "the album it belongs to (album covers)"},
+        "source": {"type": "string", "description": "where it came from (default: the file's name)"},
+        "regions": {"type": "string", "description": "JSON list of [x1, y1, x2, y2] boxes holding the reference"},
+        "band": {"type": "string", "description": "JSON Band record to create or update first"},
+        "album": {"type": "string", "description": "JSON Album record to create or update first"},
+    },
+    ["image", "kind"],
+)
+_BATCH_FORM = _multipart(
+    f"up to {MAX_BATCH} photos", {"photos": {"type": "array", "items": _BINARY, "maxItems": MAX_BATCH}}, ["photos"]
+)
+
+#: Endpoint (HTTP method, route path) -> the gateway method it calls, for the metrics' method label.
+_METHODS = {
+    ("POST", "/api/v1/identify"): "Identify",
+    ("POST", "/api/v1/identify/batch"): "IdentifyBatch",
+    ("GET", "/api/v1/bands"): "SearchBands",
+    ("GET", "/api/v1/bands/{band_id}"): "GetBand",
+    ("POST", "/api/v1/references"): "Ingest",
+    ("GET", "/api/v1/references"): "ListReferences",
+    ("GET", "/api/v1/references/{reference_id}"): "GetReference",
+    ("DELETE", "/api/v1/references/{reference_id}"): "DeleteReference",
 }
 
 
-def _error(exc: KybError) -> JSONResponse:
-    status = int(lookup(HTTP_STATUS, exc))
-    code = str(lookup(GRPC_STATUS, exc))
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    message = str(exc)
-    if status >= 500:
-        log.warning("%s: %s", code, message)
-        message = _PUBLIC_MESSAGES.get(status, _PUBLIC_MESSAGES[500])
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
-
-
 def create_app(servicer: WebServicer) -> FastAPI:
-    """The FastAPI application of the front: the API, its OpenAPI description and the page."""
-    app = FastAPI(
+    """The FastAPI application of the front: the API, its OpenAPI description, /docs, /redoc and the page."""
+    # Swagger UI and ReDoc from fastapi-offline's own copies: the docs pages load nothing from a CDN.
+    app = FastAPIOffline(
         title="Know Your Bands",
         version=__version__,
-        summary="Find every band logo and album cover in a photo.",
-        # The interactive docs pages load scripts from a CDN; the description itself is /openapi.json.
-        docs_url=None,
-        redoc_url=None,
+        summary="Find every band logo and album cover in a photo; search the band catalog; manage references.",
+        static_url="/static-docs",
+        favicon_url="/static-docs/favicon.png",
     )
     app.state.servicer = servicer
     app.add_middleware(GZipMiddleware, minimum_size=1024)
-    methods = {"/api/v1/identify": "Identify", "/api/v1/bands/": "GetBand"}
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Any:
-        method = next((name for prefix, name in methods.items() if request.url.path.startswith(prefix)), None)
+        method = _endpoint_method(request)
         if method is None:
             return await call_next(request)
         with servicer.metrics.track("Web", method) as outcome:
@@ -195,26 +396,36 @@ def create_app(servicer: WebServicer) -> FastAPI:
             return response
 
     @app.exception_handler(KybError)
-    async def kyb_error(_request: Request, exc: KybError) -> JSONResponse:
-        return _error(exc)
+    async def kyb_error(request: Request, exc: KybError) -> JSONResponse:
+        if isinstance(exc, _LengthRequired):
+            return _problem_response(_problem(411, "INVALID_ARGUMENT", str(exc), request.url.path))
+        return _error(exc, request)
 
     @app.exception_handler(RequestValidationError)
-    async def bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(InvalidRequest(f"bad request: {where}: {first.get('msg', 'invalid')}"))
+        return _error(InvalidRequest(f"bad request: {where}: {first.get('msg', 'invalid')}"), request)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "INVALID_ARGUMENT")
+        detail = str(exc.detail) if exc.status_code != 404 else f"no such endpoint: {request.url.path}"
+        return _problem_response(_problem(exc.status_code, code, detail, request.url.path), exc.headers)
+
+    # ------------------------------------------------------------------ identify
     @app.post(
         "/api/v1/identify",
         response_model=IdentifyAnswer,
         dependencies=[Depends(_authorized)],
-        responses=_ERRORS,
+        responses=_responses(400, 413),
         summary="Every known band logo and album cover in one photo",
+        tags=["identify"],
         openapi_extra={
             "requestBody": {
                 "required": True,
                 "description": "the photo's bytes",
-                "content": {kind: {"schema": {"type": "string", "format": "binary"}} for kind in _PHOTO_TYPES},
+                "content": {kind: {"schema": _BINARY} for kind in _PHOTO_TYPES},
             }
         },
     )
@@ -229,17 +440,140 @@ def create_app(servicer: WebServicer) -> FastAPI:
         image = await _read_photo(request, servicer.max_bytes)
         return await run_in_threadpool(servicer.identify, image, box)
 
+    @app.post(
+        "/api/v1/identify/batch",
+        response_model=BatchAnswer,
+        dependencies=[Depends(_authorized)],
+        responses=_responses(400, 411, 413),
+        summary=f"Several photos (up to {MAX_BATCH}) in one call, one result each",
+        tags=["identify"],
+        openapi_extra=_BATCH_FORM,
+    )
+    async def identify_batch(request: Request) -> dict[str, Any]:
+        form = await _read_form(request, servicer.max_bytes * MAX_BATCH + _FORM_OVERHEAD, MAX_BATCH)
+        try:
+            uploads = form.getlist("photos")
+            if not uploads or not all(isinstance(u, UploadFile) for u in uploads):
+                raise InvalidRequest(f"send 1..{MAX_BATCH} photos as files in the form field 'photos'")
+            photos = []
+            for i, upload in enumerate(uploads):
+                assert isinstance(upload, UploadFile)
+                photos.append((upload.filename or f"photo-{i}", await _file_bytes(upload, servicer.max_bytes)))
+        finally:
+            await form.close()
+        return await run_in_threadpool(servicer.identify_batch, photos)
+
+    # ------------------------------------------------------------------ bands
+    @app.get(
+        "/api/v1/bands",
+        response_model=BandList,
+        dependencies=[Depends(_authorized)],
+        responses=_responses(400),
+        summary="Bands whose name matches a query, best first",
+        tags=["bands"],
+    )
+    async def search_bands(
+        q: Annotated[str, Query(min_length=1, max_length=200, description="part of a band's name, as typed")],
+        limit: Annotated[int, Query(ge=1, le=100, description="most bands to return")] = 20,
+    ) -> dict[str, Any]:
+        return await run_in_threadpool(servicer.search_bands, q, limit)
+
     @app.get(
         "/api/v1/bands/{band_id}",
         response_model=BandAnswer,
         dependencies=[Depends(_authorized)],
-        responses={404: {"model": ErrorAnswer, "description": "unknown band id"}, **_ERRORS},
+        responses=_responses(404, s404="unknown band id"),
         summary="A band with its albums",
+        tags=["bands"],
     )
     async def get_band(band_id: str) -> dict[str, Any]:
         return await run_in_threadpool(servicer.get_band, band_id)
 
-    @app.get("/healthz", summary="The web front is up", include_in_schema=True)
+    # ------------------------------------------------------------------ references
+    @app.post(
+        "/api/v1/references",
+        response_model=IngestAnswer,
+        status_code=201,
+        dependencies=[Depends(_authorized)],
+        responses={
+            200: {
+                "description": "the same image and regions were stored already (status unchanged)",
+                "model": IngestAnswer,
+            },
+            **_responses(400, 411, 413),
+        },
+        summary="Store a reference image (a logo or an album cover) with its band/album metadata",
+        tags=["references"],
+        openapi_extra=_REFERENCE_FORM,
+    )
+    async def add_reference(request: Request) -> Response:
+        form = await _read_form(request, servicer.max_bytes + _FORM_OVERHEAD, 1)
+        try:
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest("send the image as a file in the form field 'image'")
+            kind = _text(form, "kind")
+            if kind not in _KINDS:
+                raise InvalidRequest(f"kind must be one of {', '.join(_KINDS)}")
+            band = _json_record(form, "band", Band)
+            album = _json_record(form, "album", Album)
+            item = IngestItem(
+                source=_text(form, "source") or upload.filename or "upload",
+                kind=kind,
+                band_id=_text(form, "band_id") or (band.band_id if band else None),
+                album_id=_text(form, "album_id") or (album.album_id if album else None),
+                regions=_regions(_text(form, "regions")),
+                data=await _file_bytes(upload, servicer.max_bytes),
+            )
+        finally:
+            await form.close()
+        bands = [band] if isinstance(band, Band) else []
+        albums = [album] if isinstance(album, Album) else []
+        result = await run_in_threadpool(servicer.add_reference, item, bands, albums)
+        created = result["status"] in ("added", "replaced")
+        headers = {"Location": f"/api/v1/references/{result['reference_id']}"}
+        return JSONResponse(result, status_code=201 if created else 200, headers=headers)
+
+    @app.get(
+        "/api/v1/references",
+        response_model=ReferencePage,
+        dependencies=[Depends(_authorized)],
+        responses=_responses(400),
+        summary="Reference images in ingestion order, one page at a time",
+        tags=["references"],
+    )
+    async def list_references(
+        band_id: Annotated[str | None, Query(description="only this band's references")] = None,
+        kind: Annotated[Literal["logo", "album_cover"] | None, Query(description="only this kind")] = None,
+        page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
+        page_token: Annotated[str, Query(description="next_page_token of the previous page")] = "",
+    ) -> dict[str, Any]:
+        return await run_in_threadpool(servicer.list_references, band_id, kind, page_size, page_token)
+
+    @app.get(
+        "/api/v1/references/{reference_id}",
+        response_model=ReferenceInfo,
+        dependencies=[Depends(_authorized)],
+        responses=_responses(404, s404="unknown reference id"),
+        summary="One reference image's record",
+        tags=["references"],
+    )
+    async def get_reference(reference_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(servicer.get_reference, reference_id)
+
+    @app.delete(
+        "/api/v1/references/{reference_id}",
+        response_model=DeleteAnswer,
+        dependencies=[Depends(_authorized)],
+        responses=_responses(404, s404="unknown reference id"),
+        summary="Remove a reference from its shard and the catalog",
+        tags=["references"],
+    )
+    async def delete_reference(reference_id: str) -> dict[str, Any]:
+        return await run_in_threadpool(servicer.delete_reference, reference_id)
+
+    # ------------------------------------------------------------------ the front itself
+    @app.get("/healthz", summary="The web front is up", tags=["health"])
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "auth": "open" if servicer.open else "bearer"}
 
@@ -248,4 +582,31 @@ def create_app(servicer: WebServicer) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _publish_problem_schema(app)
     return app
+
+
+def _endpoint_method(request: Request) -> str | None:
+    """The gateway method an API request calls (matched on the route templates), None for the rest."""
+    path = request.url.path
+    for (verb, template), method in _METHODS.items():
+        if verb != request.method:
+            continue
+        head, _, parameter = template.partition("{")
+        if (path == template) if not parameter else (path.startswith(head) and "/" not in path[len(head) :]):
+            return method
+    return None
+
+
+def _publish_problem_schema(app: FastAPI) -> None:
+    """Adds the Problem schema (named by the error answers' $ref) to the generated description."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = build()
+            spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

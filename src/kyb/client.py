@@ -108,16 +108,16 @@ class GatewayClient:
         service_config = retry.service_config(_GATEWAY_SERVICE, IDEMPOTENT_METHODS) if retry else None
         self._channel = open_channel(address, rpc, service_config=service_config)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
-        # Whether the channel has a connection: a call that waited for one until its deadline is
-        # reported as the gateway being unreachable, not as a slow answer.
-        self._connected = threading.Event()
+        # Set while connecting has failed since the channel was last READY: a call that waited for a
+        # connection until its deadline is then reported as the gateway being unreachable, not slow.
+        self._unreachable = threading.Event()
         self._channel.subscribe(self._track_connectivity, try_to_connect=False)
 
     def _track_connectivity(self, state: grpc.ChannelConnectivity) -> None:
-        if state == grpc.ChannelConnectivity.READY:
-            self._connected.set()
-        else:
-            self._connected.clear()
+        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+            self._unreachable.set()
+        elif state == grpc.ChannelConnectivity.READY:
+            self._unreachable.clear()
 
     @property
     def channel(self) -> grpc.Channel:
@@ -144,7 +144,7 @@ class GatewayClient:
 
     def _error(self, exc: grpc.RpcError, timeout: float) -> Exception:
         code = exc.code() if hasattr(exc, "code") else None
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED and not self._connected.is_set():
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and self._unreachable.is_set():
             failure = Unavailable(f"gateway: cannot connect to {self.address} (no connection within {timeout:g} s)")
             failure.code = grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
             return failure

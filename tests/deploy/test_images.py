@@ -22,11 +22,15 @@ def _dockerfile() -> str:
 
 
 def _lock() -> dict[str, str]:
+    """``{name: version}``; every requirement must be ``name==version`` with a sha256 hash."""
     pins = {}
-    for line in (DOCKER / "requirements.lock").read_text().splitlines():
+    text = (DOCKER / "requirements.lock").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
         if line.strip() and not line.startswith("#"):
-            name, _, version = line.partition("==")
+            requirement, *options = line.split()
+            name, _, version = requirement.partition("==")
             assert version, f"not pinned: {line}"
+            assert any(re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", o) for o in options), f"no hash: {line}"
             pins[re.sub(r"[-_.]+", "-", name).lower()] = version
     return pins
 
@@ -35,7 +39,9 @@ def test_one_image_with_a_cpu_and_a_cuda_target() -> None:
     text = _dockerfile()
     targets = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, flags=re.M))
     assert {"cpu", "cuda"} <= targets
-    assert "download.pytorch.org/whl/cpu" in text and "cu1" in text  # torch: CPU build vs CUDA build
+    # torch from the wheels build.sh stages on this machine (a CPU build, a CUDA build), never a download.
+    assert "source=build/docker-wheels/cpu" in text and "source=build/docker-wheels/cuda" in text
+    assert "--require-hashes" in text and "ARG BASE_IMAGE=" in text
 
 
 def test_non_root_user_and_kyb_entry_point() -> None:

@@ -1,18 +1,33 @@
-"""The web front's HTTP/JSON API against a real stack: one test per status it answers."""
+"""The web front's HTTP/JSON API against a real stack: one test per status it answers, every
+endpoint next to the gateway call it stands for, errors as RFC 9457 problem details."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 
 import httpx
 import pytest
 
 from kyb.client import GatewayClient
-from tests.services.conftest import Corpus, WebFront, start_stack, start_web
+from services.web.servicer import MAX_BATCH, RETRY_AFTER_S
+from tests.services.conftest import Corpus, WebFront, draw_cover, encode, start_stack, start_web
 
 
 def _post(url: str, body: bytes, **kwargs: object) -> httpx.Response:
     return httpx.post(f"{url}/api/v1/identify", content=body, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def _problem(reply: httpx.Response, status: int, code: str) -> dict:
+    """The reply is an RFC 9457 problem with this status and gRPC status name, on one line."""
+    assert reply.status_code == status, reply.text
+    assert reply.headers["content-type"] == "application/problem+json"
+    problem = reply.json()
+    assert {"type", "title", "status", "detail", "instance", "code"} <= set(problem)
+    assert problem["status"] == status and problem["code"] == code and problem["type"] == "about:blank"
+    assert problem["detail"] and "\n" not in problem["detail"]
+    return problem
 
 
 def test_identify_is_the_gateway_answer_as_json(web_front: WebFront, corpus: Corpus) -> None:
@@ -41,8 +56,7 @@ def test_band_by_id_and_unknown_band(web_front: WebFront) -> None:
     assert reply.status_code == 200
     assert reply.json()["band"]["name"] == "Band 2"
     missing = httpx.get(f"{web_front.url}/api/v1/bands/no-such-band", timeout=10)
-    assert missing.status_code == 404
-    assert missing.json()["error"]["code"] == "NOT_FOUND"
+    assert _problem(missing, 404, "NOT_FOUND")["instance"] == "/api/v1/bands/no-such-band"
 
 
 @pytest.mark.parametrize(
@@ -52,9 +66,7 @@ def test_band_by_id_and_unknown_band(web_front: WebFront) -> None:
 )
 def test_bad_input_is_400(web_front: WebFront, corpus: Corpus, body: bytes | None, params: dict[str, str]) -> None:
     reply = _post(web_front.url, corpus.photo([0]) if body is None else body, params=params)
-    assert reply.status_code == 400, reply.text
-    error = reply.json()["error"]
-    assert error["code"] == "INVALID_ARGUMENT" and error["message"] and "\n" not in error["message"]
+    _problem(reply, 400, "INVALID_ARGUMENT")
 
 
 def test_over_the_size_limit_is_413(web_front: WebFront, corpus: Corpus) -> None:
@@ -68,7 +80,7 @@ def test_over_the_size_limit_is_413(web_front: WebFront, corpus: Corpus) -> None
         photo = corpus.photo([0, 1])
         assert len(photo) > 4096
         reply = _post(url, photo)
-        assert reply.status_code == 413 and reply.json()["error"]["code"] == "RESOURCE_EXHAUSTED"
+        _problem(reply, 413, "RESOURCE_EXHAUSTED")
         # Sent without a Content-Length (chunked), it is cut off while streaming, with the same answer.
         streamed = httpx.post(f"{url}/api/v1/identify", content=iter([photo[:3000], photo[3000:]]), timeout=30)
         assert streamed.status_code == 413
@@ -85,15 +97,20 @@ def test_token_auth_is_401_without_the_token(web_front: WebFront, corpus: Corpus
         photo = corpus.photo([2])
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
             reply = _post(url, photo, headers=headers)
-            assert reply.status_code == 401, headers
+            _problem(reply, 401, "UNAUTHENTICATED")
             assert reply.headers["www-authenticate"] == "Bearer"
-            assert reply.json()["error"]["code"] == "UNAUTHENTICATED"
-        assert httpx.get(f"{url}/api/v1/bands/band-2", timeout=10).status_code == 401
+        # Every API endpoint takes the same token.
+        for method, path in [("GET", "/api/v1/bands/band-2"), ("GET", "/api/v1/bands?q=band"),
+                             ("GET", "/api/v1/references"), ("GET", "/api/v1/references/x"),
+                             ("DELETE", "/api/v1/references/x"), ("POST", "/api/v1/references"),
+                             ("POST", "/api/v1/identify/batch")]:  # fmt: skip
+            _problem(httpx.request(method, f"{url}{path}", timeout=10), 401, "UNAUTHENTICATED")
         ok = _post(url, photo, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["objects"][0]["band"]["band_id"] == "band-2"
         # The page, its files and the API description stay open, like the gRPC health checks.
         assert httpx.get(f"{url}/", timeout=10).status_code == 200
         assert httpx.get(f"{url}/openapi.json", timeout=10).status_code == 200
+        assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
     finally:
         server.stop()
 
@@ -102,38 +119,196 @@ def test_deadline_is_504(web_front: WebFront, corpus: Corpus) -> None:
     server = start_web(web_front.stack.config, web_front.gateway_address, deadline_s=0.001)
     try:
         reply = _post(f"http://127.0.0.1:{server.port}", corpus.photo([0, 1]))
-        assert reply.status_code == 504 and reply.json()["error"]["code"] == "DEADLINE_EXCEEDED"
+        _problem(reply, 504, "DEADLINE_EXCEEDED")
     finally:
         server.stop()
 
 
 @pytest.mark.timeout(60)
-def test_gateway_down_is_503(corpus: Corpus, tmp_path) -> None:
+def test_gateway_down_is_503_with_retry_after(corpus: Corpus, tmp_path) -> None:
     stack, channel = start_stack(corpus, tmp_path, shards=1, ingest=False)
-    server = start_web(stack.config, f"127.0.0.1:{stack.gateway_port}")
+    # The client waits for a gateway that restarts, up to the front's deadline: keep it short here.
+    server = start_web(stack.config, f"127.0.0.1:{stack.gateway_port}", deadline_s=1.0)
     try:
         url = f"http://127.0.0.1:{server.port}"
         assert httpx.get(f"{url}/api/v1/bands/band-0", timeout=10).status_code == 404  # up: it answers
         channel.close()
         stack.stop()
         reply = _post(url, corpus.photo([0]))
-        assert reply.status_code == 503, reply.text
-        assert reply.json()["error"]["code"] == "UNAVAILABLE" and "gateway" in reply.json()["error"]["message"]
+        problem = _problem(reply, 503, "UNAVAILABLE")
+        assert "gateway" in problem["detail"] and reply.headers["retry-after"] == str(RETRY_AFTER_S)
+        _problem(httpx.get(f"{url}/api/v1/bands?q=band", timeout=10), 503, "UNAVAILABLE")
         assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200  # the front itself stays up
     finally:
         server.stop()
         stack.stop()
 
 
-def test_openapi_describes_the_endpoints(web_front: WebFront) -> None:
+#: Every endpoint of the API (the page, its files and the docs pages are not in the description).
+_ENDPOINTS = {
+    ("/api/v1/identify", "post"),
+    ("/api/v1/identify/batch", "post"),
+    ("/api/v1/bands", "get"),
+    ("/api/v1/bands/{band_id}", "get"),
+    ("/api/v1/references", "post"),
+    ("/api/v1/references", "get"),
+    ("/api/v1/references/{reference_id}", "get"),
+    ("/api/v1/references/{reference_id}", "delete"),
+    ("/healthz", "get"),
+}
+
+
+def test_openapi_describes_every_endpoint(web_front: WebFront) -> None:
     spec = httpx.get(f"{web_front.url}/openapi.json", timeout=10).json()
+    listed = {(path, method) for path, item in spec["paths"].items() for method in item}
+    assert listed == _ENDPOINTS
     identify = spec["paths"]["/api/v1/identify"]["post"]
     assert "image/jpeg" in identify["requestBody"]["content"]
     assert {"200", "400", "401", "413", "503", "504"} <= set(identify["responses"])
     assert identify["parameters"][0]["name"] == "crop"
+    for path, method in _ENDPOINTS - {("/healthz", "get")}:
+        operation = spec["paths"][path][method]
+        assert {"401", "503", "504"} <= set(operation["responses"]), (path, method)
+        problem = operation["responses"]["503"]["content"]["application/problem+json"]["schema"]
+        assert problem == {"$ref": "#/components/schemas/Problem"}
+        assert operation["security"] == [{"HTTPBearer": []}], (path, method)
     assert "404" in spec["paths"]["/api/v1/bands/{band_id}"]["get"]["responses"]
-    assert "IdentifyAnswer" in spec["components"]["schemas"]
+    form = spec["paths"]["/api/v1/references"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert {"image", "kind", "band", "album"} <= set(form["schema"]["properties"])
+    schemas = spec["components"]["schemas"]
+    assert {"IdentifyAnswer", "BandList", "ReferencePage", "ReferenceInfo", "BatchAnswer", "Problem"} <= set(schemas)
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_only_local_assets(web_front: WebFront, page: str) -> None:
+    html = httpx.get(f"{web_front.url}{page}", timeout=10)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text) + re.findall(
+        r"""url: *["']([^"']+)["']""", html.text
+    )
+    assert assets and "/openapi.json" in html.text
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+        assert httpx.get(f"{web_front.url}{asset}", timeout=10).status_code == 200, asset
+    assert not re.search(r"https?://(?!www\.w3\.org)", html.text), "a docs page names an outside host"
+
+
+def test_unknown_endpoint_is_a_problem_too(web_front: WebFront) -> None:
+    _problem(httpx.get(f"{web_front.url}/api/v1/nothing-here", timeout=10), 404, "NOT_FOUND")
+    _problem(httpx.put(f"{web_front.url}/api/v1/identify", content=b"x", timeout=10), 405, "UNIMPLEMENTED")
+
+
+def test_band_search_is_the_gateways(web_front: WebFront) -> None:
+    reply = httpx.get(f"{web_front.url}/api/v1/bands", params={"q": "band 3"}, timeout=10)
+    assert reply.status_code == 200, reply.text
+    with GatewayClient(web_front.gateway_address, timeout=30) as client:
+        assert reply.json()["bands"] == client.search_bands("band 3")
+    assert reply.json()["bands"][0]["band_id"] == "band-3"  # the exact name first
+    limited = httpx.get(f"{web_front.url}/api/v1/bands", params={"q": "band", "limit": 2}, timeout=10)
+    assert len(limited.json()["bands"]) == 2
+    _problem(httpx.get(f"{web_front.url}/api/v1/bands", timeout=10), 400, "INVALID_ARGUMENT")
+    _problem(httpx.get(f"{web_front.url}/api/v1/bands", params={"q": "x", "limit": 0}, timeout=10), 400,
+             "INVALID_ARGUMENT")  # fmt: skip
+
+
+def _add(url: str, image: bytes, fields: dict[str, str], name: str = "new-cover.png") -> httpx.Response:
+    return httpx.post(f"{url}/api/v1/references", files={"image": (name, image, "image/png")}, data=fields,
+                      timeout=30)  # fmt: skip
+
+
+def test_references_add_get_list_identify_delete(web_front: WebFront, corpus: Corpus) -> None:
+    url = web_front.url
+    cover = draw_cover(99)
+    band = {"band_id": "band-new", "name": "The Newcomers", "country": "Sweden", "genre": "Doom Metal"}
+    album = {"album_id": "band-new/first", "band_id": "band-new", "title": "First Light", "year": 2024}
+    fields = {"kind": "album_cover", "band": json.dumps(band), "album": json.dumps(album)}
+    added = _add(url, encode(cover), fields)
+    assert added.status_code == 201, added.text
+    stored = added.json()
+    assert stored["status"] == "added" and stored["source"] == "new-cover.png"
+    location = added.headers["location"]
+    assert location == f"/api/v1/references/{stored['reference_id']}"
+
+    record = httpx.get(f"{url}{location}", timeout=10).json()
+    assert (
+        record["band_id"] == "band-new" and record["album_id"] == "band-new/first" and record["kind"] == "album_cover"
+    )
+    with GatewayClient(web_front.gateway_address, timeout=30) as client:
+        assert record == client.get_reference(stored["reference_id"])
+    page = httpx.get(f"{url}/api/v1/references", params={"band_id": "band-new"}, timeout=10).json()
+    assert [r["reference_id"] for r in page["references"]] == [stored["reference_id"]] and not page["next_page_token"]
+    assert httpx.get(f"{url}/api/v1/bands/band-new", timeout=10).json()["albums"][0]["title"] == "First Light"
+    again = _add(url, encode(cover), fields)
+    assert again.status_code == 200 and again.json()["status"] == "unchanged"
+
+    from tests.services.conftest import compose_photo
+
+    photo = encode(compose_photo([cover], seed=8), ".jpg")
+    found = _post(url, photo).json()["objects"]
+    assert [(o["band"]["name"], o["album"]["title"]) for o in found] == [("The Newcomers", "First Light")]
+
+    deleted = httpx.delete(f"{url}{location}", timeout=10)
+    assert deleted.status_code == 200 and deleted.json()["deleted_from_catalog"] is True
+    _problem(httpx.delete(f"{url}{location}", timeout=10), 404, "NOT_FOUND")
+    _problem(httpx.get(f"{url}{location}", timeout=10), 404, "NOT_FOUND")
+    assert _post(url, photo).json()["objects"] == []
+
+
+def test_references_paginate(web_front: WebFront) -> None:
+    first = httpx.get(f"{web_front.url}/api/v1/references", params={"page_size": 4}, timeout=10).json()
+    rest = httpx.get(f"{web_front.url}/api/v1/references",
+                     params={"page_size": 4, "page_token": first["next_page_token"]}, timeout=10).json()  # fmt: skip
+    ids = [r["reference_id"] for r in first["references"] + rest["references"]]
+    assert len(first["references"]) == 4 and len(ids) == len(set(ids)) == 6 and rest["next_page_token"] == ""
+    logos = httpx.get(f"{web_front.url}/api/v1/references", params={"kind": "logo"}, timeout=10).json()
+    assert logos["references"] == []  # the corpus holds album covers only
+    _problem(httpx.get(f"{web_front.url}/api/v1/references", params={"kind": "poster"}, timeout=10), 400,
+             "INVALID_ARGUMENT")  # fmt: skip
+    _problem(httpx.get(f"{web_front.url}/api/v1/references", params={"page_token": "nonsense"}, timeout=10), 400,
+             "INVALID_ARGUMENT")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("image", "fields", "status"),
+    [
+        (b"not an image at all", {"kind": "logo", "band_id": "band-1"}, 400),
+        (None, {"band_id": "band-1"}, 400),  # no kind
+        (None, {"kind": "logo", "band_id": "band-1", "band": "{not json"}, 400),
+        (None, {"kind": "logo", "band_id": "band-1", "regions": "[[5, 5, 1, 1]]"}, 400),
+    ],
+    ids=["not-an-image", "no-kind", "bad-band-json", "bad-region"],
+)
+def test_bad_references_are_400(
+    web_front: WebFront, corpus: Corpus, image: bytes | None, fields: dict, status: int
+) -> None:
+    reply = _add(web_front.url, corpus.images[1] if image is None else image, fields)
+    _problem(reply, status, "INVALID_ARGUMENT")
+
+
+def test_uploads_need_a_length_and_a_form(web_front: WebFront) -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="kind"\r\n\r\nlogo\r\n--b--\r\n'
+    headers = {"Content-Type": "multipart/form-data; boundary=b"}
+    chunked = httpx.post(f"{web_front.url}/api/v1/references", content=iter([body]), headers=headers, timeout=10)
+    _problem(chunked, 411, "INVALID_ARGUMENT")
+    _problem(httpx.post(f"{web_front.url}/api/v1/identify/batch", content=b"x", timeout=10), 400, "INVALID_ARGUMENT")
+
+
+def test_batch_identify_answers_each_photo(web_front: WebFront, corpus: Corpus) -> None:
+    photos = [corpus.photo([0, 1], seed=3), b"this is not a photo", corpus.photo([4], seed=6)]
+    files = [("photos", (f"p{i}.jpg", data, "image/jpeg")) for i, data in enumerate(photos)]
+    reply = httpx.post(f"{web_front.url}/api/v1/identify/batch", files=files, timeout=60)
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    assert [(r["index"], r["filename"]) for r in results] == [(0, "p0.jpg"), (1, "p1.jpg"), (2, "p2.jpg")]
+    single = _post(web_front.url, photos[0]).json()
+    assert [o["outline"] for o in results[0]["answer"]["objects"]] == [o["outline"] for o in single["objects"]]
+    assert results[0]["error"] is None and [o["band"]["band_id"] for o in results[2]["answer"]["objects"]] == ["band-4"]
+    error = results[1]["error"]
+    assert results[1]["answer"] is None and error["status"] == 400 and error["code"] == "INVALID_ARGUMENT"
+    assert error["instance"] == "p1.jpg"
+    too_many = [("photos", (f"p{i}.jpg", photos[2], "image/jpeg")) for i in range(MAX_BATCH + 1)]
+    _problem(httpx.post(f"{web_front.url}/api/v1/identify/batch", files=too_many, timeout=60), 400, "INVALID_ARGUMENT")
 
 
 def test_calls_are_counted_per_endpoint_and_status(web_front: WebFront) -> None:
