@@ -140,7 +140,8 @@ def test_gateway_stopped_shows_the_down_message(
     browser: Browser, corpus: Corpus, tmp_path: Path, two_covers: Path
 ) -> None:
     stack, channel = start_stack(corpus, tmp_path, shards=1, ingest=False)
-    server = start_web(stack.config, f"127.0.0.1:{stack.gateway_port}")
+    # The client waits for a restarting gateway up to the front's deadline: keep it short here.
+    server = start_web(stack.config, f"127.0.0.1:{stack.gateway_port}", deadline_s=1.0)
     try:
         page = open_page(browser, f"http://127.0.0.1:{server.port}")
         upload(page, two_covers)
@@ -154,6 +155,22 @@ def test_gateway_stopped_shows_the_down_message(
     finally:
         server.stop()
         stack.stop()
+
+
+def test_band_search_box_shows_the_matching_bands(browser: Browser, web_front: WebFront) -> None:
+    page = open_page(browser, web_front.url)
+    page.fill("#band-query", "band 4")
+    page.click("#band-search button")
+    cards = page.locator("#band-cards > li")
+    expect(page.locator("#message")).to_contain_text("found for “band 4”")
+    expect(cards.first.locator("h3")).to_have_text("Band 4")  # the exact name first
+    expect(cards.first).to_contain_text("Black Metal")
+    page.fill("#band-query", "zzzz no such band")
+    page.press("#band-query", "Enter")
+    expect(page.locator("#message")).to_contain_text("No band found")
+    expect(page.locator("#band-results")).to_be_hidden()
+    shot(page, "phone-band-search")
+    page.context.close()
 
 
 def test_no_serious_accessibility_violations(browser: Browser, web_front: WebFront, two_covers: Path) -> None:

@@ -1,5 +1,6 @@
 // Know Your Bands page: pick or take a photo, optionally drag a crop, ask POST /api/v1/identify,
-// then outline every object on the photo and show one card per band. Plain JS, no build step.
+// then outline every object on the photo and show one card per band; or find bands by name
+// (GET /api/v1/bands?q=). Plain JS, no build step.
 "use strict";
 
 (() => {
@@ -14,6 +15,8 @@
   const results = $("results");
   const cards = $("cards");
   const tokenForm = $("token-form");
+  const bandResults = $("band-results");
+  const bandCards = $("band-cards");
   const SVG = "http://www.w3.org/2000/svg";
   // Photos are searched at 1024 px (longest side); sending more than 1600 px only costs upload time.
   const MAX_SIDE = 1600;
@@ -151,15 +154,27 @@
     504: "The search took too long. Please try again.",
   };
 
+  function authHeaders(headers = {}) {
+    const token = sessionStorage.getItem("kyb-token");
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return headers;
+  }
+
+  // Errors are RFC 9457 problem details: the status picks the sentence, `detail` is the server's line.
+  function failed(response, problem) {
+    const detail = problem.detail || `HTTP ${response.status}`;
+    say(FAILURES[response.status] || "Something went wrong on the server.", "error", detail);
+    tokenForm.hidden = response.status !== 401;
+    if (response.status === 401) $("token").focus();
+  }
+
   async function identify(blob) {
     searchButton.disabled = true;
     searchButton.setAttribute("aria-busy", "true");
     say("Looking for bands…");
     clearAnswer();
     const query = crop ? `?crop=${crop.map((v) => Math.round(v)).join(",")}` : "";
-    const headers = { "Content-Type": blob.type || "application/octet-stream" };
-    const token = sessionStorage.getItem("kyb-token");
-    if (token) headers.Authorization = `Bearer ${token}`;
+    const headers = authHeaders({ "Content-Type": blob.type || "application/octet-stream" });
     performance.mark("kyb:send");
     try {
       let response;
@@ -171,10 +186,7 @@
       }
       const body = await response.json().catch(() => ({}));
       if (!response.ok) {
-        const detail = (body.error && body.error.message) || `HTTP ${response.status}`;
-        say(FAILURES[response.status] || "Something went wrong on the server.", "error", detail);
-        tokenForm.hidden = response.status !== 401;
-        if (response.status === 401) $("token").focus();
+        failed(response, body);
         return;
       }
       render(body);
@@ -248,22 +260,12 @@
     return img;
   }
 
-  function card(group) {
-    const { band, items } = group;
-    const colour = COLOURS[items[0].index % COLOURS.length];
+  // A band's card: logo, name, then what the catalog knows (country, genre, ...).
+  function bandCard(band, colour, found = null) {
     const item = el("li", { class: "card" });
     item.style.setProperty("--c", colour);
     item.append(logo(band, colour), el("h3", {}, band.name));
-    const found = el("p", { class: "found" });
-    for (const { obj, index } of items) {
-      const line = el("span", {});
-      line.append(el("span", { class: "badge", "aria-label": `object ${index + 1}` }, String(index + 1)));
-      const kind = obj.kind === "logo" ? "Logo" : "Album cover";
-      const what = obj.album ? `${obj.album.title}${obj.album.year ? ` (${obj.album.year})` : ""}` : kind;
-      line.append(document.createTextNode(`${what} · ${obj.inliers} matching points `));
-      found.append(line);
-    }
-    item.append(found);
+    if (found) item.append(found);
     const list = el("dl");
     for (const [field, title] of FIELDS) {
       const shown = value(field, band);
@@ -274,6 +276,21 @@
     }
     if (list.childElementCount) item.append(list);
     return item;
+  }
+
+  function card(group) {
+    const { band, items } = group;
+    const colour = COLOURS[items[0].index % COLOURS.length];
+    const found = el("p", { class: "found" });
+    for (const { obj, index } of items) {
+      const line = el("span", {});
+      line.append(el("span", { class: "badge", "aria-label": `object ${index + 1}` }, String(index + 1)));
+      const kind = obj.kind === "logo" ? "Logo" : "Album cover";
+      const what = obj.album ? `${obj.album.title}${obj.album.year ? ` (${obj.album.year})` : ""}` : kind;
+      line.append(document.createTextNode(`${what} · ${obj.inliers} matching points `));
+      found.append(line);
+    }
+    return bandCard(band, colour, found);
   }
 
   function render(answer) {
@@ -299,7 +316,34 @@
     }
   }
 
+  // ------------------------------------------------------------------ finding a band by name
+  async function searchBands(query) {
+    say("Looking up bands…");
+    let response;
+    try {
+      response = await fetch(`/api/v1/bands?q=${encodeURIComponent(query)}&limit=10`, { headers: authHeaders() });
+    } catch {
+      say("Cannot reach Know Your Bands. Check your connection and try again.", "error");
+      return;
+    }
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      failed(response, body);
+      return;
+    }
+    const bands = body.bands || [];
+    bandCards.replaceChildren(...bands.map((band, i) => bandCard(band, COLOURS[i % COLOURS.length])));
+    bandResults.hidden = !bands.length;
+    const n = bands.length;
+    say(n ? `${n} band${n > 1 ? "s" : ""} found for “${query}”.` : `No band found for “${query}”.`, "info");
+  }
+
   // ------------------------------------------------------------------ wiring
+  $("band-search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const query = $("band-query").value.trim();
+    if (query) searchBands(query);
+  });
   $("camera").addEventListener("change", (event) => choose(event.target));
   $("file").addEventListener("change", (event) => choose(event.target));
   searchButton.addEventListener("click", () => photo && identify(photo.blob));
@@ -309,5 +353,6 @@
     sessionStorage.setItem("kyb-token", $("token").value.trim());
     tokenForm.hidden = true;
     if (photo) identify(photo.blob);
+    else if ($("band-query").value.trim()) searchBands($("band-query").value.trim());
   });
 })();
