@@ -5,7 +5,8 @@
 #      torch wheels are built for), `docker import`ed as kyb-base:bookworm (skipped when it exists);
 #   2. the cpu and cuda targets of deploy/docker/Dockerfile FROM that base, torch (and for cuda,
 #      torchvision and the nvidia-* wheels) installed from wheels on this machine's disk, hard-linked
-#      into build/docker-wheels/<target>/ and bind-mounted by the build (never a layer of their own).
+#      into build/docker-wheels/<target>/ with the few small wheels they need besides (pip download),
+#      and bind-mounted by the build (never a layer of their own; installed with --no-index).
 #
 #   bash deploy/docker/build.sh [cpu|cuda|base ...]     (default: cpu cuda; KYB_IMAGE_TAG, default 0.1.0)
 #
@@ -27,6 +28,9 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(cpu cuda)
 
 log() { echo "build.sh: $*" >&2; }
+
+# pip of this machine (its configuration says where the local wheels are); the project's venv when present.
+PIP=${PIP:-$([ -x .venv/bin/pip ] && echo .venv/bin/pip || echo "python3 -m pip")}
 
 build_base() {
     if "$DOCKER" image inspect "$BASE" >/dev/null 2>&1; then
@@ -64,17 +68,27 @@ stage_wheels() {
     done
 }
 
+# Completes a staged folder with every other wheel the requirements need (small ones: sympy, triton,
+# cuda-bindings, ...; pip skips the files already there), so the image installs with --no-index.
+complete_wheels() {
+    local target=$1; shift
+    "$PIP" download --quiet --only-binary=:all: --dest "build/docker-wheels/$target" \
+        --find-links "build/docker-wheels/$target" "$@" >&2
+}
+
 build_target() {
     local target=$1 torch torchvision="" name
     case $target in
         cpu)
             stage_wheels cpu 'torch-*+cpu-cp311-*.whl'
             torch=$(basename "$(ls build/docker-wheels/cpu/torch-*.whl | sort | tail -n1)" | cut -d- -f2)
+            complete_wheels cpu "torch==$torch"
             name=kyb ;;
         cuda)
             torch=${KYB_CUDA_TORCH:-2.14.1} torchvision=${KYB_CUDA_TORCHVISION:-0.29.1}
             # torch's CUDA build with the nvidia-* wheels it pins (the GBs); small dependencies come from the index.
             stage_wheels cuda "torch-$torch-cp311-*.whl" "torchvision-$torchvision-cp311-*.whl" 'nvidia_*.whl'
+            complete_wheels cuda "torch==$torch" "torchvision==$torchvision"
             name=kyb-cuda ;;
         *) log "unknown target $target (cpu, cuda, base)"; exit 2 ;;
     esac

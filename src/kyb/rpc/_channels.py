@@ -90,7 +90,9 @@ class RetryPolicy:
 class ClientRetry:
     """gRPC's retries for a client's idempotent methods, as a service config (gRFC A6).
 
-    An attempt that fails with UNAVAILABLE is tried again after a pause drawn uniformly from
+    An attempt that fails with UNAVAILABLE (not processed: no connection, or the server going away) or
+    CANCELLED (a server that stops cancels the calls still running when its grace period ends; the
+    caller's own cancelling is never retried) is tried again after a pause drawn uniformly from
     [0, min(``max_backoff_s``, ``initial_backoff_s`` * ``multiplier`` ^ (n-1))], at most ``attempts``
     tries in all (gRPC caps it at 5), and never past the call's deadline. ``wait_for_ready`` makes an
     attempt made while the channel has no connection wait for one (up to the deadline) instead of
@@ -106,6 +108,8 @@ class ClientRetry:
     wait_for_ready: bool = True
     throttle_tokens: int = 10
     throttle_ratio: float = 0.1
+    #: Only for methods that change nothing: a cancelled attempt may have been partly carried out.
+    retryable: tuple[str, ...] = ("UNAVAILABLE", "CANCELLED")
 
     def __post_init__(self) -> None:
         if not 2 <= self.attempts <= 5:
@@ -127,7 +131,7 @@ class ClientRetry:
                         "initialBackoff": f"{self.initial_backoff_s:.3f}s",
                         "maxBackoff": f"{self.max_backoff_s:.3f}s",
                         "backoffMultiplier": self.multiplier,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
+                        "retryableStatusCodes": list(self.retryable),
                     },
                 }
             ],
