@@ -25,7 +25,7 @@ import httpx
 
 from kyb.catalog import Album, Band, import_catalog, open_catalog
 from kyb.client import GatewayClient
-from kyb.engine import IngestItem
+from kyb.ingest import IngestItem
 
 
 def _ingest(gateway: str, demo: Path, scratch: Path) -> None:

@@ -68,6 +68,9 @@ class IdentifyAnswer(BaseModel):
     timings_ms: dict[str, float]
     partial: bool = Field(description="true when some matcher shard did not answer")
     missing_shards: list[str]
+    catalog_unavailable: bool = Field(
+        default=False, description="the catalog could not be read: band and album records are the last ones seen"
+    )
 
 
 class BandAnswer(BaseModel):

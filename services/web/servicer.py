@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -49,7 +50,6 @@ from kyb import __version__
 from kyb.catalog import Album, Band
 from kyb.client import GatewayClient
 from kyb.encoder import Box, parse_box
-from kyb.engine import IngestItem
 from kyb.errors import (
     GRPC_STATUS,
     HTTP_STATUS,
@@ -61,6 +61,7 @@ from kyb.errors import (
     Unavailable,
     lookup,
 )
+from kyb.ingest import IngestItem
 from kyb.rpc import Metrics, ServiceConfig, TokenCheck
 from services.web.schema import (
     BandAnswer,
@@ -90,6 +91,7 @@ _FORM_OVERHEAD = 64 * 1024
 _PROBLEM = "application/problem+json"
 _PHOTO_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 _KINDS = ("logo", "album_cover")
+_Record = TypeVar("_Record", Band, Album)
 
 
 def _responses(*statuses: int, **texts: str) -> dict[int | str, dict[str, Any]]:
@@ -167,7 +169,7 @@ class WebServicer:
             raise Unavailable(f"the gateway refused this web front's token (rpc.client_token): {exc}") from None
 
     def identify(self, image: bytes, crop: Box | None = None) -> dict[str, Any]:
-        return self._forward(self.client.identify, image, crop=crop)  # type: ignore[no-any-return]
+        return self._forward(self.client.identify, image, crop=crop)
 
     def identify_batch(self, photos: list[tuple[str, bytes]]) -> dict[str, Any]:
         answers = self._forward(lambda: list(self.client.identify_many(data for _name, data in photos)))
@@ -186,13 +188,13 @@ class WebServicer:
         return {"bands": self._forward(self.client.search_bands, query, limit=limit)}
 
     def get_band(self, band_id: str) -> dict[str, Any]:
-        return self._forward(self.client.get_band, band_id)  # type: ignore[no-any-return]
+        return self._forward(self.client.get_band, band_id)
 
     def add_reference(self, item: IngestItem, bands: list[Band], albums: list[Album]) -> dict[str, Any]:
         [result] = self._forward(self.client.ingest, [item], bands=bands, albums=albums)
         if result["status"] == "failed":
             raise InvalidImage(result["message"] or "the image could not be stored")
-        return result  # type: ignore[no-any-return]
+        return result
 
     def list_references(self, band_id: str | None, kind: str | None, page_size: int, page_token: str) -> dict:
         references, token = self._forward(
@@ -201,10 +203,10 @@ class WebServicer:
         return {"references": references, "next_page_token": token}
 
     def get_reference(self, reference_id: str) -> dict[str, Any]:
-        return self._forward(self.client.get_reference, reference_id)  # type: ignore[no-any-return]
+        return self._forward(self.client.get_reference, reference_id)
 
     def delete_reference(self, reference_id: str) -> dict[str, Any]:
-        return self._forward(self.client.delete_reference, reference_id)  # type: ignore[no-any-return]
+        return self._forward(self.client.delete_reference, reference_id)
 
     def close(self) -> None:
         self.client.close()
@@ -237,7 +239,7 @@ def _problem_from_code(code: str, message: str, *, instance: str | None) -> dict
     return _problem(_HTTP_OF_CODE.get(code, 500), code, message, instance)
 
 
-def _problem_response(problem: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+def _problem_response(problem: dict[str, Any], headers: Mapping[str, str] | None = None) -> JSONResponse:
     status = problem["status"]
     headers = dict(headers or {})
     if status == 401:
@@ -248,8 +250,8 @@ def _problem_response(problem: dict[str, Any], headers: dict[str, str] | None = 
 
 
 def _error(exc: KybError, request: Request) -> JSONResponse:
-    status = int(lookup(HTTP_STATUS, exc))  # type: ignore[call-overload]
-    code = str(lookup(GRPC_STATUS, exc))  # type: ignore[arg-type]
+    status = int(lookup(HTTP_STATUS, exc))
+    code = str(lookup(GRPC_STATUS, exc))
     return _problem_response(_problem(status, code, str(exc), request.url.path))
 
 
@@ -299,7 +301,7 @@ async def _file_bytes(upload: UploadFile, max_bytes: int) -> bytes:
     return data
 
 
-def _json_record(form: FormData, field: str, record: type[Band] | type[Album]) -> Band | Album | None:
+def _json_record(form: FormData, field: str, record: type[_Record]) -> _Record | None:
     text = form.get(field)
     if text is None or text == "":
         return None
@@ -527,8 +529,8 @@ def create_app(servicer: WebServicer) -> FastAPI:
             )
         finally:
             await form.close()
-        bands = [band] if isinstance(band, Band) else []
-        albums = [album] if isinstance(album, Album) else []
+        bands = [band] if band is not None else []
+        albums = [album] if album is not None else []
         result = await run_in_threadpool(servicer.add_reference, item, bands, albums)
         created = result["status"] in ("added", "replaced")
         headers = {"Location": f"/api/v1/references/{result['reference_id']}"}

@@ -75,11 +75,11 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def _exit_code(error: BaseException) -> int:
-    return int(lookup(EXIT_CODES, error))  # type: ignore[arg-type]
+    return int(lookup(EXIT_CODES, error))
 
 
 def _error_record(error: KybError) -> dict[str, str]:
-    return {"code": str(lookup(GRPC_STATUS, error)), "message": str(error)}  # type: ignore[arg-type]
+    return {"code": str(lookup(GRPC_STATUS, error)), "message": str(error)}
 
 
 def _config(args: argparse.Namespace) -> Any:

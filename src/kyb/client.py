@@ -21,13 +21,13 @@ the second time.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from kyb.catalog import Album, Band
 from kyb.encoder import Box
@@ -55,6 +55,8 @@ __all__ = ["IDEMPOTENT_METHODS", "GatewayClient", "identify_response_to_dict", "
 #: Gateway methods that change nothing, so a retry can never do something twice.
 IDEMPOTENT_METHODS = ("Identify", "GetBand", "SearchBands", "ListReferences", "GetReference")
 _GATEWAY_SERVICE = "kyb.v1.Gateway"
+#: The health check that tells "down" from "slow" after a deadline: short, it adds to a failed call only.
+_PROBE_S = 0.25
 
 
 def identify_response_to_dict(response: gateway_pb2.IdentifyResponse) -> dict[str, Any]:
@@ -108,16 +110,17 @@ class GatewayClient:
         service_config = retry.service_config(_GATEWAY_SERVICE, IDEMPOTENT_METHODS) if retry else None
         self._channel = open_channel(address, rpc, service_config=service_config)
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
-        # Set while connecting has failed since the channel was last READY: a call that waited for a
-        # connection until its deadline is then reported as the gateway being unreachable, not slow.
-        self._unreachable = threading.Event()
-        self._channel.subscribe(self._track_connectivity, try_to_connect=False)
 
-    def _track_connectivity(self, state: grpc.ChannelConnectivity) -> None:
-        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            self._unreachable.set()
-        elif state == grpc.ChannelConnectivity.READY:
-            self._unreachable.clear()
+    def _unreachable(self) -> bool:
+        """Whether the gateway cannot be reached now: one health check that does not wait for a
+        connection (a channel that cannot connect fails it at once with UNAVAILABLE)."""
+        try:
+            health_pb2_grpc.HealthStub(self._channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=_PROBE_S, wait_for_ready=False
+            )
+        except grpc.RpcError as exc:
+            return exc.code() == grpc.StatusCode.UNAVAILABLE if hasattr(exc, "code") else False
+        return False
 
     @property
     def channel(self) -> grpc.Channel:
@@ -125,7 +128,6 @@ class GatewayClient:
         return self._channel
 
     def close(self) -> None:
-        self._channel.unsubscribe(self._track_connectivity)
         self._channel.close()
 
     def __enter__(self) -> GatewayClient:
@@ -144,9 +146,10 @@ class GatewayClient:
 
     def _error(self, exc: grpc.RpcError, timeout: float) -> Exception:
         code = exc.code() if hasattr(exc, "code") else None
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED and self._unreachable.is_set():
+        # A call that waited for a connection until its deadline: the gateway is down, not slow.
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and self._unreachable():
             failure = Unavailable(f"gateway: cannot connect to {self.address} (no connection within {timeout:g} s)")
-            failure.code = grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            failure.code = grpc.StatusCode.UNAVAILABLE
             return failure
         return error_from_rpc(exc, target="gateway")
 

@@ -23,7 +23,8 @@ from kyb import synth
 from kyb.catalog import Album, Band, import_catalog, open_catalog
 from kyb.client import GatewayClient
 from kyb.config import load_config
-from kyb.engine import Engine, IngestItem
+from kyb.engine import Engine
+from kyb.ingest import IngestItem
 from kyb.rpc import RpcConfig, wait_until_serving
 
 ROOT = Path(__file__).resolve().parents[2]

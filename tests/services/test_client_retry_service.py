@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -31,8 +32,9 @@ def _start_gateway_again(stack: LocalStack) -> ServiceServer:
     return server
 
 
-def _connection_refused(client: GatewayClient) -> threading.Event:
-    """Set once the client's channel has tried to connect and failed."""
+def _connection_refused(client: GatewayClient) -> tuple[threading.Event, Callable[[], None]]:
+    """An event set once the client's channel has tried to connect and failed, and the function that
+    stops watching (before the channel closes: gRPC's watcher thread must not outlive it)."""
     failed = threading.Event()
 
     def watch(state: grpc.ChannelConnectivity) -> None:
@@ -40,7 +42,7 @@ def _connection_refused(client: GatewayClient) -> threading.Event:
             failed.set()
 
     client.channel.subscribe(watch, try_to_connect=False)
-    return failed
+    return failed, lambda: client.channel.unsubscribe(watch)
 
 
 def _objects(answer: dict) -> list[tuple[str, list]]:
@@ -55,10 +57,11 @@ def test_a_gateway_stopped_and_started_mid_call_still_answers(corpus: Corpus, ma
     with GatewayClient(f"127.0.0.1:{stack.gateway_port}", timeout=60) as client:
         before = client.identify(photo)
         _stop_gateway(stack)
-        refused = _connection_refused(client)
+        refused, stop_watching = _connection_refused(client)
         with ThreadPoolExecutor(1) as pool:
             call = pool.submit(client.identify, photo)
             assert refused.wait(30), "the call never tried the stopped gateway"
+            stop_watching()
             assert not call.done()  # not failed: waiting for the gateway within its deadline
             restarted = _start_gateway_again(stack)
             try:

@@ -41,6 +41,7 @@ def test_identify_is_the_gateway_answer_as_json(web_front: WebFront, corpus: Cor
     assert [o["outline"] for o in answer["objects"]] == [o["outline"] for o in direct["objects"]]
     assert all(len(o["outline"]) == 4 for o in answer["objects"])
     assert answer["image"] == direct["image"] and answer["partial"] is False
+    assert set(answer) == set(direct) - {"request_id"}  # every field of the gateway's answer comes through
 
 
 def test_crop_searches_only_the_box(web_front: WebFront, corpus: Corpus) -> None:
