@@ -2,7 +2,8 @@
 ranking; and the bands nearest to a band.
 
 A query's score for a band is the cosine similarity of their vectors, plus ``weights.name`` times how
-closely the query spells the band's name (difflib's ratio of the folded strings), plus
+closely the query spells the band's name (difflib's ratio of the folded strings, for the bands the
+catalog's name search matched: exact, prefix, substring and, on Postgres, trigram), plus
 ``weights.country`` when the band is from a country the query names (in English or another language,
 see :func:`~kyb.bandsearch._facets.find_countries`). A name typed exactly always ranks first. Without
 the model (an optional extra) or without band vectors, the search is the catalog's name search with
@@ -50,6 +51,9 @@ NOT_READY_NOTICE = (
     "band search by meaning is not ready (no band vectors in the catalog yet, or the model is still loading); "
     "searching names only"
 )
+#: A name the query does not contain counts only when spelled this closely: one or two typos in a
+#: name of seven letters or more keep difflib's ratio above it, a phrase that shares a word does not.
+FUZZY_NAME_MIN = 0.8
 #: Added to an exact name's score: more than any other band can reach.
 EXACT_NAME_BONUS = 10.0
 
@@ -243,6 +247,9 @@ class BandSearch:
                 narrowed = SearchFilters(country=code, status=filters.status, formed=filters.formed)
                 similarity.update(index.search(vector, depth, narrowed))
         known = {band.band_id: band for band in by_name}
+        # Only names the catalog's name search matched count as a name match: a ratio against every
+        # band's name would reward names that merely share letters with a descriptive query.
+        spelled = set(known)
         for band_id in known:
             if band_id not in similarity:
                 band_vector = index.vector(band_id)
@@ -256,7 +263,9 @@ class BandSearch:
             band = known.get(band_id)
             if band is None:  # a vector whose band is gone (the index catches up on its next sync)
                 continue
-            match = name_similarity(folded, band.name_norm)
+            match = name_similarity(folded, band.name_norm) if band_id in spelled else 0.0
+            if match < FUZZY_NAME_MIN and folded not in band.name_norm:
+                match = 0.0  # only trigram-alike: another phrase sharing words, not a misspelt name
             score = cosine + weights.name * match
             if countries and index.country_matches(band_id, countries):
                 score += weights.country
@@ -360,6 +369,7 @@ class BandSearchRefresher:
         self._search: BandSearch | None = None
         self._by_name = BandSearch(catalog, folder, embedder=None, index=None, notice=NOT_READY_NOTICE)
         self._stop = threading.Event()
+        self._step_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> BandSearchRefresher:
@@ -376,10 +386,17 @@ class BandSearchRefresher:
         """The search to use now: the refreshed one, or a name-only one until it is ready."""
         return self._search if self._search is not None else self._by_name
 
+    def refresh_now(self) -> BandSearch:
+        """Run one refresh in the caller's thread (what the thread does every ``interval_s``)."""
+        with self._step_lock:
+            self._step()
+        return self.current()
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._step()
+                with self._step_lock:
+                    self._step()
             except KybError as exc:
                 log.warning("band search refresh failed: %s", exc)
             except Exception:  # a background thread must not die silently: log it and try again later

@@ -104,10 +104,11 @@ def refresh_band_vectors(
     rebuild: bool = False,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    text_of: Callable[[Band], str] = band_text,
 ) -> RefreshReport:
     """Embed every band whose vector is missing or stale; ``updated_after`` limits the walk to bands
     written since then, ``rebuild`` drops this model's vectors first. ``progress(n)`` is called as
-    bands are done."""
+    bands are done. ``text_of`` is :func:`band_text` unless a benchmark compares another text."""
     started = time.perf_counter()
     report = RefreshReport(embedder.model)
     if rebuild:
@@ -144,7 +145,7 @@ def refresh_band_vectors(
         unchanged = 0
         for band, updated_at in page:
             report.bands_stamp = max(report.bands_stamp, updated_at)
-            text = band_text(band)
+            text = text_of(band)
             state = (text_digest(text), band.country, band.status, band.formed_in)
             if states.get(band.band_id) == state:
                 unchanged += 1
