@@ -431,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-family", type=int, default=80, help="queries per family (both parts)")
     parser.add_argument("--million", type=int, default=0, help="also measure at this many generated bands")
     parser.add_argument("--text", choices=("with-name", "without-name"), default="with-name")
+    parser.add_argument(
+        "--latency-only",
+        metavar="NAME/COUNTRY",
+        help="skip the relevance runs and the tuning; time the search with these weights (e.g. 0.5/0.2)",
+    )
     args = parser.parse_args(argv)
     text_of = band_text if args.text == "with-name" else text_without_name
 
@@ -451,96 +456,122 @@ def main(argv: list[str] | None = None) -> int:
         per_10k = {step: seconds * 10_000 / len(bands) for step, seconds in timings.items()}
         print("\nimport, seconds per 10k bands (Postgres): " + ", ".join(f"{k} {v:.1f}" for k, v in per_10k.items()))
 
-        cached = CachedEmbedder(embedder)
-        search = BandSearch.open(catalog, folder, embedder=cached)  # type: ignore[arg-type]
-        keyword = KeywordSearch(bands)
-        with tqdm(total=len(queries), desc="query vectors", unit="query", file=sys.stderr) as bar:
-            for query in queries:
-                cached.embed([search_text(query.text)])
-                bar.update(1)
+        if args.latency_only:
+            name_weight, country_weight = (float(v) for v in args.latency_only.split("/"))
+            chosen = SearchWeights(name=name_weight, country=country_weight)
+        else:
+            chosen = relevance(catalog, folder, embedder, bands, queries)
+        latency_and_memory(catalog, folder, embedder, bands, queries, chosen, args.million)
+    return 0
 
-        def band_search(weights: SearchWeights) -> Callable[[str], list[str]]:
-            search.weights = weights
-            return lambda text: [hit.band.band_id for hit in search.search(text, limit=50).hits]
 
-        # Tune the weights on the tune part only.
-        best: tuple[float, SearchWeights] | None = None
-        tune = [q for q in queries if q.part == "tune"]
-        for name_weight in GRID_NAME:
-            for country_weight in GRID_COUNTRY:
-                weights = SearchWeights(name=name_weight, country=country_weight)
-                result = evaluate(tune, band_search(weights))[("tune", "all")]
-                objective = (result[0] + result[1]) / 2
-                if best is None or objective > best[0] + 1e-9:
-                    best = (objective, weights)
-        assert best is not None
-        chosen = best[1]
-        results = {
-            "name search": evaluate(queries, lambda t: [b.band_id for b in catalog.find_bands(t, limit=50)]),
-            "keyword (BM25)": evaluate(queries, lambda t: keyword(t, 50)),
-            f"band search (default {SearchWeights().name}/{SearchWeights().country})": evaluate(
-                queries, band_search(SearchWeights())
-            ),
-            f"band search (tuned {chosen.name}/{chosen.country})": evaluate(queries, band_search(chosen)),
-        }
-        print(f"\nweights chosen on tune (name/country, grid {GRID_NAME} x {GRID_COUNTRY}): "
-              f"{chosen.name}/{chosen.country}")  # fmt: skip
-        families = [*TEMPLATES, NAME_FAMILY, "all"]
-        for part in ("tune", "test"):
-            counts = {f: sum(q.part == part and q.family == f for q in queries) for f in families[:-1]}
-            print(f"\n{part} part: precision@10 / recall@50 (queries per family: "
-                  + ", ".join(f"{f} {n}" for f, n in counts.items()) + ")")  # fmt: skip
-            print("| search | " + " | ".join(families) + " |")
-            print("|---|" + "---|" * len(families))
-            for label, means in results.items():
-                cells = [means.get((part, f), (float("nan"), float("nan"))) for f in families]
-                print(f"| {label} | " + " | ".join(f"{p:.2f} / {r:.2f}" for p, r in cells) + " |")
+def relevance(
+    catalog: Catalog, folder: Path, embedder: object, bands: list[Band], queries: list[Query]
+) -> SearchWeights:
+    """Tune the weights on the tune part, print both parts for every search; return the chosen weights."""
+    cached = CachedEmbedder(embedder)
+    search = BandSearch.open(catalog, folder, embedder=cached)  # type: ignore[arg-type]
+    keyword = KeywordSearch(bands)
+    with tqdm(total=len(queries), desc="query vectors", unit="query", file=sys.stderr) as bar:
+        for query in queries:
+            cached.embed([search_text(query.text)])
+            bar.update(1)
 
-        # Latency as served: the model embeds every query again.
-        search = BandSearch.open(catalog, folder, embedder=embedder, weights=chosen)
-        texts = [q.text for q in queries if q.part == "test"]
+    def band_search(weights: SearchWeights) -> Callable[[str], list[str]]:
+        search.weights = weights
+        return lambda text: [hit.band.band_id for hit in search.search(text, limit=50).hits]
+
+    # Tune the weights on the tune part only.
+    best: tuple[float, SearchWeights] | None = None
+    tune = [q for q in queries if q.part == "tune"]
+    for name_weight in GRID_NAME:
+        for country_weight in GRID_COUNTRY:
+            weights = SearchWeights(name=name_weight, country=country_weight)
+            result = evaluate(tune, band_search(weights))[("tune", "all")]
+            objective = (result[0] + result[1]) / 2
+            if best is None or objective > best[0] + 1e-9:
+                best = (objective, weights)
+    assert best is not None
+    chosen = best[1]
+    results = {
+        "name search": evaluate(queries, lambda t: [b.band_id for b in catalog.find_bands(t, limit=50)]),
+        "keyword (BM25)": evaluate(queries, lambda t: keyword(t, 50)),
+        f"band search (default {SearchWeights().name}/{SearchWeights().country})": evaluate(
+            queries, band_search(SearchWeights())
+        ),
+        f"band search (tuned {chosen.name}/{chosen.country})": evaluate(queries, band_search(chosen)),
+    }
+    print(f"\nweights chosen on tune (name/country, grid {GRID_NAME} x {GRID_COUNTRY}): "
+          f"{chosen.name}/{chosen.country}")  # fmt: skip
+    families = [*TEMPLATES, NAME_FAMILY, "all"]
+    for part in ("tune", "test"):
+        counts = {f: sum(q.part == part and q.family == f for q in queries) for f in families[:-1]}
+        print(f"\n{part} part: precision@10 / recall@50 (queries per family: "
+              + ", ".join(f"{f} {n}" for f, n in counts.items()) + ")")  # fmt: skip
+        print("| search | " + " | ".join(families) + " |")
+        print("|---|" + "---|" * len(families))
+        for label, means in results.items():
+            cells = [means.get((part, f), (float("nan"), float("nan"))) for f in families]
+            print(f"| {label} | " + " | ".join(f"{p:.2f} / {r:.2f}" for p, r in cells) + " |")
+
+    return chosen
+
+
+def latency_and_memory(
+    catalog: Catalog,
+    folder: Path,
+    embedder: object,
+    bands: list[Band],
+    queries: list[Query],
+    chosen: SearchWeights,
+    million: int,
+) -> None:
+    """Query latency at the catalog's size (and at ``million`` generated bands), memory per band."""
+    # Latency as served: the model embeds every query again.
+    search = BandSearch.open(catalog, folder, embedder=embedder, weights=chosen)
+    texts = [q.text for q in queries if q.part == "test"]
+    p50, p95 = _timed_queries(search, texts)
+    vector = embedder.embed(["warm"])[0]
+    index = search.index
+    assert index is not None
+    started = time.perf_counter()
+    for _ in range(200):
+        index.search(vector, 100)
+    ann_ms = (time.perf_counter() - started) / 200 * 1000
+    latency = [(f"{len(bands):,}", p50, p95, ann_ms)]
+    memory = [(f"{len(bands):,}", index.nbytes / len(index), rss_per_band(folder))]
+    print(f"\nload average {os.getloadavg()[0]:.2f} after the relevance runs")
+
+    if million:
+        vectors = {band_id: index.vector(band_id) for band_id in index.label_of}
+        generated = generate_million(catalog, bands, vectors, million, embedder.model)  # type: ignore[arg-type]
+        started = time.perf_counter()
+        big, report = sync_band_index(catalog, folder, embedder.model)
+        build = time.perf_counter() - started
+        print(f"\n{million:,} generated bands written in {generated:.0f} s; index {report.line()} "
+              f"in {build:.0f} s")  # fmt: skip
+        del big, search, index
+        loaded = load_band_index(folder)
+        assert loaded is not None
+        search = BandSearch(catalog, folder, embedder=embedder, index=loaded, weights=chosen)
         p50, p95 = _timed_queries(search, texts)
-        vector = embedder.embed(["warm"])[0]
-        index = search.index
-        assert index is not None
         started = time.perf_counter()
         for _ in range(200):
-            index.search(vector, 100)
+            loaded.search(vector, 100)
         ann_ms = (time.perf_counter() - started) / 200 * 1000
-        latency = [(f"{len(bands):,}", p50, p95, ann_ms)]
-        memory = [(f"{len(bands):,}", index.nbytes / len(index), rss_per_band(folder))]
-        print(f"\nload average {os.getloadavg()[0]:.2f} after the relevance runs")
-
-        if args.million:
-            vectors = {band_id: index.vector(band_id) for band_id in index.label_of}
-            generated = generate_million(catalog, bands, vectors, args.million, embedder.model)  # type: ignore[arg-type]
-            started = time.perf_counter()
-            big, report = sync_band_index(catalog, folder, embedder.model)
-            build = time.perf_counter() - started
-            print(f"\n{args.million:,} generated bands written in {generated:.0f} s; index {report.line()} "
-                  f"in {build:.0f} s")  # fmt: skip
-            del big, search, index
-            loaded = load_band_index(folder)
-            assert loaded is not None
-            search = BandSearch(catalog, folder, embedder=embedder, index=loaded, weights=chosen)
-            p50, p95 = _timed_queries(search, texts)
-            started = time.perf_counter()
-            for _ in range(200):
-                loaded.search(vector, 100)
-            ann_ms = (time.perf_counter() - started) / 200 * 1000
-            latency.append((f"{len(loaded):,}", p50, p95, ann_ms))
-            memory.append((f"{len(loaded):,}", loaded.nbytes / len(loaded), rss_per_band(folder)))
-        print("\nquery latency (ms; the whole search: embed the query, name search, vector search, read the bands)")
-        print("| bands | p50 | p95 | vector search alone, k=100 |")
-        print("|---|---|---|---|")
-        for size, p50, p95, ann_ms in latency:
-            print(f"| {size} | {p50:.1f} | {p95:.1f} | {ann_ms:.2f} |")
-        print("\nband index memory per band, bytes (graph with its vector, filter fields, id)")
-        print("| bands | counted by BandIndex.nbytes | resident memory a process gains loading it |")
-        print("|---|---|---|")
-        for size, counted, resident in memory:
-            print(f"| {size} | {counted:,.0f} | {resident:,.0f} |")
-        print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+        latency.append((f"{len(loaded):,}", p50, p95, ann_ms))
+        memory.append((f"{len(loaded):,}", loaded.nbytes / len(loaded), rss_per_band(folder)))
+    print("\nquery latency (ms; the whole search: embed the query, name search, vector search, read the bands)")
+    print("| bands | p50 | p95 | vector search alone, k=100 |")
+    print("|---|---|---|---|")
+    for size, p50, p95, ann_ms in latency:
+        print(f"| {size} | {p50:.1f} | {p95:.1f} | {ann_ms:.2f} |")
+    print("\nband index memory per band, bytes (graph with its vector, filter fields, id)")
+    print("| bands | counted by BandIndex.nbytes | resident memory a process gains loading it |")
+    print("|---|---|---|")
+    for size, counted, resident in memory:
+        print(f"| {size} | {counted:,.0f} | {resident:,.0f} |")
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
     return 0
 
 

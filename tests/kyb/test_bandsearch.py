@@ -95,7 +95,8 @@ def _ids(answer) -> list[str]:
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
-        ("lyrics about warfare and combat", {"b-legion", "b-swe-war", "b-swe-old"}),
+        # (A query holding a band's name word, "warfare", is a name search too: test_an_exact_name_wins.)
+        ("lyrics about soldiers in combat", {"b-legion", "b-swe-war", "b-swe-old"}),
         ("songs about outer space and the stars", {"b-cosmos", "b-twin"}),
         ("sadness and mourning", {"b-grief"}),
         ("ocean and boats sinking", {"b-sea"}),
@@ -137,6 +138,18 @@ def test_filters_restrict(search: BandSearch) -> None:
     assert search.search("war", filters=SearchFilters(country="IS"), limit=5).hits == []
     # The filters hold for name matches too: the exact name "Warfare" is Brazilian.
     assert "b-warfare" not in _ids(search.search("warfare", filters=SearchFilters(country="SE"), limit=20))
+
+
+def test_a_narrow_filter_on_the_graph_walk_answers_what_exact_search_does(search: BandSearch, embedder) -> None:
+    index = search.index
+    assert index is not None
+    vector = embedder.embed(["war and battles"])[0]
+    narrow = SearchFilters(country="SE")  # 4 of 11 bands
+    exact = index.search(vector, 4, narrow)
+    # exact_max=0 and a share under EXACT_SEARCH_SHARE are not met here: the graph walks with the filter.
+    walked = index.search(vector, 4, narrow, exact_max=0)
+    assert [band_id for band_id, _ in walked] == [band_id for band_id, _ in exact]
+    assert len(index.search(vector, 10, narrow, exact_max=0)) == 4  # fewer allowed than asked: all of them
 
 
 def test_similar_bands_exclude_the_band_itself(search: BandSearch) -> None:

@@ -44,7 +44,7 @@ from kyb.errors import IndexCorrupt
 from ._facets import NO_FILTERS, STATUSES, SearchFilters, country_code, status_slug
 from ._vectors import unpack_vectors
 
-__all__ = ["EXACT_SEARCH_MAX", "BandIndex", "SyncReport", "load_band_index", "sync_band_index"]
+__all__ = ["EXACT_SEARCH_MAX", "EXACT_SEARCH_SHARE", "BandIndex", "SyncReport", "load_band_index", "sync_band_index"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ EF_CONSTRUCTION = 100
 EF_SEARCH = 256
 #: A filter that leaves at most this many bands is answered by comparing their vectors exactly.
 EXACT_SEARCH_MAX = 20_000
+#: ... and so is one that leaves less than this share of the index: hnswlib's filtered walk keeps
+#: ``ef`` candidates, and with 3 % of 1M bands allowed it ended with fewer than k (found by
+#: benchmarks/bench_semantic.py at 1M bands).
+EXACT_SEARCH_SHARE = 0.05
 #: Rows written this many seconds before the last sync are read again: a writer whose transaction
 #: took its timestamp before the sync but committed after it is still seen (re-reading is harmless).
 CLOCK_SLACK_S = 120.0
@@ -160,10 +164,17 @@ class BandIndex:
         return mask
 
     def search(
-        self, vector: np.ndarray, k: int, filters: SearchFilters = NO_FILTERS, *, exclude: str | None = None
+        self,
+        vector: np.ndarray,
+        k: int,
+        filters: SearchFilters = NO_FILTERS,
+        *,
+        exclude: str | None = None,
+        exact_max: int = EXACT_SEARCH_MAX,
     ) -> list[tuple[str, float]]:
         """Up to ``k`` ``(band_id, cosine similarity)`` nearest to ``vector``, best first, every one
-        passing ``filters`` (and not ``exclude``)."""
+        passing ``filters`` (and not ``exclude``). A filter that leaves at most ``exact_max`` bands, or
+        less than :data:`EXACT_SEARCH_SHARE` of them, compares the allowed vectors exactly."""
         mask = self.allowed(filters)
         if exclude is not None and exclude in self.label_of:
             mask = self.alive.copy() if mask is None else mask.copy()
@@ -173,13 +184,8 @@ class BandIndex:
         k = min(k, allowed)
         if k <= 0:
             return []
-        if mask is not None and allowed <= EXACT_SEARCH_MAX:
-            labels = np.flatnonzero(mask)
-            vectors = np.asarray(self.graph.get_items(labels, return_type="numpy"), dtype=np.float32)
-            similarity = vectors @ query[0]
-            top = np.argpartition(-similarity, k - 1)[:k] if k < len(labels) else np.arange(len(labels))
-            top = top[np.argsort(-similarity[top], kind="stable")]
-            return [(self.band_ids[int(labels[i])], float(similarity[i])) for i in top]
+        if mask is not None and (allowed <= exact_max or allowed < EXACT_SEARCH_SHARE * len(self)):
+            return self._exact(query[0], mask, k)
         passes: Callable[[int], bool] | None = None
         if mask is not None:
             allowed_mask = mask
@@ -187,9 +193,24 @@ class BandIndex:
             def passes(label: int) -> bool:
                 return bool(allowed_mask[label])
 
-        labels, distances = self.graph.knn_query(query, k=k, filter=passes)
+        try:
+            labels, distances = self.graph.knn_query(query, k=k, filter=passes)
+        except RuntimeError:
+            # The walk found fewer than k allowed bands within ef (a filter that is narrow where the
+            # query lands): compare the allowed ones exactly rather than answer short.
+            if mask is None:
+                mask = self.alive
+            return self._exact(query[0], mask, k)
         pairs = zip(labels[0], distances[0], strict=True)
         return [(self.band_ids[int(label)], 1.0 - float(distance)) for label, distance in pairs]
+
+    def _exact(self, query: np.ndarray, mask: np.ndarray, k: int) -> list[tuple[str, float]]:
+        labels = np.flatnonzero(mask)
+        vectors = np.asarray(self.graph.get_items(labels, return_type="numpy"), dtype=np.float32)
+        similarity = vectors @ query
+        top = np.argpartition(-similarity, k - 1)[:k] if k < len(labels) else np.arange(len(labels))
+        top = top[np.argsort(-similarity[top], kind="stable")]
+        return [(self.band_ids[int(labels[i])], float(similarity[i])) for i in top]
 
     def similar(self, band_id: str, k: int) -> list[tuple[str, float]]:
         """The ``k`` bands nearest to ``band_id``'s vector, the band itself left out ([] without a vector)."""

@@ -72,10 +72,11 @@ class Catalog(abc.ABC):
         """Return the band with this id, or None."""
 
     @abc.abstractmethod
-    def find_bands(self, name: str, limit: int = 20) -> list[Band]:
+    def find_bands(self, name: str, limit: int = 20, *, fuzzy: bool = True) -> list[Band]:
         """Search band names, ignoring case and accents (see :func:`normalize_name`).
 
-        Substring match; exact matches rank first, then prefix matches, then shorter names.
+        Substring match; exact matches rank first, then prefix matches, then shorter names. Backends
+        that can also find close spellings (Postgres) do so unless ``fuzzy`` is False.
         """
 
     @abc.abstractmethod

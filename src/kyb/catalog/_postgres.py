@@ -326,7 +326,7 @@ class PostgresCatalog(Catalog):
         return _band_from_row(row) if row else None
 
     @_retry_read
-    def find_bands(self, name: str, limit: int = 20) -> list[Band]:
+    def find_bands(self, name: str, limit: int = 20, *, fuzzy: bool = True) -> list[Band]:
         self._check_page(limit)
         query = normalize_name(name)
         if not query or limit == 0:
@@ -336,7 +336,7 @@ class PostgresCatalog(Catalog):
         with self._cursor() as cur:
             cur.execute(_FIND_SUBSTRING_SQL, params)
             rows = cur.fetchall()
-            if len(rows) < limit:
+            if fuzzy and len(rows) < limit:
                 cur.execute(_FIND_SIMILAR_SQL, {**params, "limit": limit - len(rows)})
                 rows.extend(cur.fetchall())
         return [_band_from_row(row) for row in rows]

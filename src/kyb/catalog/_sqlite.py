@@ -269,7 +269,7 @@ class SQLiteCatalog(Catalog):
             row = conn.execute(f"SELECT {_BAND_SELECT} FROM bands WHERE band_id = ?", (band_id,)).fetchone()
         return _band_from_row(row) if row else None
 
-    def find_bands(self, name: str, limit: int = 20) -> list[Band]:
+    def find_bands(self, name: str, limit: int = 20, *, fuzzy: bool = True) -> list[Band]:
         self._check_page(limit)
         query = normalize_name(name)
         if not query or limit == 0:
