@@ -278,11 +278,15 @@ def _identifier(args: argparse.Namespace) -> Any:
     engine.detector = _embedded_detector(engine.config.detector, args)
 
     def identify(data: bytes) -> dict[str, Any]:
-        answer: dict[str, Any] = engine.identify(data, box=args.box).to_dict()
-        band_ids = [obj["band"]["band_id"] for obj in answer["objects"] if obj.get("band")]
-        similar = _similar_bands(engine, band_ids) if band_ids else {}
-        for obj in answer["objects"]:
-            obj["similar_bands"] = similar.get((obj.get("band") or {}).get("band_id"), [])
+        result = engine.identify(data, box=args.box)
+        band_ids = [obj.best.band.band_id for obj in result.objects if obj.best.band is not None]
+        if band_ids:
+            search = _band_search_without_model(engine)
+            similar = search.similar_many(band_ids) if search is not None else {}
+            for obj in result.objects:
+                if obj.best.band is not None:
+                    obj.similar_bands = similar.get(obj.best.band.band_id, [])
+        answer: dict[str, Any] = result.to_dict()
         return answer
 
     return identify
@@ -617,14 +621,21 @@ def cmd_catalog_search(args: argparse.Namespace) -> int:
     return 0 if answer.hits else EXIT_CODES[NotFound]
 
 
-def _similar_bands(engine: Any, band_ids: list[str], limit: int = 5) -> dict[str, list[dict[str, Any]]]:
-    """Similar bands from the stored vectors (no model needed); {} when there is no band index."""
+def _band_search_without_model(engine: Any) -> Any:
+    """The band search over the stored vectors (similar bands need no model); None when it cannot open."""
     from kyb.bandsearch import BandSearch
 
     try:
-        search = BandSearch.open(engine.catalog, _band_folder(engine), embedder=None)
+        return BandSearch.open(engine.catalog, _band_folder(engine), embedder=None)
     except KybError as exc:
         log.warning("no similar bands: %s", exc)
+        return None
+
+
+def _similar_bands(engine: Any, band_ids: list[str], limit: int = 5) -> dict[str, list[dict[str, Any]]]:
+    """Similar bands as JSON from the stored vectors; {} when there is no band index."""
+    search = _band_search_without_model(engine)
+    if search is None:
         return {}
     return {band_id: [s.to_dict() for s in found] for band_id, found in search.similar_many(band_ids, limit).items()}
 

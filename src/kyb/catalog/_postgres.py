@@ -513,7 +513,7 @@ class PostgresCatalog(Catalog):
     def band_stamp(self) -> tuple[int, float]:
         with self._cursor() as cur:
             cur.execute("SELECT COUNT(*), COALESCE(MAX(updated_at), 0) FROM bands")
-            count, latest = cur.fetchone()
+            count, latest = _aggregate(cur)
         return int(count), float(latest)
 
     def upsert_band_vectors(self, vectors: Iterable[BandVector]) -> int:
@@ -565,7 +565,7 @@ class PostgresCatalog(Catalog):
     def band_vector_stamp(self, model: str) -> tuple[int, float]:
         with self._cursor() as cur:
             cur.execute("SELECT COUNT(*), COALESCE(MAX(updated_at), 0) FROM band_vectors WHERE model = %s", (model,))
-            count, latest = cur.fetchone()
+            count, latest = _aggregate(cur)
         return int(count), float(latest)
 
     @_retry_read

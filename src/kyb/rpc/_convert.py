@@ -38,8 +38,6 @@ __all__ = [
     "found_to_proto",
     "identify_result_from_proto",
     "identify_result_to_proto",
-    "similar_band_from_proto",
-    "similar_band_to_proto",
     "kind_from_proto",
     "kind_to_proto",
     "outline_from_proto",
@@ -49,6 +47,8 @@ __all__ = [
     "ranked_to_proto",
     "reference_to_proto",
     "rows_from_proto",
+    "similar_band_from_proto",
+    "similar_band_to_proto",
     "unpack_array",
     "verification_from_proto",
     "verification_to_proto",
@@ -438,7 +438,8 @@ def similar_band_to_proto(similar: SimilarBand) -> common_pb2.SimilarBand:
 
 
 def similar_band_from_proto(message: common_pb2.SimilarBand) -> SimilarBand:
-    return SimilarBand(message.band_id, message.name, message.genre or None, message.country or None, message.similarity)
+    genre, country = message.genre or None, message.country or None
+    return SimilarBand(message.band_id, message.name, genre, country, message.similarity)
 
 
 def identify_result_to_proto(result: IdentifyResult) -> gateway_pb2.IdentifyResponse:
