@@ -390,7 +390,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
         if lookup.unavailable and self._metrics is not None:
             self._metrics.degraded_answers.labels("catalog_unavailable").inc()
-        self._add_similar_bands(result.objects)
+        if not lookup.unavailable:  # the catalog just failed once: do not wait on it a second time
+            self._add_similar_bands(result.objects)
         finished = time.perf_counter()
         result.timings_ms = {
             "decode": (checked_at - started) * 1000,  # the header check: the gateway decodes nothing
@@ -634,7 +635,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         band_ids = [obj.best.band.band_id for obj in objects if obj.best.band is not None]
         if not band_ids:
             return
-        similar = self.band_search.current().similar_many(band_ids, _SIMILAR_BANDS)
+        try:
+            similar = self.band_search.current().similar_many(band_ids, _SIMILAR_BANDS)
+        except Unavailable as exc:  # the answer stands without them, as it does without fresh metadata
+            log.warning("catalog unavailable, answering without similar bands: %s", exc)
+            return
         for obj in objects:
             if obj.best.band is not None:
                 obj.similar_bands = similar.get(obj.best.band.band_id, [])
