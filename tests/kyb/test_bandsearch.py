@@ -282,9 +282,9 @@ def test_cli_search_import_and_similar(tmp_path: Path) -> None:
     common = ["--catalog", str(tmp_path / "catalog.db"), "--index-dir", str(tmp_path / "index")]
     imported = _cli("catalog", "import", str(source), *common)
     assert imported.returncode == 0, imported.stderr
-    assert f"{len(BANDS)} embedded" in imported.stdout and "generation 1" in imported.stdout
+    assert f"{len(BANDS)} embedded" in imported.stderr and "generation 1" in imported.stderr
     again = _cli("catalog", "import", str(source), *common)
-    assert f"0 embedded, {len(BANDS)} unchanged" in again.stdout and "already current" in again.stdout
+    assert f"0 embedded, {len(BANDS)} unchanged" in again.stderr and "already current" in again.stderr
 
     done = _cli("catalog", "search", "songs about the sea", "--country", "Schweden", "--similar", "2", *common)
     assert done.returncode == 0, done.stderr
