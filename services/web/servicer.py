@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -47,6 +48,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from kyb import __version__
+from kyb.bandsearch import parse_formed
 from kyb.catalog import Album, Band
 from kyb.client import GatewayClient
 from kyb.encoder import Box, parse_box
@@ -184,8 +186,17 @@ class WebServicer:
                 results.append({"index": index, "filename": filename, "answer": item, "error": None})
         return {"results": results}
 
-    def search_bands(self, query: str, limit: int) -> dict[str, Any]:
-        return {"bands": self._forward(self.client.search_bands, query, limit=limit)}
+    def search_bands(
+        self,
+        query: str,
+        limit: int,
+        *,
+        country: str | None = None,
+        status: str | None = None,
+        formed: str | None = None,
+    ) -> dict[str, Any]:
+        years = parse_formed(formed) if formed else None
+        return self._forward(self.client.find_bands, query, limit=limit, country=country, status=status, formed=years)
 
     def get_band(self, band_id: str) -> dict[str, Any]:
         return self._forward(self.client.get_band, band_id)
@@ -471,14 +482,21 @@ def create_app(servicer: WebServicer) -> FastAPI:
         response_model=BandList,
         dependencies=[Depends(_authorized)],
         responses=_responses(400),
-        summary="Bands whose name matches a query, best first",
+        summary="Bands by what they are (genre, themes, country) and by name, within filters, best first",
         tags=["bands"],
     )
     async def search_bands(
-        q: Annotated[str, Query(min_length=1, max_length=200, description="part of a band's name, as typed")],
+        q: Annotated[
+            str, Query(min_length=1, max_length=200, description="a band's name, part of one, or words about it")
+        ],
         limit: Annotated[int, Query(ge=1, le=100, description="most bands to return")] = 20,
+        country: Annotated[str | None, Query(description="ISO code or name", examples=["SE"])] = None,
+        status: Annotated[str | None, Query(description="active, split-up, on-hold, ...", examples=["active"])] = None,
+        formed: Annotated[str | None, Query(description="years formed: FIRST..LAST", examples=["1990..1999"])] = None,
     ) -> dict[str, Any]:
-        return await run_in_threadpool(servicer.search_bands, q, limit)
+        return await run_in_threadpool(
+            partial(servicer.search_bands, country=country, status=status, formed=formed), q, limit
+        )
 
     @app.get(
         "/api/v1/bands/{band_id}",

@@ -32,6 +32,7 @@ from kyb.errors import (
     InvalidRequest,
     KybError,
     NotFound,
+    NotReady,
     lookup,
 )
 
@@ -195,7 +196,11 @@ def _collect(engine: Any, paths: Sequence[Path], kind: str | None) -> tuple[list
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     engine = _engine(args)
+    bands_before = engine.catalog.band_stamp()
     items, row_errors = _collect(engine, [Path(p) for p in args.paths], args.kind)
+    # A catalog that is searched by meaning keeps every band embedded; one that is not stays as it was.
+    if engine.catalog.band_stamp() != bands_before and engine.catalog.band_vector_models():
+        _embed_bands(engine)
     if not items:
         print("error: nothing to ingest (no images found)", file=sys.stderr)
         return EXIT_PARTIAL if row_errors else EXIT_CODES[InvalidRequest]
@@ -271,7 +276,20 @@ def _identifier(args: argparse.Namespace) -> Any:
         return lambda data: client.identify(data, crop=args.box)
     engine = _engine(args)
     engine.detector = _embedded_detector(engine.config.detector, args)
-    return lambda data: engine.identify(data, box=args.box).to_dict()
+
+    def identify(data: bytes) -> dict[str, Any]:
+        result = engine.identify(data, box=args.box)
+        band_ids = [obj.best.band.band_id for obj in result.objects if obj.best.band is not None]
+        if band_ids:
+            search = _band_search_without_model(engine)
+            similar = search.similar_many(band_ids) if search is not None else {}
+            for obj in result.objects:
+                if obj.best.band is not None:
+                    obj.similar_bands = similar.get(obj.best.band.band_id, [])
+        answer: dict[str, Any] = result.to_dict()
+        return answer
+
+    return identify
 
 
 def _embedded_detector(config: Any, args: argparse.Namespace) -> Any:
@@ -457,6 +475,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.serve:
         print("In a browser: kyb demo --serve  (serves this catalog with the web page on http://localhost:8080/)")
         return 0
+    _embed_bands(Engine(config))  # the page's band search finds the sample bands by meaning too
     return _serve_demo(config, args, folder)
 
 
@@ -528,7 +547,97 @@ def cmd_catalog_import(args: argparse.Namespace) -> int:
     _emit(args, data, f"{args.file}: {report.bands_upserted} bands, {report.albums_upserted} albums, "
           f"{len(report.errors)} bad rows, {len(report.references)} references to ingest "
           f"({report.elapsed_s:.2f} s)")  # fmt: skip
+    if report.bands_upserted and not args.no_embed:
+        _embed_bands(engine)
     return EXIT_PARTIAL if report.errors else 0
+
+
+# ---------------------------------------------------------------------------- band search
+def _band_folder(engine: Any) -> Path:
+    from kyb.bandsearch import band_index_folder
+
+    return band_index_folder(engine.config)
+
+
+def _embed_bands(engine: Any, *, rebuild: bool = False, required: bool = False) -> bool:
+    """Embed the catalog's new or changed bands and bring the band index up to date (progress bars).
+
+    Without the model prints the one-line notice (an error when ``required``) and returns False.
+    """
+    from kyb.bandsearch import load_embedder, refresh_band_vectors, sync_band_index
+
+    embedder, notice = load_embedder()
+    if embedder is None:
+        if required:
+            raise NotReady(notice)
+        print(f"notice: {notice}", file=sys.stderr)
+        return False
+    catalog = engine.catalog
+    with _progress(catalog.count_bands(), "embed bands", unit="band") as bar:
+        refreshed = refresh_band_vectors(catalog, embedder, rebuild=rebuild, progress=bar.update)
+    print(refreshed.line(), file=sys.stderr)
+    count, _ = catalog.band_vector_stamp(embedder.model)
+    with _progress(count, "band index", unit="band") as bar:
+        _index, synced = sync_band_index(catalog, _band_folder(engine), embedder.model, rebuild=rebuild,
+                                         progress=bar.update)  # fmt: skip
+    print(synced.line(), file=sys.stderr)
+    return True
+
+
+def _filters(args: argparse.Namespace) -> Any:
+    from kyb.bandsearch import SearchFilters, parse_country, parse_formed, parse_status
+
+    return SearchFilters(
+        country=parse_country(args.country) if args.country else None,
+        status=parse_status(args.status) if args.status else None,
+        formed=parse_formed(args.formed) if args.formed else None,
+    )
+
+
+def cmd_catalog_embed(args: argparse.Namespace) -> int:
+    _embed_bands(_engine(args), rebuild=args.rebuild, required=True)
+    return 0
+
+
+def cmd_catalog_search(args: argparse.Namespace) -> int:
+    from kyb.bandsearch import BandSearch, check_query
+
+    check_query(args.query, args.limit)  # bad input fails before the model loads
+    filters = _filters(args)
+    engine = _engine(args)
+    search = BandSearch.open(engine.catalog, _band_folder(engine))
+    answer = search.search(args.query, filters=filters, limit=args.limit)
+    if answer.notice:
+        print(f"notice: {answer.notice}", file=sys.stderr)
+    elif search.missing_vectors():
+        print(f"notice: {search.missing_vectors()} bands have no vector yet and are found by name only "
+              "(run `kyb catalog embed`)", file=sys.stderr)  # fmt: skip
+    data = answer.to_dict()
+    if args.similar:
+        similar = search.similar_many([hit.band.band_id for hit in answer.hits], args.similar)
+        for band in data["bands"]:
+            band["similar_bands"] = [s.to_dict() for s in similar.get(band["band_id"], [])]
+    _print_json(args, data)
+    return 0 if answer.hits else EXIT_CODES[NotFound]
+
+
+def _band_search_without_model(engine: Any) -> Any:
+    """The band search over the stored vectors (similar bands need no model); None when it cannot open."""
+    from kyb.bandsearch import BandSearch
+
+    try:
+        return BandSearch.open(engine.catalog, _band_folder(engine), embedder=None)
+    except KybError as exc:
+        log.warning("no similar bands: %s", exc)
+        return None
+
+
+def _similar_bands(engine: Any, band_ids: list[str], limit: int = 5) -> dict[str, list[dict[str, Any]]]:
+    """Similar bands as JSON from the stored vectors; {} when there is no band index."""
+    search = _band_search_without_model(engine)
+    if search is None:
+        return {}
+    return {band_id: [s.to_dict() for s in found] for band_id, found in search.similar_many(band_ids, limit).items()}
 
 
 def cmd_band(args: argparse.Namespace) -> int:
@@ -543,6 +652,7 @@ def cmd_band(args: argparse.Namespace) -> int:
         return 0
     data = band.to_dict()
     data["albums"] = [a.to_dict() for a in engine.catalog.list_albums(band.band_id)]
+    data["similar_bands"] = _similar_bands(engine, [band.band_id]).get(band.band_id, [])
     _print_json(args, data)
     return 0
 
@@ -726,10 +836,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     _json_flag(c)
     c.set_defaults(func=cmd_catalog_import)
+    c.add_argument("--no-embed", action="store_true", help="do not embed the bands for the search by meaning")
     c = catalog_sub.add_parser("band", parents=[common], help="show a band by id, or search by name")
     c.add_argument("band_id")
     _json_flag(c, "print one JSON line instead of indented JSON")
     c.set_defaults(func=cmd_band)
+    c = catalog_sub.add_parser(
+        "search", parents=[common], help="find bands by meaning and name, with filters (JSON, best first)"
+    )
+    c.add_argument("query", help='what you remember: "Swedish melodic death metal about war", a name, a typo')
+    c.add_argument("--country", help="only bands from this country: ISO code (SE) or name (Sweden, Schweden)")
+    c.add_argument("--status", help="only bands with this status: active, split-up, on-hold, changed-name, ...")
+    c.add_argument("--formed", help="only bands formed in these years: 1990..1999, 1990.., ..1999 or 1995")
+    c.add_argument("--limit", type=int, default=10, help="most bands to show (1..100, default 10)")
+    c.add_argument("--similar", type=int, default=0, metavar="N", help="add the N most similar bands to each band")
+    _json_flag(c, "print one JSON line instead of indented JSON")
+    c.set_defaults(func=cmd_catalog_search)
+    c = catalog_sub.add_parser(
+        "embed", parents=[common], help="embed new or changed bands and update the band index (incremental)"
+    )
+    c.add_argument("--rebuild", action="store_true", help="embed every band again and rebuild the band index")
+    c.set_defaults(func=cmd_catalog_embed)
 
     p = sub.add_parser("delete", parents=[common], help="remove references by id")
     p.add_argument("reference_ids", nargs="+")

@@ -47,6 +47,7 @@ from kyb.rpc import (
     kind_from_proto,
     kind_to_proto,
     open_channel,
+    similar_band_from_proto,
 )
 from kyb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 
@@ -222,18 +223,42 @@ class GatewayClient:
         ]
 
     def get_band(self, band_id: str, *, timeout: float | None = None) -> dict[str, Any]:
-        """``{"band": {...}, "albums": [...]}``; NotFound for an unknown id."""
+        """``{"band": {...}, "albums": [...], "similar_bands": [...]}``; NotFound for an unknown id."""
         response = self._call(self._stub.GetBand, gateway_pb2.GetBandRequest(band_id=band_id), timeout)
         return {
             "band": band_from_proto(response.band).to_dict(),
             "albums": [album_from_proto(a).to_dict() for a in response.albums],
+            "similar_bands": [similar_band_from_proto(b).to_dict() for b in response.similar_bands],
         }
 
-    def search_bands(self, query: str, *, limit: int = 20, timeout: float | None = None) -> list[dict[str, Any]]:
-        """Bands whose name matches ``query`` (case/accent-insensitive, prefix, fuzzy on Postgres), best first."""
-        request = gateway_pb2.SearchBandsRequest(query=query, limit=limit)
+    def find_bands(
+        self,
+        query: str,
+        *,
+        limit: int = 20,
+        country: str | None = None,
+        status: str | None = None,
+        formed: tuple[int | None, int | None] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """``{"bands": [... each with "score"], "mode", "notice"}``: bands matching ``query`` by meaning and
+        by name, best first, within the filters (``formed`` = first and last year, either may be None)."""
+        request = gateway_pb2.SearchBandsRequest(query=query, limit=limit, country=country or "", status=status or "")
+        first, last = formed or (None, None)
+        if first is not None:
+            request.formed_from = first
+        if last is not None:
+            request.formed_to = last
         response = self._call(self._stub.SearchBands, request, timeout)
-        return [band_from_proto(b).to_dict() for b in response.bands]
+        bands = [
+            {**band_from_proto(band).to_dict(), "score": round(score, 4)}
+            for band, score in zip(response.bands, response.scores, strict=True)
+        ]
+        return {"bands": bands, "mode": response.mode, "notice": response.notice}
+
+    def search_bands(self, query: str, *, limit: int = 20, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The bands of :meth:`find_bands` without filters (each with its ``score``)."""
+        return list(self.find_bands(query, limit=limit, timeout=timeout)["bands"])
 
     def list_references(
         self, *, band_id: str | None = None, kind: str | None = None, page_size: int = 100

@@ -344,6 +344,8 @@ class EngineConfig:
     index_dir: Path = Path(".kyb/index")
     #: Catalog location: a SQLite path / ``sqlite:///path`` (default) or ``postgresql://...``.
     catalog_url: str = ".kyb/catalog.db"
+    #: Folder of the band search index (kyb.bandsearch); None = ``bands`` beside ``index_dir``.
+    band_index_dir: Path | None = None
     #: Worker threads for ingest/eval encoding (OpenCV releases the GIL while extracting).
     workers: int = 2
     #: Freed C-heap memory (MiB) a process keeps for the next photo instead of returning it to the

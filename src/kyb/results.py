@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kyb.bandsearch import SimilarBand
 from kyb.catalog import Album, Band
 
 __all__ = ["IdentifiedObject", "IdentifyResult", "Match"]
@@ -51,6 +52,9 @@ class IdentifiedObject:
     outline: list[list[float]]
     box: list[float]
     matches: list[Match]
+    #: Bands nearest to the best match's band by its catalog vector (filled where a band search is at
+    #: hand: the gateway, ``kyb identify``), never the band itself.
+    similar_bands: list[SimilarBand] = field(default_factory=list)
 
     @property
     def best(self) -> Match:
@@ -71,6 +75,7 @@ class IdentifiedObject:
             "inliers": self.best.inliers,
             "shard": self.best.shard,
             "matches": [m.to_dict() for m in self.matches],
+            "similar_bands": [s.to_dict() for s in self.similar_bands],
         }
 
 

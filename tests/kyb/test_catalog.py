@@ -394,7 +394,7 @@ def test_postgres_open_catalog_urls(pg_url: str) -> None:
 
 
 def test_postgres_migrate_twice_and_concurrently() -> None:
-    expected = [(1, "0001_initial.sql")]
+    expected = [(1, "0001_initial.sql"), (2, "0002_band_vectors.sql")]
     with scratch_database() as url:
         barrier = threading.Barrier(4)
         versions: list[int] = []
@@ -416,11 +416,11 @@ def test_postgres_migrate_twice_and_concurrently() -> None:
         for thread in threads:
             thread.join()
         assert [proc.wait(timeout=60) for proc in procs] == [0, 0]
-        assert errors == [] and versions == [1, 1, 1, 1]
+        assert errors == [] and versions == [2, 2, 2, 2]
         with PostgresCatalog(url) as cat:
-            assert cat.migrate() == 1 and cat.migrate() == 1
+            assert cat.migrate() == 2 and cat.migrate() == 2
         assert _schema_rows(url)[: len(expected)] == expected
-        assert [version for version, _ in _schema_rows(url)] == [1]
+        assert [version for version, _ in _schema_rows(url)] == [1, 2]
 
 
 def test_postgres_fuzzy_search_finds_typos(pg_url: str) -> None:

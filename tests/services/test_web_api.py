@@ -322,3 +322,32 @@ def test_calls_are_counted_per_endpoint_and_status(web_front: WebFront) -> None:
     assert metrics.count(sample, service="Web", method="GetBand", code="HTTP_404") == before + 1
     assert metrics.count(sample, service="Web", method="GetBand", code="OK") == ok_before + 1
     assert b'kyb_rpc_latency_seconds_count{method="GetBand",service="Web"}' in metrics.text()
+
+
+def test_band_search_by_name_with_filters(web_front: WebFront) -> None:
+    reply = httpx.get(f"{web_front.url}/api/v1/bands", params={"q": "Band 3"}, timeout=20)
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert answer["bands"][0]["band_id"] == "band-3" and answer["bands"][0]["score"] > 0
+    # The corpus catalog has no band vectors: names only, and the answer says so in one line.
+    assert answer["mode"] == "name" and "searching names only" in answer["notice"]
+    formed = httpx.get(f"{web_front.url}/api/v1/bands", params={"q": "band", "formed": "1992..1993"}, timeout=20)
+    assert sorted(b["band_id"] for b in formed.json()["bands"]) == ["band-2", "band-3"]
+    card = httpx.get(f"{web_front.url}/api/v1/bands/band-3", timeout=10).json()
+    assert card["similar_bands"] == []  # similar bands come from band vectors, which this catalog lacks
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({}, "q"),
+        ({"q": ""}, "query"),
+        ({"q": "band", "formed": "90s"}, "bad year range"),
+        ({"q": "band", "country": "Atlantis"}, "unknown country"),
+        ({"q": "band", "status": "alive"}, "unknown status"),
+        ({"q": "band", "limit": "500"}, "limit"),
+    ],
+)
+def test_band_search_bad_input_is_400(web_front: WebFront, params: dict[str, str], message: str) -> None:
+    reply = httpx.get(f"{web_front.url}/api/v1/bands", params=params, timeout=20)
+    assert message in _problem(reply, 400, "INVALID_ARGUMENT")["detail"]

@@ -206,3 +206,22 @@ def test_token_is_asked_for_then_used(browser: Browser, web_front: WebFront, two
         page.context.close()
     finally:
         server.stop()
+
+
+def test_band_search_filters_and_a_bad_filter(browser: Browser, web_front: WebFront) -> None:
+    page = open_page(browser, web_front.url)
+    page.click("text=Filters")
+    page.fill("#band-formed", "1991..1991")
+    page.fill("#band-query", "band")
+    page.click("#band-search button[type=submit]")
+    cards = page.locator("#band-cards > li")
+    expect(cards).to_have_count(1)
+    expect(cards.first.locator("h3")).to_have_text("Band 1")
+    # No band vectors in this catalog: the page says the search was by name only.
+    expect(page.locator("#message")).to_contain_text("searching names only")
+    shot(page, "phone-band-search-filters")
+    page.fill("#band-formed", "nineties")
+    page.click("#band-search button[type=submit]")
+    expect(page.locator("#message")).to_contain_text("bad year range")
+    expect(page.locator("#message")).to_have_class("message error")
+    page.context.close()

@@ -22,7 +22,7 @@
   const MAX_SIDE = 1600;
   const COLOURS = ["#ffd23f", "#4dd0e1", "#ff8a65", "#aed581", "#ce93d8", "#90caf9", "#f48fb1", "#fff59d"];
   const FIELDS = [
-    ["country", "Country"], ["genre", "Genre"], ["status", "Status"], ["formed_in", "Formed in"],
+    ["country", "Country"], ["genre", "Genre"], ["themes", "Themes"], ["status", "Status"], ["formed_in", "Formed in"],
     ["label", "Label"], ["members", "Members"], ["similar_artists", "Similar artists"], ["links", "Links"],
   ];
 
@@ -260,8 +260,8 @@
     return img;
   }
 
-  // A band's card: logo, name, then what the catalog knows (country, genre, ...).
-  function bandCard(band, colour, found = null) {
+  // A band's card: logo, name, then what the catalog knows (country, genre, ...) and similar bands.
+  function bandCard(band, colour, found = null, similarBands = []) {
     const item = el("li", { class: "card" });
     item.style.setProperty("--c", colour);
     item.append(logo(band, colour), el("h3", {}, band.name));
@@ -273,6 +273,16 @@
       const dd = el("dd");
       dd.append(shown);
       list.append(el("dt", {}, title), dd);
+    }
+    if (similarBands && similarBands.length) {
+      const dd = el("dd", { class: "similar" });
+      for (const other of similarBands) {
+        const button = el("button", { type: "button", class: "link" }, other.name);
+        button.title = [other.genre, other.country].filter(Boolean).join(" · ");
+        button.addEventListener("click", () => showBand(other.band_id));
+        dd.append(button);
+      }
+      list.append(el("dt", {}, "Similar bands"), dd);
     }
     if (list.childElementCount) item.append(list);
     return item;
@@ -290,7 +300,7 @@
       line.append(document.createTextNode(`${what} · ${obj.inliers} matching points `));
       found.append(line);
     }
-    return bandCard(band, colour, found);
+    return bandCard(band, colour, found, items[0].obj.similar_bands);
   }
 
   function render(answer) {
@@ -321,7 +331,12 @@
     say("Looking up bands…");
     let response;
     try {
-      response = await fetch(`/api/v1/bands?q=${encodeURIComponent(query)}&limit=10`, { headers: authHeaders() });
+      const params = new URLSearchParams({ q: query, limit: "10" });
+      for (const [name, id] of [["country", "band-country"], ["status", "band-status"], ["formed", "band-formed"]]) {
+        const text = $(id).value.trim();
+        if (text) params.set(name, text);
+      }
+      response = await fetch(`/api/v1/bands?${params}`, { headers: authHeaders() });
     } catch {
       say("Cannot reach Know Your Bands. Check your connection and try again.", "error");
       return;
@@ -335,7 +350,27 @@
     bandCards.replaceChildren(...bands.map((band, i) => bandCard(band, COLOURS[i % COLOURS.length])));
     bandResults.hidden = !bands.length;
     const n = bands.length;
-    say(n ? `${n} band${n > 1 ? "s" : ""} found for “${query}”.` : `No band found for “${query}”.`, "info");
+    const notice = body.notice ? ` ${body.notice}` : "";
+    say((n ? `${n} band${n > 1 ? "s" : ""} found for “${query}”.` : `No band found for “${query}”.`) + notice, "info");
+  }
+
+  // One band's card with its albums' count and similar bands (GET /api/v1/bands/{id}).
+  async function showBand(bandId) {
+    let response;
+    try {
+      response = await fetch(`/api/v1/bands/${encodeURIComponent(bandId)}`, { headers: authHeaders() });
+    } catch {
+      say("Cannot reach Know Your Bands. Check your connection and try again.", "error");
+      return;
+    }
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      failed(response, body);
+      return;
+    }
+    bandCards.replaceChildren(bandCard(body.band, COLOURS[0], null, body.similar_bands));
+    bandResults.hidden = false;
+    say(`${body.band.name}: ${(body.similar_bands || []).length} similar bands.`, "info");
   }
 
   // ------------------------------------------------------------------ wiring

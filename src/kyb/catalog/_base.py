@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -17,6 +17,7 @@ from ._model import (
     REFERENCE_KINDS,
     Album,
     Band,
+    BandVector,
     CatalogError,
     ImportReport,
     IngestionRecord,
@@ -71,10 +72,11 @@ class Catalog(abc.ABC):
         """Return the band with this id, or None."""
 
     @abc.abstractmethod
-    def find_bands(self, name: str, limit: int = 20) -> list[Band]:
+    def find_bands(self, name: str, limit: int = 20, *, fuzzy: bool = True) -> list[Band]:
         """Search band names, ignoring case and accents (see :func:`normalize_name`).
 
-        Substring match; exact matches rank first, then prefix matches, then shorter names.
+        Substring match; exact matches rank first, then prefix matches, then shorter names. Backends
+        that can also find close spellings (Postgres) do so unless ``fuzzy`` is False.
         """
 
     @abc.abstractmethod
@@ -144,6 +146,59 @@ class Catalog(abc.ABC):
     @abc.abstractmethod
     def list_ingestions(self, limit: int = 100) -> list[IngestionRecord]:
         """Return the newest ``limit`` log lines, newest first."""
+
+    # -- band search -------------------------------------------------------------------------------
+    def get_bands(self, band_ids: Sequence[str]) -> dict[str, Band]:
+        """The bands with these ids that exist, by id (one round trip in the backends that override it)."""
+        found = {}
+        for band_id in dict.fromkeys(band_ids):
+            band = self.get_band(band_id)
+            if band is not None:
+                found[band_id] = band
+        return found
+
+    @abc.abstractmethod
+    def scan_bands(
+        self, *, updated_after: float | None = None, after_band_id: str = "", limit: int = 1000
+    ) -> list[tuple[Band, float]]:
+        """One page of ``(band, updated_at)`` in band_id order, after ``after_band_id``; only bands written
+        after ``updated_after`` (unix seconds) when it is given."""
+
+    @abc.abstractmethod
+    def band_stamp(self) -> tuple[int, float]:
+        """``(number of bands, latest updated_at)``: cheap, so readers can tell whether anything changed."""
+
+    @abc.abstractmethod
+    def upsert_band_vectors(self, vectors: Iterable[BandVector]) -> int:
+        """Insert or replace band vectors (key: model, band_id) in one transaction, stamping ``updated_at``
+        with the current time; return how many rows were written. Every band must exist."""
+
+    @abc.abstractmethod
+    def band_vector_states(self, model: str, band_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        """``band_id -> BandVector.state`` for those of ``band_ids`` that have a vector of ``model``."""
+
+    @abc.abstractmethod
+    def list_band_vectors(
+        self, model: str, *, updated_after: float | None = None, after_band_id: str = "", limit: int = 1000
+    ) -> list[BandVector]:
+        """One page of ``model``'s vectors in band_id order, after ``after_band_id``; only rows written
+        after ``updated_after`` when it is given."""
+
+    @abc.abstractmethod
+    def band_vector_stamp(self, model: str) -> tuple[int, float]:
+        """``(number of vectors of model, latest updated_at)``; ``(0, 0.0)`` when there are none."""
+
+    @abc.abstractmethod
+    def band_vector_ids(self, model: str) -> list[str]:
+        """Every band_id that has a vector of ``model``."""
+
+    @abc.abstractmethod
+    def band_vector_models(self) -> list[str]:
+        """The models that have vectors, the most recently written first."""
+
+    @abc.abstractmethod
+    def delete_band_vectors(self, model: str) -> int:
+        """Delete every vector of ``model``; return how many there were."""
 
     # -- import --------------------------------------------------------------------------------------
     def import_parsed(self, parsed: ParsedCatalog) -> ImportReport:

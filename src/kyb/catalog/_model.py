@@ -22,6 +22,7 @@ __all__ = [
     "REFERENCE_KINDS",
     "Album",
     "Band",
+    "BandVector",
     "Box",
     "CatalogError",
     "CatalogUnavailable",
@@ -353,3 +354,37 @@ class ImportReport:
     def ok(self) -> bool:
         """True when no row was rejected."""
         return not self.errors
+
+
+@dataclass(frozen=True, slots=True)
+class BandVector:
+    """A band's embedding under one model, with the filter fields it was made with.
+
+    ``vector`` holds float16 values as bytes (the catalog never interprets them; :mod:`kyb.bandsearch`
+    does). ``text_sha`` identifies the text the vector was computed from, so an unchanged band is not
+    embedded again. ``updated_at`` is set by the catalog when the row is written.
+    """
+
+    band_id: str
+    model: str
+    text_sha: str
+    vector: bytes
+    country: str | None = None
+    status: str | None = None
+    formed_in: int | None = None
+    updated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_id(self.band_id, "band_id")
+        _check_id(self.model, "model")
+        _check_id(self.text_sha, "text_sha")
+        if not isinstance(self.vector, bytes) or not self.vector:
+            raise ValueError("vector must be non-empty bytes")
+        _check_optional_str(self.country, "country")
+        _check_optional_str(self.status, "status")
+        _check_optional_int(self.formed_in, "formed_in")
+
+    @property
+    def state(self) -> tuple[str, str | None, str | None, int | None]:
+        """What decides whether the row is current for a band: its text digest and filter fields."""
+        return (self.text_sha, self.country, self.status, self.formed_in)

@@ -16,7 +16,7 @@ import functools
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -30,6 +30,7 @@ from ._base import Catalog, album_params, reference_from_row, reference_params
 from ._model import (
     Album,
     Band,
+    BandVector,
     CatalogError,
     CatalogUnavailable,
     IngestionRecord,
@@ -77,7 +78,15 @@ _INSERT_REF_SQL = (
     "ON CONFLICT (reference_id) DO NOTHING"
 )
 
-_TABLES = ("bands", "albums", "reference_images", "ingestions")
+_VECTOR_COLUMNS = "band_id, model, text_sha, vector, country, status, formed_in, updated_at"
+_UPSERT_VECTORS_SQL = (
+    f"INSERT INTO band_vectors ({_VECTOR_COLUMNS}) VALUES %s "
+    "ON CONFLICT (model, band_id) DO UPDATE SET text_sha = excluded.text_sha, vector = excluded.vector, "
+    "country = excluded.country, status = excluded.status, formed_in = excluded.formed_in, "
+    "updated_at = excluded.updated_at"
+)
+
+_TABLES = ("band_vectors", "bands", "albums", "reference_images", "ingestions")
 _PAGE_SIZE = 1000
 
 
@@ -317,7 +326,7 @@ class PostgresCatalog(Catalog):
         return _band_from_row(row) if row else None
 
     @_retry_read
-    def find_bands(self, name: str, limit: int = 20) -> list[Band]:
+    def find_bands(self, name: str, limit: int = 20, *, fuzzy: bool = True) -> list[Band]:
         self._check_page(limit)
         query = normalize_name(name)
         if not query or limit == 0:
@@ -327,7 +336,7 @@ class PostgresCatalog(Catalog):
         with self._cursor() as cur:
             cur.execute(_FIND_SUBSTRING_SQL, params)
             rows = cur.fetchall()
-            if len(rows) < limit:
+            if fuzzy and len(rows) < limit:
                 cur.execute(_FIND_SIMILAR_SQL, {**params, "limit": limit - len(rows)})
                 rows.extend(cur.fetchall())
         return [_band_from_row(row) for row in rows]
@@ -472,3 +481,108 @@ class PostgresCatalog(Catalog):
             )
             rows = cur.fetchall()
         return [IngestionRecord(*row) for row in rows]
+
+    # -- band search ---------------------------------------------------------------------------------
+    @_retry_read
+    def get_bands(self, band_ids: Sequence[str]) -> dict[str, Band]:
+        unique = sorted(set(band_ids))
+        if not unique:
+            return {}
+        with self._cursor() as cur:
+            cur.execute(f"SELECT {_BAND_SELECT} FROM bands WHERE band_id = ANY(%s)", (unique,))
+            rows = cur.fetchall()
+        bands = (_band_from_row(row) for row in rows)
+        return {band.band_id: band for band in bands}
+
+    @_retry_read
+    def scan_bands(
+        self, *, updated_after: float | None = None, after_band_id: str = "", limit: int = 1000
+    ) -> list[tuple[Band, float]]:
+        self._check_page(limit)
+        since = float("-inf") if updated_after is None else updated_after
+        with self._cursor() as cur:
+            cur.execute(
+                f"SELECT {_BAND_SELECT}, updated_at FROM bands WHERE band_id > %s AND updated_at > %s "
+                "ORDER BY band_id LIMIT %s",
+                (after_band_id, since, limit),
+            )
+            rows = cur.fetchall()
+        return [(_band_from_row(row[:-1]), float(row[-1])) for row in rows]
+
+    @_retry_read
+    def band_stamp(self) -> tuple[int, float]:
+        with self._cursor() as cur:
+            cur.execute("SELECT COUNT(*), COALESCE(MAX(updated_at), 0) FROM bands")
+            count, latest = _aggregate(cur)
+        return int(count), float(latest)
+
+    def upsert_band_vectors(self, vectors: Iterable[BandVector]) -> int:
+        now = time.time()
+        params = {
+            (v.model, v.band_id): (
+                v.band_id, v.model, v.text_sha, psycopg2.Binary(v.vector), v.country, v.status, v.formed_in, now
+            )
+            for v in vectors
+        }  # fmt: skip
+        if not params:
+            return 0
+        # One statement may not update a row twice, and key order keeps concurrent writers deadlock-free.
+        rows = [params[key] for key in sorted(params)]
+        with self._cursor(transaction=True) as cur:
+            psycopg2.extras.execute_values(cur, _UPSERT_VECTORS_SQL, rows, page_size=_PAGE_SIZE)
+        return len(rows)
+
+    @_retry_read
+    def band_vector_states(self, model: str, band_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        unique = sorted(set(band_ids))
+        if not unique:
+            return {}
+        with self._cursor() as cur:
+            cur.execute(
+                "SELECT band_id, text_sha, country, status, formed_in FROM band_vectors "
+                "WHERE model = %s AND band_id = ANY(%s)",
+                (model, unique),
+            )
+            rows = cur.fetchall()
+        return {row[0]: tuple(row[1:]) for row in rows}
+
+    @_retry_read
+    def list_band_vectors(
+        self, model: str, *, updated_after: float | None = None, after_band_id: str = "", limit: int = 1000
+    ) -> list[BandVector]:
+        self._check_page(limit)
+        since = float("-inf") if updated_after is None else updated_after
+        with self._cursor() as cur:
+            cur.execute(
+                f"SELECT {_VECTOR_COLUMNS} FROM band_vectors "
+                "WHERE model = %s AND band_id > %s AND updated_at > %s ORDER BY band_id LIMIT %s",
+                (model, after_band_id, since, limit),
+            )
+            rows = cur.fetchall()
+        return [BandVector(row[0], row[1], row[2], bytes(row[3]), *row[4:]) for row in rows]
+
+    @_retry_read
+    def band_vector_stamp(self, model: str) -> tuple[int, float]:
+        with self._cursor() as cur:
+            cur.execute("SELECT COUNT(*), COALESCE(MAX(updated_at), 0) FROM band_vectors WHERE model = %s", (model,))
+            count, latest = _aggregate(cur)
+        return int(count), float(latest)
+
+    @_retry_read
+    def band_vector_ids(self, model: str) -> list[str]:
+        with self._cursor() as cur:
+            cur.execute("SELECT band_id FROM band_vectors WHERE model = %s", (model,))
+            rows = cur.fetchall()
+        return [row[0] for row in rows]
+
+    @_retry_read
+    def band_vector_models(self) -> list[str]:
+        with self._cursor() as cur:
+            cur.execute("SELECT model FROM band_vectors GROUP BY model ORDER BY MAX(updated_at) DESC, model")
+            rows = cur.fetchall()
+        return [row[0] for row in rows]
+
+    def delete_band_vectors(self, model: str) -> int:
+        with self._cursor(transaction=True) as cur:
+            cur.execute("DELETE FROM band_vectors WHERE model = %s", (model,))
+            return int(cur.rowcount)

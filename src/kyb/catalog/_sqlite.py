@@ -14,7 +14,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -24,6 +24,7 @@ from ._base import Catalog, album_params, reference_from_row, reference_params
 from ._model import (
     Album,
     Band,
+    BandVector,
     CatalogError,
     CatalogUnavailable,
     IngestionRecord,
@@ -59,6 +60,16 @@ _INSERT_REF_SQL = (
     f"INSERT INTO reference_images ({_REF_SELECT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (reference_id) DO NOTHING"
 )
+
+_VECTOR_COLUMNS = "band_id, model, text_sha, vector, country, status, formed_in, updated_at"
+_UPSERT_VECTOR_SQL = (
+    f"INSERT INTO band_vectors ({_VECTOR_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (model, band_id) DO UPDATE SET text_sha = excluded.text_sha, vector = excluded.vector, "
+    "country = excluded.country, status = excluded.status, formed_in = excluded.formed_in, "
+    "updated_at = excluded.updated_at"
+)
+# SQLite's default limit on bound parameters is 999 in old builds: look ids up in chunks below it.
+_IN_CHUNK = 500
 
 # OperationalError messages that mean "the database cannot be used right now", not "your request is bad".
 _UNAVAILABLE_MARKERS = ("locked", "busy", "unable to open", "disk i/o", "readonly", "not a database")
@@ -258,7 +269,7 @@ class SQLiteCatalog(Catalog):
             row = conn.execute(f"SELECT {_BAND_SELECT} FROM bands WHERE band_id = ?", (band_id,)).fetchone()
         return _band_from_row(row) if row else None
 
-    def find_bands(self, name: str, limit: int = 20) -> list[Band]:
+    def find_bands(self, name: str, limit: int = 20, *, fuzzy: bool = True) -> list[Band]:
         self._check_page(limit)
         query = normalize_name(name)
         if not query or limit == 0:
@@ -394,3 +405,94 @@ class SQLiteCatalog(Catalog):
                 (limit,),
             ).fetchall()
         return [IngestionRecord(*row) for row in rows]
+
+    # -- band search ---------------------------------------------------------------------------------
+    def get_bands(self, band_ids: Sequence[str]) -> dict[str, Band]:
+        found: dict[str, Band] = {}
+        unique = list(dict.fromkeys(band_ids))
+        with self._locked() as conn:
+            for start in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[start : start + _IN_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                for row in conn.execute(f"SELECT {_BAND_SELECT} FROM bands WHERE band_id IN ({marks})", chunk):
+                    band = _band_from_row(row)
+                    found[band.band_id] = band
+        return found
+
+    def scan_bands(
+        self, *, updated_after: float | None = None, after_band_id: str = "", limit: int = 1000
+    ) -> list[tuple[Band, float]]:
+        self._check_page(limit)
+        sql = (
+            f"SELECT {_BAND_SELECT}, updated_at FROM bands WHERE band_id > ? AND updated_at > ? "
+            "ORDER BY band_id LIMIT ?"
+        )
+        since = float("-inf") if updated_after is None else updated_after
+        with self._locked() as conn:
+            rows = conn.execute(sql, (after_band_id, since, limit)).fetchall()
+        return [(_band_from_row(row[:-1]), float(row[-1])) for row in rows]
+
+    def band_stamp(self) -> tuple[int, float]:
+        with self._locked() as conn:
+            count, latest = conn.execute("SELECT COUNT(*), COALESCE(MAX(updated_at), 0) FROM bands").fetchone()
+        return int(count), float(latest)
+
+    def upsert_band_vectors(self, vectors: Iterable[BandVector]) -> int:
+        now = time.time()
+        params = [(v.band_id, v.model, v.text_sha, v.vector, v.country, v.status, v.formed_in, now) for v in vectors]
+        if not params:
+            return 0
+        with self._transaction() as conn:
+            conn.executemany(_UPSERT_VECTOR_SQL, params)
+        return len(params)
+
+    def band_vector_states(self, model: str, band_ids: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        states: dict[str, tuple[Any, ...]] = {}
+        unique = list(dict.fromkeys(band_ids))
+        with self._locked() as conn:
+            for start in range(0, len(unique), _IN_CHUNK):
+                chunk = unique[start : start + _IN_CHUNK]
+                marks = ", ".join("?" for _ in chunk)
+                rows = conn.execute(
+                    "SELECT band_id, text_sha, country, status, formed_in FROM band_vectors "
+                    f"WHERE model = ? AND band_id IN ({marks})",
+                    (model, *chunk),
+                )
+                states.update((row[0], tuple(row[1:])) for row in rows)
+        return states
+
+    def list_band_vectors(
+        self, model: str, *, updated_after: float | None = None, after_band_id: str = "", limit: int = 1000
+    ) -> list[BandVector]:
+        self._check_page(limit)
+        since = float("-inf") if updated_after is None else updated_after
+        with self._locked() as conn:
+            rows = conn.execute(
+                f"SELECT {_VECTOR_COLUMNS} FROM band_vectors WHERE model = ? AND band_id > ? AND updated_at > ? "
+                "ORDER BY band_id LIMIT ?",
+                (model, after_band_id, since, limit),
+            ).fetchall()
+        return [BandVector(*row) for row in rows]
+
+    def band_vector_stamp(self, model: str) -> tuple[int, float]:
+        with self._locked() as conn:
+            count, latest = conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(updated_at), 0) FROM band_vectors WHERE model = ?", (model,)
+            ).fetchone()
+        return int(count), float(latest)
+
+    def band_vector_ids(self, model: str) -> list[str]:
+        with self._locked() as conn:
+            rows = conn.execute("SELECT band_id FROM band_vectors WHERE model = ?", (model,)).fetchall()
+        return [row[0] for row in rows]
+
+    def band_vector_models(self) -> list[str]:
+        with self._locked() as conn:
+            rows = conn.execute(
+                "SELECT model FROM band_vectors GROUP BY model ORDER BY MAX(updated_at) DESC, model"
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def delete_band_vectors(self, model: str) -> int:
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM band_vectors WHERE model = ?", (model,)).rowcount

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from kyb.bandsearch import SimilarBand
 from kyb.catalog import Album, Band, ReferenceImage
 from kyb.encoder import Box, Encoding
 from kyb.errors import InvalidRequest
@@ -46,6 +47,8 @@ __all__ = [
     "ranked_to_proto",
     "reference_to_proto",
     "rows_from_proto",
+    "similar_band_from_proto",
+    "similar_band_to_proto",
     "unpack_array",
     "verification_from_proto",
     "verification_to_proto",
@@ -424,6 +427,21 @@ def _match_from_proto(message: common_pb2.Match) -> Match:
     )
 
 
+def similar_band_to_proto(similar: SimilarBand) -> common_pb2.SimilarBand:
+    return common_pb2.SimilarBand(
+        band_id=similar.band_id,
+        name=similar.name,
+        genre=similar.genre or "",
+        country=similar.country or "",
+        similarity=similar.similarity,
+    )
+
+
+def similar_band_from_proto(message: common_pb2.SimilarBand) -> SimilarBand:
+    genre, country = message.genre or None, message.country or None
+    return SimilarBand(message.band_id, message.name, genre, country, message.similarity)
+
+
 def identify_result_to_proto(result: IdentifyResult) -> gateway_pb2.IdentifyResponse:
     """An answer as the gateway sends it (the objects' best match repeated at object level)."""
     objects = []
@@ -438,6 +456,7 @@ def identify_result_to_proto(result: IdentifyResult) -> gateway_pb2.IdentifyResp
             inliers=best.inliers,
             shard=best.shard,
             matches=matches,
+            similar_bands=[similar_band_to_proto(similar) for similar in obj.similar_bands],
         )
         if best.HasField("band"):
             message.band.CopyFrom(best.band)
@@ -465,7 +484,10 @@ def identify_result_from_proto(response: gateway_pb2.IdentifyResponse) -> Identi
     for obj in response.objects:
         matches = [_match_from_proto(m) for m in obj.matches]
         box = [round(obj.box.x1, 1), round(obj.box.y1, 1), round(obj.box.x2, 1), round(obj.box.y2, 1)]
-        objects.append(IdentifiedObject(outline=_outline_list(obj.outline), box=box, matches=matches))
+        similar = [similar_band_from_proto(message) for message in obj.similar_bands]
+        objects.append(
+            IdentifiedObject(outline=_outline_list(obj.outline), box=box, matches=matches, similar_bands=similar)
+        )
     return IdentifyResult(
         objects=objects,
         width=response.image.width,

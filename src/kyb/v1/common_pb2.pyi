@@ -130,6 +130,20 @@ class Band(_message.Message):
     logo_url: str
     def __init__(self, band_id: _Optional[str] = ..., name: _Optional[str] = ..., country: _Optional[str] = ..., location: _Optional[str] = ..., status: _Optional[str] = ..., formed_in: _Optional[int] = ..., genre: _Optional[str] = ..., themes: _Optional[_Iterable[str]] = ..., label: _Optional[str] = ..., years_active: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., similar_artists: _Optional[_Iterable[str]] = ..., links: _Optional[_Iterable[str]] = ..., logo_url: _Optional[str] = ...) -> None: ...
 
+class SimilarBand(_message.Message):
+    __slots__ = ("band_id", "name", "genre", "country", "similarity")
+    BAND_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GENRE_FIELD_NUMBER: _ClassVar[int]
+    COUNTRY_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    band_id: str
+    name: str
+    genre: str
+    country: str
+    similarity: float
+    def __init__(self, band_id: _Optional[str] = ..., name: _Optional[str] = ..., genre: _Optional[str] = ..., country: _Optional[str] = ..., similarity: _Optional[float] = ...) -> None: ...
+
 class Album(_message.Message):
     __slots__ = ("album_id", "band_id", "title", "year")
     ALBUM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -197,7 +211,7 @@ class Match(_message.Message):
     def __init__(self, reference_id: _Optional[str] = ..., kind: _Optional[_Union[Kind, str]] = ..., band_id: _Optional[str] = ..., album_id: _Optional[str] = ..., score: _Optional[float] = ..., inliers: _Optional[int] = ..., outline: _Optional[_Union[Outline, _Mapping]] = ..., shard: _Optional[str] = ..., band: _Optional[_Union[Band, _Mapping]] = ..., album: _Optional[_Union[Album, _Mapping]] = ..., inverted: _Optional[bool] = ...) -> None: ...
 
 class IdentifiedObject(_message.Message):
-    __slots__ = ("kind", "box", "outline", "band", "album", "score", "inliers", "shard", "matches")
+    __slots__ = ("kind", "box", "outline", "band", "album", "score", "inliers", "shard", "matches", "similar_bands")
     KIND_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     OUTLINE_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +221,7 @@ class IdentifiedObject(_message.Message):
     INLIERS_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     MATCHES_FIELD_NUMBER: _ClassVar[int]
+    SIMILAR_BANDS_FIELD_NUMBER: _ClassVar[int]
     kind: Kind
     box: Box
     outline: Outline
@@ -216,4 +231,5 @@ class IdentifiedObject(_message.Message):
     inliers: int
     shard: str
     matches: _containers.RepeatedCompositeFieldContainer[Match]
-    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., outline: _Optional[_Union[Outline, _Mapping]] = ..., band: _Optional[_Union[Band, _Mapping]] = ..., album: _Optional[_Union[Album, _Mapping]] = ..., score: _Optional[float] = ..., inliers: _Optional[int] = ..., shard: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ...) -> None: ...
+    similar_bands: _containers.RepeatedCompositeFieldContainer[SimilarBand]
+    def __init__(self, kind: _Optional[_Union[Kind, str]] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., outline: _Optional[_Union[Outline, _Mapping]] = ..., band: _Optional[_Union[Band, _Mapping]] = ..., album: _Optional[_Union[Album, _Mapping]] = ..., score: _Optional[float] = ..., inliers: _Optional[int] = ..., shard: _Optional[str] = ..., matches: _Optional[_Iterable[_Union[Match, _Mapping]]] = ..., similar_bands: _Optional[_Iterable[_Union[SimilarBand, _Mapping]]] = ...) -> None: ...

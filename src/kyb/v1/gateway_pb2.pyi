@@ -127,26 +127,42 @@ class GetBandRequest(_message.Message):
     def __init__(self, band_id: _Optional[str] = ...) -> None: ...
 
 class GetBandResponse(_message.Message):
-    __slots__ = ("band", "albums")
+    __slots__ = ("band", "albums", "similar_bands")
     BAND_FIELD_NUMBER: _ClassVar[int]
     ALBUMS_FIELD_NUMBER: _ClassVar[int]
+    SIMILAR_BANDS_FIELD_NUMBER: _ClassVar[int]
     band: _common_pb2.Band
     albums: _containers.RepeatedCompositeFieldContainer[_common_pb2.Album]
-    def __init__(self, band: _Optional[_Union[_common_pb2.Band, _Mapping]] = ..., albums: _Optional[_Iterable[_Union[_common_pb2.Album, _Mapping]]] = ...) -> None: ...
+    similar_bands: _containers.RepeatedCompositeFieldContainer[_common_pb2.SimilarBand]
+    def __init__(self, band: _Optional[_Union[_common_pb2.Band, _Mapping]] = ..., albums: _Optional[_Iterable[_Union[_common_pb2.Album, _Mapping]]] = ..., similar_bands: _Optional[_Iterable[_Union[_common_pb2.SimilarBand, _Mapping]]] = ...) -> None: ...
 
 class SearchBandsRequest(_message.Message):
-    __slots__ = ("query", "limit")
+    __slots__ = ("query", "limit", "country", "status", "formed_from", "formed_to")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    COUNTRY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FORMED_FROM_FIELD_NUMBER: _ClassVar[int]
+    FORMED_TO_FIELD_NUMBER: _ClassVar[int]
     query: str
     limit: int
-    def __init__(self, query: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    country: str
+    status: str
+    formed_from: int
+    formed_to: int
+    def __init__(self, query: _Optional[str] = ..., limit: _Optional[int] = ..., country: _Optional[str] = ..., status: _Optional[str] = ..., formed_from: _Optional[int] = ..., formed_to: _Optional[int] = ...) -> None: ...
 
 class SearchBandsResponse(_message.Message):
-    __slots__ = ("bands",)
+    __slots__ = ("bands", "scores", "mode", "notice")
     BANDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
     bands: _containers.RepeatedCompositeFieldContainer[_common_pb2.Band]
-    def __init__(self, bands: _Optional[_Iterable[_Union[_common_pb2.Band, _Mapping]]] = ...) -> None: ...
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    mode: str
+    notice: str
+    def __init__(self, bands: _Optional[_Iterable[_Union[_common_pb2.Band, _Mapping]]] = ..., scores: _Optional[_Iterable[float]] = ..., mode: _Optional[str] = ..., notice: _Optional[str] = ...) -> None: ...
 
 class ListReferencesRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "band_id", "kind")

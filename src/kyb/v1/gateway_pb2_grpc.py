@@ -134,8 +134,10 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SearchBands(self, request, context):
-        """Bands whose name matches a query: case- and accent-insensitive; exact names first, then
-        prefixes, words inside the name and (Postgres) close spellings. Idempotent.
+        """Bands that match a query by meaning (genre, themes, country: "Swedish melodic death metal
+        about war") and by name (case- and accent-insensitive; exact names first, then prefixes, words
+        inside the name and, on Postgres, close spellings), within optional filters. Without the
+        embedding model (an optional extra) it searches names only and says so in notice. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
