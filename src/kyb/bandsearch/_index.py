@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +39,7 @@ import numpy as np
 
 from kyb.catalog import BandVector, Catalog
 from kyb.errors import IndexCorrupt
+from kyb.generations import publish_generation, stage_generation
 
 from ._facets import NO_FILTERS, STATUSES, SearchFilters, country_code, status_slug
 from ._vectors import unpack_vectors
@@ -226,14 +226,6 @@ class BandIndex:
 
 
 # -------------------------------------------------------------------------------- storage
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
@@ -304,12 +296,7 @@ def load_band_index(folder: Path | str) -> BandIndex | None:
 def _save(folder: Path, index: BandIndex) -> int:
     """Write ``index`` as the next generation of ``folder`` and make it current; return its number."""
     previous = _current(folder)
-    existing = [int(p.name[4:]) for p in folder.glob("gen-*") if p.name[4:].isdigit()]
-    generation = max([index.generation, *existing]) + 1
-    final = folder / f"gen-{generation:06d}"
-    staging = folder / f".gen-{generation:06d}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    generation, staging, final = stage_generation(folder, index.generation)
     index.graph.save_index(str(staging / "graph.hnsw"))
     _fsync_file(staging / "graph.hnsw")
     width = max((len(band_id) for band_id in index.band_ids), default=1)
@@ -338,25 +325,7 @@ def _save(folder: Path, index: BandIndex) -> int:
         "M": M,
         "ef_construction": EF_CONSTRUCTION,
     }
-    with open(staging / "manifest.json", "w") as handle:
-        json.dump(manifest, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _fsync_dir(staging)
-    os.rename(staging, final)
-    _fsync_dir(folder)
-    pointer = folder / ".CURRENT.tmp"
-    with open(pointer, "w") as handle:
-        handle.write(final.name + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(pointer, folder / "CURRENT")
-    _fsync_dir(folder)
-    # Keep the previous generation (a reader may still be loading it); drop older ones.
-    keep = {final.name, previous.name if previous else ""}
-    for old in folder.glob("gen-*"):
-        if old.name not in keep:
-            shutil.rmtree(old, ignore_errors=True)
+    publish_generation(folder, staging, final, manifest, keep=previous)
     index.generation = generation
     return generation
 

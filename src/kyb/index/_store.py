@@ -8,7 +8,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ import numpy as np
 from kyb.codebook import Codebook
 from kyb.encoder import Encoding
 from kyb.errors import IndexCorrupt, NotReady
+from kyb.generations import publish_generation, stage_generation
 
 log = logging.getLogger(__name__)
 
@@ -167,14 +167,6 @@ class _Segment:
         )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_generation(
     root: Path,
     codebook: Codebook,
@@ -189,14 +181,7 @@ def write_generation(
     numbered past ``after`` and every generation there, and makes it current; returns its number and
     folder."""
     previous = _current_generation(root)
-    # A kill between the generation rename and the CURRENT swap leaves a newer, unused
-    # generation folder behind: number past every folder there, never reuse one.
-    existing = [int(p.name[4:]) for p in root.glob("gen-*") if p.name[4:].isdigit()]
-    generation = max([after, previous[0] if previous else 0, *existing]) + 1
-    final = root / f"gen-{generation:06d}"
-    staging = root / f".gen-{generation:06d}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    generation, staging, final = stage_generation(root, after, previous[0] if previous else 0)
     codebook.save(staging / "codebook.npz")
     segment_entries = []
     for segment in segments:
@@ -224,26 +209,9 @@ def write_generation(
         "deleted": deleted,
         "graph_capacity": graph.get_max_elements(),
     }
-    with open(staging / "manifest.json", "w") as handle:
-        json.dump(manifest, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _fsync_dir(staging)
-    os.rename(staging, final)
-    _fsync_dir(root)
-    pointer = root / ".CURRENT.tmp"
-    with open(pointer, "w") as handle:
-        handle.write(final.name + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(pointer, root / "CURRENT")
-    _fsync_dir(root)
+    publish_generation(root, staging, final, manifest, keep=previous[1] if previous else None)
     for segment in segments:
         segment.saved = True
-    # Keep the previous generation (a reader may still be loading it); drop older ones.
-    for old in sorted(root.glob("gen-*")):
-        if old.name not in {final.name, previous[1].name if previous else ""}:
-            shutil.rmtree(old, ignore_errors=True)
     return generation, final
 
 
