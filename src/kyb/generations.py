@@ -9,13 +9,19 @@ current. The previous generation is kept (a reader may still be loading it); old
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fsync_dir", "publish_generation", "stage_generation"]
+__all__ = ["fsync_dir", "publish_generation", "stage_generation", "writer_lock"]
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -59,3 +65,26 @@ def publish_generation(root: Path, staging: Path, final: Path, manifest: dict[st
     for old in sorted(root.glob("gen-*")):
         if old.name not in {final.name, keep.name if keep is not None else ""}:
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def writer_lock(path: Path) -> Iterator[None]:
+    """Holds the index folder's writer lock: one writing process (or thread) at a time.
+
+    Two processes saving the same folder at once would pick the same next generation and delete
+    each other's staging folder, so every writer (ingest, delete, reindex, codebook training) takes
+    this ``flock`` first and waits for the other to finish. The kernel drops the lock when a process
+    dies, so a crash never leaves the folder locked. Readers never take it.
+    """
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".writer.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another writer of %s", root)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

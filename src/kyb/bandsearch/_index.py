@@ -22,14 +22,12 @@ since a graph walk with a narrow filter visits most of the graph.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ import numpy as np
 
 from kyb.catalog import BandVector, Catalog
 from kyb.errors import IndexCorrupt
-from kyb.generations import publish_generation, stage_generation
+from kyb.generations import publish_generation, stage_generation, writer_lock
 
 from ._facets import NO_FILTERS, STATUSES, SearchFilters, country_code, status_slug
 from ._vectors import unpack_vectors
@@ -229,23 +227,6 @@ class BandIndex:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
-
-
-@contextmanager
-def _writer_lock(folder: Path) -> Iterator[None]:
-    """One writer per folder at a time (the CLI and a gateway may share one); the kernel releases it
-    when the holder dies."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".writer.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another writer of %s", folder)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _current(folder: Path) -> Path | None:
@@ -446,7 +427,7 @@ def sync_band_index(
     started = time.perf_counter()
     folder = Path(folder)
     report = SyncReport(model)
-    with _writer_lock(folder):
+    with writer_lock(folder):
         count, latest = catalog.band_vector_stamp(model)
         on_disk = _current(folder)
         saved = load_band_index(folder) if on_disk is not None else None

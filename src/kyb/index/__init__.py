@@ -33,6 +33,7 @@ from kyb.codebook import Codebook
 from kyb.config import SearchConfig
 from kyb.encoder import Encoding
 from kyb.errors import IndexCorrupt, InvalidRequest
+from kyb.generations import writer_lock
 from kyb.index._compaction import compact
 from kyb.index._fusion import RankedLists, _depths, fuse_ranked, merge_ranked
 from kyb.index._store import (
@@ -45,7 +46,6 @@ from kyb.index._store import (
     load_codebook,
     read_generation,
     write_generation,
-    writer_lock,
 )
 from kyb.index._vote import (
     PhotoVote,

@@ -4,13 +4,11 @@ segments, generations written beside each other and switched by ``CURRENT``, the
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,26 +273,3 @@ def current_generation(path: Path) -> int | None:
     """Number of the generation ``CURRENT`` names in the index folder ``path`` (None: no index)."""
     found = _current_generation(Path(path))
     return None if found is None else found[0]
-
-
-@contextmanager
-def writer_lock(path: Path) -> Iterator[None]:
-    """Holds the index folder's writer lock: one writing process (or thread) at a time.
-
-    Two processes saving the same folder at once would pick the same next generation and delete
-    each other's staging folder, so every writer (ingest, delete, reindex, codebook training) takes
-    this ``flock`` first and waits for the other to finish. The kernel drops the lock when a process
-    dies, so a crash never leaves the folder locked. Readers never take it.
-    """
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".writer.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another writer of %s", root)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
