@@ -32,8 +32,8 @@ from kyb.config import load_config
 from kyb.errors import KybError
 from kyb.index import has_index
 from kyb.rpc import ClientRetry, GatewayConfig, RpcConfig, ServiceConfig, wait_until_serving
-from services._local import LocalStack, start_local
-from services.gateway.server import create_server as create_gateway
+from kyb_services._local import LocalStack, start_local
+from kyb_services.gateway.server import create_server as create_gateway
 
 
 def _restart(stack: LocalStack, down_s: float, grace_s: float) -> None:

@@ -11,8 +11,8 @@ The set's database is indexed once (:func:`kyb.evaluation.index_dataset`, cached
 
 1. ``embedded``: :meth:`kyb.engine.Engine.identify` in this process, from a pool of C threads;
 2. ``stack``: ``kyb serve stack --shards N`` started as a child process (it runs
-   :func:`services._local.run_processes`: detector, encoder, N matcher shards split from the same
-   index by :func:`services._local.prepare_shards`, gateway, each its own process on loopback), called
+   :func:`kyb_services._local.run_processes`: detector, encoder, N matcher shards split from the same
+   index by :func:`kyb_services._local.prepare_shards`, gateway, each its own process on loopback), called
    through :class:`kyb.client.GatewayClient` from C threads;
 3. ``stack (baseline)`` with ``--baseline-root DIR``: the same, with the code of another checkout
    (e.g. ``git worktree add /tmp/base main~3``), so a change is measured against what it replaces
@@ -21,8 +21,8 @@ The set's database is indexed once (:func:`kyb.evaluation.index_dataset`, cached
    the gateway takes ONE encoder target (``gateway.encoder_address``). Several encoders are reached
    only as several addresses behind that one target, which the gateway's channels balance
    round-robin (what a Kubernetes Service in front of encoder replicas gives). So K-1 more encoder
-   processes (``python -m services.encoder``, same codebook) and a second gateway
-   (``python -m services.gateway``) whose encoder target is ``ipv4:<encoder 1>,<encoder 2>,...`` and
+   processes (``python -m kyb_services.encoder``, same codebook) and a second gateway
+   (``python -m kyb_services.gateway``) whose encoder target is ``ipv4:<encoder 1>,<encoder 2>,...`` and
    whose detector and shards are the stack's are started next to the stack.
 
 Every service is started before anything is measured, and the modes take turns, so a machine whose
@@ -444,7 +444,7 @@ def start_encoder(
         "KYB_ENCODER__INDEX_DIR": str(config.encoder_index_dir()),  # the codebook the stack's encoder loads
         "KYB_RPC__METRICS_PORT": str(metrics_port),
     }
-    argv = [sys.executable, "-m", "services.encoder"]
+    argv = [sys.executable, "-m", "kyb_services.encoder"]
     if core is not None:  # one core of its own: OpenCV then runs one thread too
         argv = ["taskset", "-c", str(core), *argv]
     child = children.start(name, argv, env)
@@ -474,7 +474,7 @@ def start_encoders_gateway(
         "KYB_GATEWAY__MATCHER_ADDRESSES": ",".join(stack[f"matcher shard-{k}"] for k in range(shards)),
         "KYB_GATEWAY__SHARDS": str(shards),
     }
-    child = children.start(f"gateway over {encoders} encoders", [sys.executable, "-m", "services.gateway"], env)
+    child = children.start(f"gateway over {encoders} encoders", [sys.executable, "-m", "kyb_services.gateway"], env)
     wait_for_service(child, f"{LOOPBACK}:{port}", "kyb.v1.Gateway", config, timeout_s)
     return ExtraGateway(f"{LOOPBACK}:{port}", metrics_urls, encoder_addresses)
 
@@ -717,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     # services/ lives beside src/ at the repository root (an older editable install may not map it).
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from services._local import prepare_shards
+    from kyb_services._local import prepare_shards
 
     prepare_shards(config, args.shards)  # what `kyb serve stack` does first; split once, then reused
 

@@ -5,7 +5,7 @@ Usage::
     kyb demo                                   # once: draws and ingests the sample catalog in .kyb/demo
     python benchmarks/bench_web.py [.kyb/demo] [--runs 5] [--phone-size 4032] [--chromium /usr/bin/chromium]
 
-It starts the whole topology in this process (:func:`services._local.start_local` with the web
+It starts the whole topology in this process (:func:`kyb_services._local.start_local` with the web
 front) over the demo set's index and catalog, then identifies every photo of ``DIR/photos`` ``--runs``
 times three ways, each timed by its caller:
 
@@ -42,8 +42,8 @@ from kyb.client import GatewayClient
 from kyb.config import load_config
 from kyb.index import has_index
 from kyb.rpc import GatewayConfig, RpcConfig, ServiceConfig, WebConfig, wait_until_serving
-from services._local import start_local
-from services.web.servicer import STATIC_DIR
+from kyb_services._local import start_local
+from kyb_services.web.servicer import STATIC_DIR
 
 
 def _row(name: str, values: list[float], baseline: float) -> str:

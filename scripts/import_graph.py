@@ -7,8 +7,9 @@
 
 A *part* is a top-level module or subpackage of ``kyb`` (``kyb.index``, ``kyb.search``, ...). Every
 ``import`` counts, at module level or inside a function (a lazy import is still a dependency), except
-those under ``if TYPE_CHECKING:``. Upward: anything in ``src/kyb`` importing ``services`` or
-``training``, which build on it. A cycle: parts that import each other, directly or around a loop.
+those under ``if TYPE_CHECKING:``. Upward: anything in ``src/kyb`` importing ``kyb_services`` or
+``kyb_training`` (the services and training code), which build on it. A cycle: parts that import
+each other, directly or around a loop.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "kyb"
 #: Top-level packages that build on kyb: kyb must never import them.
-ABOVE = ("services", "training")
+ABOVE = ("kyb_services", "kyb_training", "services", "training")
 #: Generated protobuf stubs import each other; they are data, not a layer.
 GENERATED = "kyb.v1"
 

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy  # src/kyb and services/, settings in pyproject.toml
+.venv/bin/mypy  # src/kyb and the services, settings in pyproject.toml
 status=0
 .venv/bin/python -m pytest -q "$@" || status=$?
 if [ "$status" -eq 5 ]; then

@@ -38,11 +38,11 @@ from kyb.rpc import (
     split_index,
     wait_until_serving,
 )
-from services.detector.server import create_server as create_detector
-from services.detector.servicer import DetectorServicer
-from services.encoder.server import create_server as create_encoder
-from services.gateway.server import create_server as create_gateway
-from services.matcher.server import create_server as create_matcher
+from kyb_services.detector.server import create_server as create_detector
+from kyb_services.detector.servicer import DetectorServicer
+from kyb_services.encoder.server import create_server as create_encoder
+from kyb_services.gateway.server import create_server as create_gateway
+from kyb_services.matcher.server import create_server as create_matcher
 
 __all__ = ["LocalStack", "prepare_shards", "run_processes", "start_local"]
 
@@ -92,7 +92,7 @@ class LocalStack:
     config: ServiceConfig
     #: Every server above (and the web front's), in start order.
     servers: list[Server] = field(default_factory=list)
-    #: The web front (a :class:`services.web.server.WebServer`) when asked for.
+    #: The web front (a :class:`kyb_services.web.server.WebServer`) when asked for.
     web: Any = None
 
     @property
@@ -152,7 +152,7 @@ def start_local(
     gateway_server, gateway_port = create_gateway(gateway_config, metrics=metrics)
     web_server = None
     if web:
-        from services.web.server import create_server as create_web  # only this path needs the HTTP stack
+        from kyb_services.web.server import create_server as create_web  # only this path needs the HTTP stack
 
         web_section = dataclasses.replace(config.web, gateway_address=f"{_LOOPBACK}:{gateway_port}")
         web_server, _web_port = create_web(config.replace(web=web_section), metrics=metrics)
@@ -340,8 +340,8 @@ def run_processes(
         return {"KYB_RPC__HOST": _LOOPBACK, "KYB_RPC__METRICS_PORT": metrics, **variables}
 
     plans: list[tuple[str, str, dict[str, str], str]] = [
-        ("detector", "services.detector", internal(), "kyb.v1.Detector"),
-        ("encoder", "services.encoder", internal(), "kyb.v1.Encoder"),
+        ("detector", "kyb_services.detector", internal(), "kyb.v1.Detector"),
+        ("encoder", "kyb_services.encoder", internal(), "kyb.v1.Encoder"),
     ]
     for k, port in enumerate(matcher_ports):
         variables = internal(
@@ -349,10 +349,10 @@ def run_processes(
             KYB_MATCHER__SHARD=f"{k}/{shards}",
             KYB_MATCHER__INDEX_DIR=str(folders[k]),
         )
-        plans.append((f"matcher shard-{k}", "services.matcher", variables, "kyb.v1.Matcher"))
-    plans.append(("gateway", "services.gateway", {}, "kyb.v1.Gateway"))
+        plans.append((f"matcher shard-{k}", "kyb_services.matcher", variables, "kyb.v1.Matcher"))
+    plans.append(("gateway", "kyb_services.gateway", {}, "kyb.v1.Gateway"))
     if web:
-        plans.append(("web", "services.web", {"KYB_WEB__GATEWAY_ADDRESS": f"localhost:{config.gateway.port}"}, ""))
+        plans.append(("web", "kyb_services.web", {"KYB_WEB__GATEWAY_ADDRESS": f"localhost:{config.gateway.port}"}, ""))
     supervisor = Supervisor(backoff_s=restart_backoff_s, max_restarts=max_restarts)
     stopping = threading.Event()
 

@@ -26,7 +26,7 @@ def _pair(text: str, kind: type = int) -> tuple[Any, Any]:
 
 def _images_of(spec: str) -> list[Path]:
     from kyb.detection import split_of
-    from training.detector import parse_source
+    from kyb_training.detector import parse_source
 
     folder, split = parse_source(spec)
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp"})
@@ -37,7 +37,7 @@ def _images_of(spec: str) -> list[Path]:
 
 def cmd_scenes(args: argparse.Namespace) -> int:
     from kyb.detection import crop_references, drawn_references, folder_references, generate_scenes, read_annotations
-    from training.detector import parse_source
+    from kyb_training.detector import parse_source
 
     refs = drawn_references(*args.drawn, seed=args.seed) if any(args.drawn) else []
     for path in args.references:
@@ -57,7 +57,7 @@ def cmd_scenes(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training import detector
+    from kyb_training import detector
 
     detector.main(args)
     return 0
@@ -67,8 +67,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from kyb.detection import DetectorWeights, build_detector, set_input_size
-    from training.detector import _load
-    from training.detector_engine import DetectionDataset, evaluate
+    from kyb_training.detector import _load
+    from kyb_training.detector_engine import DetectionDataset, evaluate
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -99,7 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def add_detector_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """Adds ``kyb detector ...`` to the ``kyb`` sub-command parser ``sub``."""
-    from training.detector import get_args_parser
+    from kyb_training.detector import get_args_parser
 
     p = sub.add_parser("detector", help="the logo / album-cover detector: make scenes, train, evaluate")
     det = p.add_subparsers(dest="detector_command", required=True, metavar="ACTION")

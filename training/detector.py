@@ -1,6 +1,6 @@
 """Train the logo / album-cover detector (torchvision references/detection/train.py habits).
 
-    python -m training.detector --train scenes/train --val scenes/val --out runs/det   # or: kyb detector train ...
+    python -m kyb_training.detector --train scenes/train --val scenes/val --out runs/det   # or: kyb detector train ...
 
 Data: ``--train`` / ``--val`` take any source :func:`kyb.detection.read_annotations` reads (a generated
 scene folder, COCO JSON, a VOC folder, a kyb gt.json), each optionally suffixed ``@train`` or ``@test``
@@ -81,7 +81,7 @@ def parse_source(spec: str) -> tuple[Path, str | None]:
 
 def recipe_of(args: argparse.Namespace) -> str:
     """The command that reproduces ``args``: every option that differs from its default (resume included)."""
-    words = ["python", "-m", "training.detector"]
+    words = ["python", "-m", "kyb_training.detector"]
     for action in get_args_parser(add_help=False)._actions:
         if not action.option_strings or not hasattr(args, action.dest):
             continue
@@ -122,7 +122,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from kyb.detection import CATEGORIES, DetectorArch, WeightsFile, build_detector, save_weights
-    from training.detector_engine import DetectionDataset, collate, evaluate, train_one_epoch
+    from kyb_training.detector_engine import DetectionDataset, collate, evaluate, train_one_epoch
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kyb.rpc import Metrics, ServiceConfig, ServiceServer
 from kyb.v1 import detector_pb2, detector_pb2_grpc
-from services.detector.servicer import DetectorServicer
+from kyb_services.detector.servicer import DetectorServicer
 
 __all__ = ["SERVICE_NAME", "create_server"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kyb.rpc import Metrics, ServiceConfig, ServiceServer
 from kyb.v1 import encoder_pb2, encoder_pb2_grpc
-from services.encoder.servicer import EncoderServicer
+from kyb_services.encoder.servicer import EncoderServicer
 
 __all__ = ["SERVICE_NAME", "create_server"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kyb.rpc import Metrics, ServiceConfig, ServiceServer
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
-from services.gateway.servicer import GatewayServicer
+from kyb_services.gateway.servicer import GatewayServicer
 
 __all__ = ["SERVICE_NAME", "create_server"]
 

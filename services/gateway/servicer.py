@@ -107,7 +107,7 @@ from kyb.v1 import (
     matcher_pb2,
     matcher_pb2_grpc,
 )
-from services.gateway.sharded import FanOut, ShardedSource
+from kyb_services.gateway.sharded import FanOut, ShardedSource
 
 __all__ = ["GatewayServicer"]
 
@@ -421,7 +421,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
 
         One shard runs the whole search itself (Matcher.Search: one call, the embedded answer).
         Several shards are searched in two phases by the embedded search loop run here
-        (:mod:`services.gateway.sharded`): merged shortlists, then each shard verifies only its keys
+        (:mod:`kyb_services.gateway.sharded`): merged shortlists, then each shard verifies only its keys
         of the global shortlist, so all shards together verify what one index would.
         """
         search = self._config.engine.search

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kyb.rpc import Metrics, ServiceConfig, ServiceServer
 from kyb.v1 import matcher_pb2, matcher_pb2_grpc
-from services.matcher.servicer import MatcherServicer
+from kyb_services.matcher.servicer import MatcherServicer
 
 __all__ = ["SERVICE_NAME", "create_server"]
 

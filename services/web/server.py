@@ -15,7 +15,7 @@ import uvicorn
 
 from kyb.errors import Unavailable
 from kyb.rpc import Metrics, ServiceConfig
-from services.web.servicer import WebServicer, create_app
+from kyb_services.web.servicer import WebServicer, create_app
 
 __all__ = ["WebServer", "create_server"]
 

@@ -3,7 +3,7 @@
 Endpoints (``GET /openapi.json`` describes them, ``/docs`` and ``/redoc`` show it):
 
 * ``POST /api/v1/identify[?crop=x1,y1,x2,y2]``, body = the photo bytes (JPEG, PNG or WebP, any
-  ``Content-Type``): what ``Gateway.Identify`` answers, as :class:`~services.web.schema.IdentifyAnswer`;
+  ``Content-Type``): what ``Gateway.Identify`` answers, as :class:`~kyb_services.web.schema.IdentifyAnswer`;
 * ``POST /api/v1/identify/batch``, a multipart form of ``photos`` files: ``Gateway.IdentifyBatch``,
   one result per photo in order (a bad photo fails only its own result);
 * ``GET /api/v1/bands?q=NAME[&limit=N]``: ``Gateway.SearchBands``; ``GET /api/v1/bands/{band_id}``:
@@ -65,7 +65,7 @@ from kyb.errors import (
 )
 from kyb.ingest import IngestItem
 from kyb.rpc import Metrics, ServiceConfig, TokenCheck
-from services.web.schema import (
+from kyb_services.web.schema import (
     BandAnswer,
     BandList,
     BatchAnswer,

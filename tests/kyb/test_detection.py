@@ -180,7 +180,7 @@ def test_weights_are_verified_on_load(tmp_path: Path) -> None:
 def test_tiny_detector_learns_to_find_a_large_object(tmp_path: Path) -> None:
     import torch
 
-    from training.detector_engine import DetectionDataset, collate
+    from kyb_training.detector_engine import DetectionDataset, collate
 
     torch.manual_seed(0)
     refs = drawn_references(0, 2, seed=5)
@@ -212,7 +212,7 @@ def test_tiny_detector_learns_to_find_a_large_object(tmp_path: Path) -> None:
 def test_training_main_checkpoints_resumes_and_exports(tmp_path: Path) -> None:
     import torch
 
-    from training.detector import get_args_parser, main
+    from kyb_training.detector import get_args_parser, main
 
     refs = drawn_references(1, 1, seed=8)
     generate_scenes(tmp_path / "scenes", refs, n=4, seed=8, size=(128, 96), objects=(1, 2))

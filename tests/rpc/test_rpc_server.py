@@ -15,8 +15,8 @@ from kyb.config import DetectorConfig, EngineConfig
 from kyb.errors import DeadlineExceeded, ImageTooLarge, NotFound, Unavailable
 from kyb.rpc import Deadline, RetryPolicy, RpcConfig, ServiceConfig, call_unary, open_channel
 from kyb.v1 import detector_pb2, detector_pb2_grpc
-from services.detector.server import create_server
-from services.detector.servicer import DetectorServicer
+from kyb_services.detector.server import create_server
+from kyb_services.detector.servicer import DetectorServicer
 
 
 class ScriptedDetector(DetectorServicer):

@@ -33,9 +33,9 @@ from kyb.rpc import (
     wait_until_serving,
 )
 from kyb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
-from services._local import LocalStack, start_local, wait_for_http
-from services.web.server import WebServer
-from services.web.server import create_server as create_web
+from kyb_services._local import LocalStack, start_local, wait_for_http
+from kyb_services.web.server import WebServer
+from kyb_services.web.server import create_server as create_web
 
 BANDS = 6
 

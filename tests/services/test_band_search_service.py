@@ -12,7 +12,7 @@ from kyb.bandsearch import refresh_band_vectors
 from kyb.catalog import Band, open_catalog
 from kyb.client import GatewayClient
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
-from services._local import LocalStack, start_local
+from kyb_services._local import LocalStack, start_local
 from tests.conftest import scratch_database
 from tests.kyb.test_bandsearch import BANDS
 from tests.services.conftest import Corpus, empty_shards, service_config, start_stack, wait_ready

@@ -13,7 +13,7 @@ import pytest
 
 from kyb.client import identify_response_to_dict
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
-from services._local import LocalStack, start_local
+from kyb_services._local import LocalStack, start_local
 from tests.services.conftest import BANDS, Corpus, empty_shards, service_config, wait_ready
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc, matcher_pb2, matcher_pb2_grpc
-from services._local import start_local
+from kyb_services._local import start_local
 from tests.services.conftest import BANDS, empty_shards, service_config, wait_ready
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"

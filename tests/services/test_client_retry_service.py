@@ -13,8 +13,8 @@ import pytest
 from kyb.client import GatewayClient
 from kyb.errors import Unavailable
 from kyb.rpc import ServiceServer
-from services._local import LocalStack
-from services.gateway.server import create_server as create_gateway
+from kyb_services._local import LocalStack
+from kyb_services.gateway.server import create_server as create_gateway
 from tests.services.conftest import Corpus, StackFactory
 
 

@@ -17,8 +17,8 @@ from kyb.config import DetectorConfig, EngineConfig
 from kyb.detection import CATEGORIES, Detector, DetectorArch, WeightsError, build_detector, save_weights
 from kyb.rpc import RpcConfig, ServiceConfig, open_channel
 from kyb.v1 import detector_pb2, detector_pb2_grpc, gateway_pb2
-from services.detector.server import create_server
-from services.detector.servicer import DetectorServicer
+from kyb_services.detector.server import create_server
+from kyb_services.detector.servicer import DetectorServicer
 
 TINY = DetectorArch(backbone="mobilenet_v3_small", min_size=96, max_size=128, fpn_channels=16, box_head_width=32)
 

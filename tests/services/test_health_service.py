@@ -16,8 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kyb.index import ReferenceIndex
 from kyb.rpc import wait_until_serving
 from kyb.v1 import encoder_pb2, encoder_pb2_grpc, matcher_pb2, matcher_pb2_grpc
-from services.encoder.server import create_server as create_encoder
-from services.matcher.server import create_server as create_matcher
+from kyb_services.encoder.server import create_server as create_encoder
+from kyb_services.matcher.server import create_server as create_matcher
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -81,7 +81,9 @@ def test_sigterm_stops_a_service_process_gracefully(tmp_path):
         "KYB_INDEX_DIR": str(tmp_path / "index"),
         "KYB_CATALOG_URL": str(tmp_path / "catalog.db"),
     }
-    child = subprocess.Popen([sys.executable, "-m", "services.detector"], env=env, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kyb_services.detector"], env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         port = None
         deadline = time.monotonic() + 20

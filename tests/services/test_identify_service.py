@@ -16,8 +16,8 @@ from kyb.imageio import read_header
 from kyb.regions import Detection
 from kyb.rpc import box_to_proto, shard_for
 from kyb.v1 import detector_pb2, gateway_pb2
-from services.detector.servicer import DetectorServicer
-from services.matcher.servicer import MatcherServicer
+from kyb_services.detector.servicer import DetectorServicer
+from kyb_services.matcher.servicer import MatcherServicer
 
 
 def _essence(answer: dict[str, Any]) -> list[tuple[Any, ...]]:

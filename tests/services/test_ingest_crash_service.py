@@ -23,7 +23,7 @@ from kyb.catalog import open_catalog
 from kyb.index import ReferenceIndex
 from kyb.rpc import ServiceConfig
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
-from services._local import start_local
+from kyb_services._local import start_local
 from tests.conftest import scratch_database
 from tests.services.conftest import BANDS, Corpus, empty_shards, service_config, wait_ready
 
@@ -41,8 +41,8 @@ CHILD = textwrap.dedent(
     from kyb.index import _store
     from kyb.catalog import PostgresCatalog as Catalog  # the backend the test runs on
     from kyb.v1 import gateway_pb2, gateway_pb2_grpc
-    from services._local import start_local
-    from services.matcher.servicer import MatcherServicer
+    from kyb_services._local import start_local
+    from kyb_services.matcher.servicer import MatcherServicer
     from tests.services.conftest import engine_config, service_config, wait_ready
 
     tmp, corpus_root, url, when, requests_file = sys.argv[1:]

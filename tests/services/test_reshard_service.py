@@ -17,7 +17,7 @@ from kyb.index import ReferenceIndex
 from kyb.rpc import ServiceConfig, expand_addresses, reshard, shard_for, wait_until_serving
 from kyb.rpc.cli import run_reshard
 from kyb.v1 import matcher_pb2, matcher_pb2_grpc
-from services.matcher.server import create_server
+from kyb_services.matcher.server import create_server
 from tests.services.conftest import Corpus
 
 # 40 single-region references plus one with 3 regions (its keys must move together).

@@ -11,7 +11,7 @@ from kyb.catalog import Band, open_catalog
 from kyb.client import GatewayClient
 from kyb.errors import InvalidRequest
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
-from services._local import start_local
+from kyb_services._local import start_local
 from tests.conftest import scratch_database
 from tests.services.conftest import empty_shards, service_config, wait_ready
 

@@ -17,8 +17,8 @@ from kyb.engine import Engine, IngestItem
 from kyb.index import ReferenceIndex, merge_ranked
 from kyb.rpc import ServiceConfig, encoding_to_proto, split_index
 from kyb.search import IndexSource, run_search, search
-from services.gateway.sharded import ShardedSource
-from services.matcher.servicer import MatcherServicer
+from kyb_services.gateway.sharded import ShardedSource
+from kyb_services.matcher.servicer import MatcherServicer
 from tests.services.conftest import compose_photo, draw_cover, encode, engine_config
 
 #: References in this module's index: enough that a shortlist (verify_top = 40) is a real choice.

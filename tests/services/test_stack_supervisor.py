@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
-from services._local import Supervisor
+from kyb_services._local import Supervisor
 
 EXITS = [sys.executable, "-c", "import sys; sys.exit(3)"]
 
@@ -28,7 +28,7 @@ def test_a_child_that_exits_is_restarted_with_a_doubling_backoff_until_a_crash_l
     child = supervisor.add("flaky", EXITS, dict(os.environ))
     now = 1000.0
     delays = []
-    with caplog.at_level(logging.ERROR, logger="services._local"):
+    with caplog.at_level(logging.ERROR, logger="kyb_services._local"):
         while not child.given_up:
             assert child.process is not None
             child.process.wait(timeout=30)

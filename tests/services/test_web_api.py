@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from kyb.client import GatewayClient
-from services.web.servicer import MAX_BATCH, RETRY_AFTER_S
+from kyb_services.web.servicer import MAX_BATCH, RETRY_AFTER_S
 from tests.services.conftest import Corpus, WebFront, draw_cover, encode, start_stack, start_web
 
 

@@ -11,7 +11,7 @@ import sys
 import httpx
 import pytest
 
-from services._local import start_local, wait_for_http
+from kyb_services._local import start_local, wait_for_http
 from tests.services.conftest import Corpus, WebFront, empty_shards, service_config, wait_ready
 
 
