@@ -16,7 +16,7 @@ stamp="$VENV/.kyb-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing dependencies (torch comes from this machine's local wheel)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    # torch/torchvision first, pinned to the builds this machine carries on disk (see DEVELOPERS.md).
+    # torch/torchvision first, pinned to the builds this machine carries on disk (README.md, "Set up").
     "$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
     # The GUI build of OpenCV (an older set-up's) and the headless one both own cv2/: keep only one.
     if "$VENV/bin/python" -m pip show --quiet opencv-contrib-python >/dev/null 2>&1; then
