@@ -12,7 +12,11 @@ Across several shards the gateway runs that same search loop itself (:func:`kyb.
 and asks the shards for its two steps: Shortlist (this shard's scored shortlist sources, merged by
 the gateway into the global shortlist) and Verify (the keys of that shortlist this shard holds), both
 answered by :class:`kyb.search.IndexSource`, the code behind Search. So no shard verifies more than
-its part of what one index would verify.
+its part of what one index would verify, plus the few first candidates of its own a Shortlist may be
+asked to verify ahead (``verify_first``: the ones the global shortlist most likely starts with, so the
+common photo needs no Verify call). The first call of a search sends the photo's encoding with a query
+id; the shard keeps the prepared query (:mod:`kyb_services.matcher.queries`) and the later calls of
+that search send the id alone.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import numpy as np
 from kyb.blas import one_blas_thread
 from kyb.encoder import Encoding
 from kyb.errors import InvalidRequest, KybError, NotReady, Unavailable
-from kyb.index import ReferenceIndex, has_index, load_codebook, writer_lock
+from kyb.index import ReferenceIndex, fuse_ranked, has_index, load_codebook, writer_lock
 from kyb.rpc import (
     ServiceConfig,
     base_reference_id,
@@ -47,6 +51,7 @@ from kyb.rpc import (
 from kyb.search import NOT_INDEXED, IndexSource, search
 from kyb.v1 import matcher_pb2, matcher_pb2_grpc
 from kyb.verify import Verification
+from kyb_services.matcher.queries import HeldQuery, QueryCache, query_bytes
 
 __all__ = ["MatcherServicer"]
 
@@ -71,6 +76,9 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
         self._stop = threading.Event()
         self._loader: threading.Thread | None = None
         self._on_ready: Callable[[bool], None] = lambda ready: None
+        matcher = config.matcher
+        #: The queries of the searches across shards in progress (their encoding sent once).
+        self.queries = QueryCache(int(matcher.query_cache_mb * 2**20), matcher.query_keep_s)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, on_ready: Callable[[bool], None]) -> None:
@@ -168,43 +176,84 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             objects=found_to_proto(found), candidates=order, shard=self.name, generation=index.generation
         )
 
-    def _query(self, index: ReferenceIndex, request: Any) -> tuple[Encoding, np.ndarray | None]:
-        """The request's encoding (checked against this shard's codebook) and its feature rows."""
-        encoding = encoding_from_proto(request.encoding)
-        self._check_encoding(index, encoding, "encoding")
-        rows = rows_from_proto(request.rows, len(encoding)) if request.HasField("rows") else None
-        return encoding, rows
+    def _held(self, index: ReferenceIndex, request: Any) -> HeldQuery:
+        """The request's query: decoded from its encoding (and kept under its query_id), or the one
+        this shard keeps under that id from an earlier call of the same search."""
+        query_id = request.query_id
+        if request.HasField("encoding"):
+            encoding = encoding_from_proto(request.encoding)
+            self._check_encoding(index, encoding, "encoding")
+            held = HeldQuery(IndexSource(encoding, index), query_bytes(encoding))
+            if query_id:
+                self.queries.put(query_id, held)
+            return held
+        if not query_id:
+            raise InvalidRequest("encoding is required when no query_id names a query this shard holds")
+        held_or_none = self.queries.get(query_id)
+        if held_or_none is None or held_or_none.index is not index:
+            raise NotReady(
+                f"{self.name} holds no query {query_id} (restarted, or it expired or was evicted): "
+                "send the encoding again"
+            )
+        return held_or_none
+
+    @staticmethod
+    def _rows(request: Any, source: IndexSource) -> np.ndarray | None:
+        return rows_from_proto(request.rows, len(source.query)) if request.HasField("rows") else None
+
+    @staticmethod
+    def _set_size(source: IndexSource, width: int, height: int) -> None:
+        """Gives ``source`` the photo's size, needed to verify (a query kept from a Shortlist may lack it)."""
+        if width <= 0 or height <= 0:
+            raise InvalidRequest("image_width and image_height must be > 0 (search pixels)")
+        if source.image_size is None:
+            source.image_size = (width, height)
+        elif source.image_size != (width, height):
+            raise InvalidRequest(f"image size {width}x{height} differs from the query's {source.image_size}")
+
+    @staticmethod
+    def _outcomes(source: IndexSource, keys: list[str], rows: np.ndarray | None) -> list[Any]:
+        every = np.arange(len(source.query)) if rows is None else rows
+        outcomes = []
+        for key, result in zip(keys, source.verify(keys, every), strict=True):
+            outcome = matcher_pb2.VerifyOutcome(reference_id=key, indexed=result is not NOT_INDEXED)
+            if isinstance(result, Verification):
+                outcome.match.CopyFrom(verification_to_proto(result))
+            outcomes.append(outcome)
+        return outcomes
 
     def Shortlist(self, request: matcher_pb2.ShortlistRequest, context: grpc.ServicerContext) -> Any:
         index = self._require_index()
-        encoding, rows = self._query(index, request)
         limit = int(request.limit) or self._config.engine.search.verify_top
         if not 0 < limit <= _MAX_KEYS:
             raise InvalidRequest(f"limit must be in 1..{_MAX_KEYS}")
-        with one_blas_thread():
-            lists = IndexSource(encoding, index).ranked(rows, frozenset(request.exclude_reference_ids), limit)
+        if not 0 <= request.verify_first <= limit:
+            raise InvalidRequest(f"verify_first must be in 0..limit ({limit})")
+        held = self._held(index, request)
+        with held.lock, one_blas_thread():
+            source = held.source
+            rows = self._rows(request, source)
+            lists = source.ranked(rows, frozenset(request.exclude_reference_ids), limit)
+            verified = []
+            if request.verify_first:
+                self._set_size(source, int(request.image_width), int(request.image_height))
+                first = [key for key, *_ in fuse_ranked(lists, source.config, int(request.verify_first))]
+                verified = self._outcomes(source, first, rows)
         global_list, words = ranked_to_proto(lists)
         return matcher_pb2.ShortlistResponse(
-            global_list=global_list, words=words, shard=self.name, generation=index.generation
+            global_list=global_list, words=words, shard=self.name, generation=index.generation, verified=verified
         )
 
     def Verify(self, request: matcher_pb2.VerifyRequest, context: grpc.ServicerContext) -> Any:
         index = self._require_index()
-        encoding, rows = self._query(index, request)
-        if request.image_width <= 0 or request.image_height <= 0:
-            raise InvalidRequest("image_width and image_height must be > 0 (search pixels)")
         keys = list(request.reference_ids)
         if len(keys) > _MAX_KEYS:
             raise InvalidRequest(f"at most {_MAX_KEYS} reference_ids per call")
-        source = IndexSource(encoding, index, (int(request.image_width), int(request.image_height)))
-        outcomes = []
-        with one_blas_thread():
-            every = np.arange(len(encoding)) if rows is None else rows
-            for key, result in zip(keys, source.verify(keys, every), strict=True):
-                outcome = matcher_pb2.VerifyOutcome(reference_id=key, indexed=result is not NOT_INDEXED)
-                if isinstance(result, Verification):
-                    outcome.match.CopyFrom(verification_to_proto(result))
-                outcomes.append(outcome)
+        held = self._held(index, request)
+        with held.lock, one_blas_thread():
+            source = held.source
+            self._set_size(source, int(request.image_width), int(request.image_height))
+            outcomes = self._outcomes(source, keys, self._rows(request, source))
         return matcher_pb2.VerifyResponse(outcomes=outcomes, shard=self.name, generation=index.generation)
 
     def Add(self, request: matcher_pb2.AddRequest, context: grpc.ServicerContext) -> Any:

@@ -529,11 +529,18 @@ class MatcherConfig:
     #: deployment before the first ingest). Empty = wait until an index appears. Point it at the same
     #: folder as ``encoder.index_dir`` so encoder and matchers agree on the codebook.
     codebook_dir: Path | None = None
+    #: MiB of photo queries a shard keeps between the calls of one search across shards (the encoding
+    #: crosses once per shard and search); the least recently used go first past it (~1 MiB a photo).
+    query_cache_mb: float = 256.0
+    #: Seconds a kept query lives after its last call; a later call sends the encoding again.
+    query_keep_s: float = 10.0
 
     def __post_init__(self) -> None:
         _check_port(self.port, "matcher.port")
         parse_shard(self.shard, hostname="pod-0")  # syntax only: the real ordinal is read when serving
         _check(0.05 <= self.reload_s <= 600, "matcher.reload_s", "must be in 0.05..600")
+        _check(0 <= self.query_cache_mb <= 65536, "matcher.query_cache_mb", "must be in 0..65536")
+        _check(0.1 <= self.query_keep_s <= 3600, "matcher.query_keep_s", "must be in 0.1..3600")
 
     def shard_folder(self, engine_index_dir: Path, index: int, count: int) -> Path:
         """The index folder of shard ``index`` of ``count``."""

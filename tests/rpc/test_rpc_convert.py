@@ -99,14 +99,58 @@ def test_near_words_travel_only_when_there():
 
 def test_inverted_rows_travel_only_when_there():
     encoding = _encoding()
-    assert not encoding_to_proto(encoding).HasField("inverted")
+    assert not encoding_to_proto(encoding).HasField("inverted_bits")
     assert encoding_from_proto(encoding_to_proto(encoding)).inverted is None
     inverted = np.arange(len(encoding)) % 2 == 1
     photo = dataclasses.replace(encoding, inverted=inverted)
-    back = encoding_from_proto(encoding_to_proto(photo)).inverted
+    message = encoding_to_proto(photo)
+    assert message.inverted_bits.dtype == "uint8" and len(message.inverted_bits.data) == 1  # 6 flags, 1 byte
+    back = encoding_from_proto(message).inverted
     assert back is not None and back.dtype == bool and np.array_equal(back, inverted)
-    message = encoding_to_proto(dataclasses.replace(encoding, inverted=inverted[:3]))
+    message = encoding_to_proto(dataclasses.replace(encoding, inverted=np.ones(20, bool)))
+    with pytest.raises(InvalidRequest, match="inverted_bits"):
+        encoding_from_proto(message)
+    # A sender that writes one byte a flag (the older form) is read the same.
+    legacy = encoding_to_proto(encoding)
+    legacy.inverted.CopyFrom(pack_array(inverted.astype(np.uint8)))
+    assert np.array_equal(encoding_from_proto(legacy).inverted, inverted)
+    legacy.inverted.CopyFrom(pack_array(inverted[:3].astype(np.uint8)))
     with pytest.raises(InvalidRequest, match="inverted"):
+        encoding_from_proto(legacy)
+
+
+def test_encoding_travels_at_the_width_it_needs():
+    encoding = _encoding(200)
+    near = np.stack([encoding.words, (encoding.words + 7) % 1000], axis=1)
+    photo = dataclasses.replace(encoding, near_words=near, inverted=np.arange(200) % 3 == 0)
+    message = encoding_to_proto(photo)
+    # The words are near_words' first column: sent once, as uint16 (they are below 65536).
+    assert not message.HasField("words")
+    assert message.near_words.dtype == "uint16"
+    back = encoding_from_proto(message)
+    assert back.words.dtype == np.int32 and np.array_equal(back.words, encoding.words)
+    assert back.near_words is not None and back.near_words.dtype == np.int32
+    assert np.array_equal(back.near_words, near) and np.array_equal(back.descriptors, encoding.descriptors)
+    assert np.array_equal(back.inverted, photo.inverted) and np.array_equal(back.xy, encoding.xy)
+    # What the older form took: words and near words as int32, one byte a polarity flag.
+    wider = 200 * (4 + 2 * 4 + 1)
+    narrower = len(message.near_words.data) + len(message.inverted_bits.data)
+    assert wider - narrower == 200 * 13 - (200 * 4 + 25)
+    # A vocabulary past 65,536 words travels as int32, still exactly.
+    large = dataclasses.replace(encoding, words=encoding.words + 70_000)
+    message = encoding_to_proto(large)
+    assert message.words.dtype == "int32"
+    assert np.array_equal(encoding_from_proto(message).words, large.words)
+    # Words that are not near_words' first column are sent as they are.
+    other = dataclasses.replace(encoding, near_words=near[:, ::-1].copy())
+    message = encoding_to_proto(other)
+    assert message.HasField("words") and np.array_equal(encoding_from_proto(message).words, encoding.words)
+    message.words.CopyFrom(pack_array(encoding.words.astype(np.float32)))
+    with pytest.raises(InvalidRequest, match="uint16 or int32"):
+        encoding_from_proto(message)
+    message.ClearField("words")
+    message.ClearField("near_words")
+    with pytest.raises(InvalidRequest, match="words are required"):
         encoding_from_proto(message)
 
 

@@ -71,22 +71,27 @@ def test_killed_shard_gives_partial_answer_naming_it(corpus, make_stack):
     assert "127.0.0.1" not in failure.value.details() and "error id" in failure.value.details()
 
 
-@pytest.mark.parametrize("method", ["Shortlist", "Verify"])
-def test_deadline_exceeded_mid_fan_out_leaves_nothing_running(corpus, make_stack, monkeypatch, method):
-    original = getattr(MatcherServicer, method)
+@pytest.mark.parametrize("slow_call", [1, 2])
+def test_deadline_exceeded_mid_fan_out_leaves_nothing_running(corpus, make_stack, monkeypatch, slow_call):
+    original = MatcherServicer.Shortlist
+    calls = [0]
 
     def slow_on_shard_1(self, request, context):
         if self.name == "shard-1":
+            calls[0] += 1
             until = time.monotonic() + 5
-            while context.is_active() and time.monotonic() < until:
+            while calls[0] == slow_call and context.is_active() and time.monotonic() < until:
                 time.sleep(0.01)
         return original(self, request, context)
 
-    # Across 2 shards the gateway shortlists on every shard, then asks each to verify its keys.
-    monkeypatch.setattr(MatcherServicer, method, slow_on_shard_1)
+    # Across 2 shards the gateway shortlists on every shard (each verifying its first candidates with
+    # it, which answers these 6 references), then, once objects are found, shortlists what is left of
+    # the photo: the deadline runs out in the first call, or in the second, after the shards kept the
+    # photo's query.
+    monkeypatch.setattr(MatcherServicer, "Shortlist", slow_on_shard_1)
     stack, stub = make_stack(2)
     gateway = stack.gateway
-    photo = corpus.photo([0, 1], seed=3)
+    photo = corpus.photo([0], seed=3)  # one cover: the second shortlist looks for more
     threads_before = threading.active_count()
     with pytest.raises(grpc.RpcError) as failure:
         stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=1.0)
@@ -99,6 +104,13 @@ def test_deadline_exceeded_mid_fan_out_leaves_nothing_running(corpus, make_stack
     assert fanout.busy == 0
     assert _deadline_counted(gateway)
     assert threading.active_count() <= threads_before + 8  # at most the bounded fan-out pool
+    # The shards kept the photo's query for the calls that never came; it goes once it expires.
+    for server in stack.matchers:
+        queries = server.servicers["kyb.v1.Matcher"].queries
+        assert len(queries) <= 1
+        later = time.monotonic() + queries.keep_s
+        monkeypatch.setattr(queries, "_clock", lambda later=later: later)
+        assert len(queries) == 0 and queries.nbytes == 0
 
 
 def _deadline_counted(server) -> bool:

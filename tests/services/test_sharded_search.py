@@ -1,8 +1,12 @@
-"""Two-phase search across shards: merged shortlists, the one-index answer, and no more verification
-than one index does (the shards' servicers are called in process, without gRPC, to count the work)."""
+"""Two-phase search across shards: merged shortlists, the one-index answer, no more verification than
+one index does plus what the shortlists verify ahead, the photo's encoding sent once per shard and
+search (resent to a shard that restarted), and the shards' bounded, expiring query cache (the shards'
+servicers are called in process, without gRPC, to count the work)."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,16 +18,21 @@ import pytest
 import kyb.search
 from kyb.catalog import Band
 from kyb.engine import Engine, IngestItem
+from kyb.errors import InvalidRequest, NotReady
 from kyb.index import ReferenceIndex, merge_ranked
 from kyb.rpc import ServiceConfig, encoding_to_proto, split_index
 from kyb.search import IndexSource, run_search, search
+from kyb.v1 import matcher_pb2
 from kyb_services.gateway.sharded import ShardedSource
+from kyb_services.matcher.queries import HeldQuery, QueryCache
 from kyb_services.matcher.servicer import MatcherServicer
 from tests.services.conftest import compose_photo, draw_cover, encode, engine_config
 
 #: References in this module's index: enough that a shortlist (verify_top = 40) is a real choice.
 REFERENCES = 48
 SHARDS = 2
+#: Generated photos each shard count is checked on against the embedded answer.
+PHOTOS = 12
 
 
 @dataclass
@@ -38,6 +47,7 @@ class Sharded:
     covers: list[np.ndarray]
     shards: list[_Shard]
     indexes: list[ReferenceIndex]
+    splits: dict[int, list[_Shard]]  # shard count -> the shards of that split
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +62,24 @@ def sharded(tmp_path_factory: pytest.TempPathFactory) -> Sharded:
     )
     assert all(o.status == "added" for o in outcomes)
     search_config = engine.config.search
-    folders = [root / f"shard-{k}" for k in range(SHARDS)]
-    sizes = split_index(engine.config.index_dir, search_config, SHARDS, lambda k: folders[k])
-    assert min(sizes) >= REFERENCES // 4  # both shards hold a real share
-    indexes = [ReferenceIndex.load(folder, search_config) for folder in folders]
-    shards = []
-    for k, index in enumerate(indexes):
-        servicer = MatcherServicer(ServiceConfig(engine=engine.config))
-        servicer._index = index  # loaded here: no background loader in this test
-        servicer.name = f"shard-{k}"
-        shards.append(_Shard(f"shard-{k}", servicer))
-    return Sharded(engine, covers, shards, indexes)
+    splits: dict[int, list[_Shard]] = {}
+    split_indexes: dict[int, list[ReferenceIndex]] = {}
+    for count in (SHARDS, 3):
+        folders = [root / f"shard-{k}-of-{count}" for k in range(count)]
+        sizes = split_index(engine.config.index_dir, search_config, count, lambda k, folders=folders: folders[k])
+        assert min(sizes) >= REFERENCES // (2 * count)  # every shard holds a real share
+        split_indexes[count] = [ReferenceIndex.load(folder, search_config) for folder in folders]
+        splits[count] = [
+            _Shard(f"shard-{k}", _servicer(engine, index, k)) for k, index in enumerate(split_indexes[count])
+        ]
+    return Sharded(engine, covers, splits[SHARDS], split_indexes[SHARDS], splits)
+
+
+def _servicer(engine: Engine, index: ReferenceIndex, k: int) -> MatcherServicer:
+    servicer = MatcherServicer(ServiceConfig(engine=engine.config))
+    servicer._index = index  # loaded here: no background loader in this test
+    servicer.name = f"shard-{k}"
+    return servicer
 
 
 def _fan_out(calls: Sequence[tuple[Any, str, Any]]) -> list[Any]:
@@ -128,3 +145,172 @@ def test_shards_give_the_one_index_answer_for_at_most_one_chunk_more_work(sharde
     chunk = max(8, config.verify_top // 4)
     assert one_index <= len(calls) <= one_index + 2 * chunk * (len(found) + 1)
     assert {o.verification.reference_id for o in found} <= set(order_sharded)
+
+
+class _Recorder:
+    """A fan-out over in-process servicers that records each call (shard, method, encoding sent) and
+    hands failures back as results, as the gateway's fan-out does."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, bool]] = []
+        self.after_first: Any = None  # called once, after the first fan-out
+
+    def __call__(self, calls: Sequence[tuple[Any, str, Any]]) -> list[Any]:
+        results: list[Any] = []
+        for shard, method, request in calls:
+            self.calls.append((shard.name, method, request.HasField("encoding")))
+            try:
+                results.append(getattr(shard.servicer, method)(request, None))
+            except Exception as exc:
+                results.append(exc)
+        if self.after_first is not None:
+            hook, self.after_first = self.after_first, None
+            hook()
+        return results
+
+    def encodings_sent(self) -> Counter[str]:
+        return Counter(name for name, _method, with_encoding in self.calls if with_encoding)
+
+    def count(self, method: str) -> int:
+        return sum(1 for _name, called, _ in self.calls if called == method)
+
+
+def _essence_with_outlines(items):
+    return [
+        (
+            o.verification.reference_id,
+            o.verification.inliers,
+            np.round(o.verification.outline, 2).tolist(),
+            [(a.reference_id, a.inliers) for a in o.alternatives],
+        )
+        for o in items
+    ]
+
+
+def _search_both(sharded: Sharded, shards: list[_Shard], photo: bytes, recorder: _Recorder):
+    engine = sharded.engine
+    config = engine.config.search
+    decoded = engine.decode_query(photo)
+    encoding = engine.encoder.encode(decoded)
+    size = (decoded.width, decoded.height)
+    found_embedded, _ = search(encoding, size, engine.index, config)
+    source = ShardedSource(shards, recorder, encoding_to_proto(encoding), len(encoding), size, config)
+    xy = encoding.xy + np.asarray(encoding.origin, np.float32)
+    found_sharded, _ = run_search(source, xy, config, image_size=size)  # prefer_complete as search does
+    return found_embedded, found_sharded, source
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_many_photos_give_the_embedded_answer_with_the_encoding_sent_once_per_shard(sharded, count):
+    shards = sharded.splits[count]
+    rng = np.random.default_rng(count)
+    one_trip = 0
+    singles = 0
+    for seed in range(PHOTOS):
+        covers = [int(i) for i in rng.choice(REFERENCES, size=1 + seed % 3, replace=False)]
+        if seed % 6 == 5:  # now and then a photo of covers that are not indexed
+            photo = encode(compose_photo([draw_cover(50_000 + seed)], seed, (600, 400)), ".jpg")
+        else:
+            photo = _photo(sharded, covers, seed=100 + seed)
+        recorder = _Recorder()
+        embedded, served, source = _search_both(sharded, shards, photo, recorder)
+        assert _essence_with_outlines(served) == _essence_with_outlines(embedded), f"photo {seed}: {covers}"
+        assert source.missing == {} and source.resent == 0
+        # Every shard got the encoding exactly once, however many calls the search made.
+        assert recorder.encodings_sent() == Counter(shard.name for shard in shards)
+        assert recorder.count("Shortlist") >= count
+        if seed % 6 != 5 and len(covers) == 1:
+            singles += 1
+            one_trip += recorder.count("Verify") == 0
+    # A photo of one indexed cover is answered by the shortlists' own verifications (one call per
+    # shard and round): no Verify call at all for most of them.
+    assert one_trip >= singles - 1 and singles >= 3
+
+
+@pytest.mark.parametrize("covers", [[4], []])  # [] = a cover that is not indexed: Verify calls follow
+def test_a_shard_restarted_between_shortlist_and_verify_gets_the_encoding_again(sharded, covers):
+    shards = [_Shard(shard.name, shard.servicer) for shard in sharded.splits[3]]
+    recorder = _Recorder()
+
+    def restart() -> None:  # a new process with the same index: it holds no query
+        for k, shard in enumerate(shards):
+            shard.servicer = _servicer(sharded.engine, shard.servicer._index, k)
+
+    recorder.after_first = restart
+    if covers:
+        photo = _photo(sharded, covers, seed=77)
+    else:
+        photo = encode(compose_photo([draw_cover(60_000)], 77, (600, 400)), ".jpg")
+    embedded, served, source = _search_both(sharded, shards, photo, recorder)
+    assert _essence_with_outlines(served) == _essence_with_outlines(embedded)
+    assert len(served) == len(covers) and source.missing == {}
+    after = {name for name, _method, _ in recorder.calls[len(shards) :]}
+    assert after == {shard.name for shard in shards}  # every shard was called again after the restart
+    # Each restarted shard answered FAILED_PRECONDITION once and got the encoding with the retry.
+    assert source.resent == len(shards)
+    assert recorder.encodings_sent() == Counter({shard.name: 2 for shard in shards})
+    if not covers:
+        assert recorder.count("Verify") > len(shards)
+
+
+def test_a_call_naming_a_query_the_shard_does_not_hold_is_refused_clearly(sharded):
+    servicer = sharded.shards[0].servicer
+    request = matcher_pb2.VerifyRequest(image_width=600, image_height=400, reference_ids=["x"], query_id="gone")
+    with pytest.raises(NotReady, match=r"holds no query gone .*send the encoding again"):
+        servicer.Verify(request, None)
+    request.query_id = ""
+    with pytest.raises(InvalidRequest, match="encoding is required"):
+        servicer.Verify(request, None)
+    with pytest.raises(InvalidRequest, match="verify_first"):
+        servicer.Shortlist(matcher_pb2.ShortlistRequest(limit=5, verify_first=6, query_id="q"), None)
+
+
+def _held(nbytes: int) -> HeldQuery:
+    return HeldQuery(source=Any, nbytes=nbytes)  # type: ignore[arg-type]  # the cache never reads it
+
+
+def test_query_cache_is_bounded_least_recently_used_first_and_expires():
+    now = [0.0]
+    cache = QueryCache(max_bytes=1000, keep_s=5.0, clock=lambda: now[0])
+    for name in "abc":
+        cache.put(name, _held(300))
+        now[0] += 1.0
+    assert len(cache) == 3 and cache.nbytes == 900
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("d", _held(300))  # over 1000 bytes: b, the least recently used, goes
+    assert cache.get("b") is None and {n for n in "acd" if cache.get(n) is not None} == set("acd")
+    cache.put("big", _held(1001))  # larger than the whole budget: not kept, nothing dropped for it
+    assert cache.get("big") is None and len(cache) == 3
+    cache.put("c", _held(100))  # replacing counts the new size only
+    assert cache.nbytes == 700
+    now[0] += 4.9
+    assert cache.get("a") is not None  # used: lives 5 s more
+    now[0] += 0.2  # c and d were last used 5.1 s ago
+    assert cache.get("c") is None and cache.get("d") is None
+    assert len(cache) == 1 and cache.nbytes == 300
+    now[0] += 5.0
+    assert len(cache) == 0 and cache.nbytes == 0
+
+
+def test_a_shard_keeps_a_query_for_its_search_and_forgets_it_after_keep_s(sharded, monkeypatch):
+    engine = sharded.engine
+    servicer = _servicer(engine, sharded.indexes[0], 0)
+    decoded = engine.decode_query(_photo(sharded, [1], seed=9))
+    encoding = engine.encoder.encode(decoded)
+    message = encoding_to_proto(encoding)
+    shortlist = matcher_pb2.ShortlistRequest(encoding=message, limit=10, query_id="q1")
+    first = servicer.Shortlist(shortlist, None)
+    assert len(servicer.queries) == 1
+    assert 0 < servicer.queries.nbytes <= servicer.queries.max_bytes
+    shortlist.ClearField("encoding")
+    assert servicer.Shortlist(shortlist, None) == first  # the same answer from the kept query
+    keys = [item.reference_id for item in first.global_list[:3]]
+    size = {"image_width": decoded.width, "image_height": decoded.height}
+    kept = servicer.Verify(matcher_pb2.VerifyRequest(reference_ids=keys, query_id="q1", **size), None)
+    sent = servicer.Verify(matcher_pb2.VerifyRequest(encoding=message, reference_ids=keys, **size), None)
+    assert kept == sent and len(servicer.queries) == 1  # no query_id: nothing more kept
+    later = time.monotonic() + servicer.queries.keep_s
+    monkeypatch.setattr(servicer.queries, "_clock", lambda: later)
+    assert len(servicer.queries) == 0
+    with pytest.raises(NotReady, match="holds no query q1"):
+        servicer.Verify(matcher_pb2.VerifyRequest(reference_ids=keys, query_id="q1", **size), None)

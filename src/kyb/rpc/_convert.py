@@ -1,7 +1,8 @@
 """Conversions between engine objects and kyb.v1 messages, in one place so every service agrees.
 
 Arrays travel as :class:`PackedArray` (raw little-endian C-order bytes + dtype + shape): no per-element
-protobuf encoding, so a 2500-feature encoding is ~180 kB and converts with one copy. Everything that
+protobuf encoding, each array at the width it needs (int8 descriptors, uint16 words, polarity bits),
+so a 2500-feature photo encoding is ~190 kB and converts with one copy per array. Everything that
 comes off the wire is validated here and raises :class:`~kyb.errors.InvalidRequest` naming the field.
 """
 
@@ -58,6 +59,7 @@ __all__ = [
 _DTYPES = frozenset({"uint8", "int8", "uint16", "int16", "int32", "int64", "float32", "float64"})
 _KINDS: dict[str, common_pb2.Kind] = {"logo": common_pb2.KIND_LOGO, "album_cover": common_pb2.KIND_ALBUM_COVER}
 _KIND_NAMES: dict[int, str] = {value: key for key, value in _KINDS.items()}
+_UINT16_MAX = 65535
 
 
 def pack_array(array: np.ndarray) -> common_pb2.PackedArray:
@@ -94,12 +96,25 @@ def unpack_array(
     return array.astype(array.dtype.newbyteorder("="), copy=False)
 
 
+def _pack_words(words: np.ndarray) -> common_pb2.PackedArray:
+    """Visual words as uint16 when they all fit (the default 16,384-word vocabulary), else int32."""
+    words = np.asarray(words)
+    fits = words.size == 0 or (int(words.min()) >= 0 and int(words.max()) <= _UINT16_MAX)
+    return pack_array(words.astype(np.uint16 if fits else np.int32, copy=False))
+
+
+def _unpack_words(message: common_pb2.PackedArray, *, name: str, ndim: int) -> np.ndarray:
+    if message.dtype not in ("uint16", "int32"):
+        raise InvalidRequest(f"{name}: expected dtype uint16 or int32, got {message.dtype}")
+    return unpack_array(message, name=name, ndim=ndim).astype(np.int32, copy=False)
+
+
 def encoding_to_proto(encoding: Encoding) -> common_pb2.Encoding:
-    """An engine :class:`Encoding` as a message (arrays packed, region and scale as numbers)."""
-    return common_pb2.Encoding(
+    """An engine :class:`Encoding` as a message: arrays packed at the width they need, no field twice
+    (a photo's words are the first column of its near words; the polarity flags are bits), lossless."""
+    message = common_pb2.Encoding(
         xy=pack_array(np.asarray(encoding.xy, dtype=np.float32)),
         descriptors=pack_array(np.asarray(encoding.descriptors, dtype=np.int8)),
-        words=pack_array(np.asarray(encoding.words, dtype=np.int32)),
         global_vector=pack_array(np.asarray(encoding.global_vector, dtype=np.float32)),
         region_width=float(encoding.region_size[0]),
         region_height=float(encoding.region_size[1]),
@@ -107,24 +122,47 @@ def encoding_to_proto(encoding: Encoding) -> common_pb2.Encoding:
         origin_y=float(encoding.origin[1]),
         scale=float(encoding.scale),
         codebook_version=encoding.codebook_version,
-        near_words=None if encoding.near_words is None else pack_array(np.asarray(encoding.near_words, dtype=np.int32)),
-        inverted=None if encoding.inverted is None else pack_array(np.asarray(encoding.inverted, dtype=np.uint8)),
     )
+    near_words = encoding.near_words
+    if near_words is not None and np.array_equal(near_words[:, 0], encoding.words):
+        message.near_words.CopyFrom(_pack_words(near_words))
+    else:
+        message.words.CopyFrom(_pack_words(encoding.words))
+        if near_words is not None:
+            message.near_words.CopyFrom(_pack_words(near_words))
+    if encoding.inverted is not None:
+        flags = np.asarray(encoding.inverted, dtype=bool)
+        message.inverted_bits.CopyFrom(pack_array(np.packbits(flags, bitorder="little")))
+    return message
 
 
 def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding") -> Encoding:
     """Rebuilds an :class:`Encoding`; shapes must agree (N features, N positions, N words)."""
     xy = unpack_array(message.xy, name=f"{name}.xy", dtype="float32", ndim=2)
     descriptors = unpack_array(message.descriptors, name=f"{name}.descriptors", dtype="int8", ndim=2)
-    words = unpack_array(message.words, name=f"{name}.words", dtype="int32", ndim=1)
     vector = unpack_array(message.global_vector, name=f"{name}.global_vector", dtype="float32", ndim=1)
+    count = xy.shape[0]
     near_words = None
     if message.HasField("near_words"):
-        near_words = unpack_array(message.near_words, name=f"{name}.near_words", dtype="int32", ndim=2)
+        near_words = _unpack_words(message.near_words, name=f"{name}.near_words", ndim=2)
+        if near_words.shape[0] != count or near_words.shape[1] < 1:
+            raise InvalidRequest(f"{name}: near_words {list(near_words.shape)} must be ({count}, k)")
+    if message.HasField("words"):
+        words = _unpack_words(message.words, name=f"{name}.words", ndim=1)
+    elif near_words is not None:
+        words = np.ascontiguousarray(near_words[:, 0])
+    else:
+        raise InvalidRequest(f"{name}: words are required when near_words are absent")
     inverted = None
-    if message.HasField("inverted"):
+    if message.HasField("inverted_bits"):
+        bits = unpack_array(message.inverted_bits, name=f"{name}.inverted_bits", dtype="uint8", ndim=1)
+        if bits.shape[0] != (count + 7) // 8:
+            raise InvalidRequest(
+                f"{name}: inverted_bits holds {bits.shape[0]} bytes, {count} features need {(count + 7) // 8}"
+            )
+        inverted = np.unpackbits(bits, count=count, bitorder="little").astype(bool)
+    elif message.HasField("inverted"):
         inverted = unpack_array(message.inverted, name=f"{name}.inverted", dtype="uint8", ndim=1).astype(bool)
-    count = xy.shape[0]
     if inverted is not None and inverted.shape[0] != count:
         raise InvalidRequest(f"{name}: inverted {list(inverted.shape)} must be ({count},)")
     if xy.shape[1] != 2 or descriptors.shape[0] != count or words.shape[0] != count:
@@ -132,8 +170,6 @@ def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding")
             f"{name}: xy {list(xy.shape)}, descriptors {list(descriptors.shape)} and words "
             f"{list(words.shape)} must describe the same features"
         )
-    if near_words is not None and (near_words.shape[0] != count or near_words.shape[1] < 1):
-        raise InvalidRequest(f"{name}: near_words {list(near_words.shape)} must be ({count}, k)")
     numbers = (message.region_width, message.region_height, message.origin_x, message.origin_y, message.scale)
     if not all(math.isfinite(v) for v in numbers) or message.scale <= 0:
         raise InvalidRequest(f"{name}: region, origin and scale must be finite and scale > 0")

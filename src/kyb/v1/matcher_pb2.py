@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from kyb.v1 import common_pb2 as kyb_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kyb/v1/matcher.proto\x12\x06kyb.v1\x1a\x13kyb/v1/common.proto\"\xab\x01\n\rSearchRequest\x12\"\n\x08\x65ncoding\x18\x01 \x01(\x0b\x32\x10.kyb.v1.Encoding\x12\x13\n\x0bimage_width\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12\x1d\n\x15\x65xclude_reference_ids\x18\x04 \x03(\t\x12\x14\n\x0cskip_reserve\x18\x05 \x01(\x08\x12\x16\n\x0emax_candidates\x18\x06 \x01(\x05\"\xef\x01\n\rVerifiedMatch\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\x0f\n\x07inliers\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\x12 \n\x07outline\x18\x04 \x01(\x0b\x32\x0f.kyb.v1.Outline\x12(\n\x0binlier_rows\x18\x05 \x01(\x0b\x32\x13.kyb.v1.PackedArray\x12\x11\n\ttentative\x18\x06 \x01(\x05\x12\'\n\nhomography\x18\x07 \x01(\x0b\x32\x13.kyb.v1.PackedArray\x12\x0e\n\x06spread\x18\x08 \x01(\x02\x12\x10\n\x08inverted\x18\t \x01(\x08\"c\n\x0eVerifiedObject\x12$\n\x05match\x18\x01 \x01(\x0b\x32\x15.kyb.v1.VerifiedMatch\x12+\n\x0c\x61lternatives\x18\x02 \x03(\x0b\x32\x15.kyb.v1.VerifiedMatch\"p\n\x0eSearchResponse\x12\'\n\x07objects\x18\x01 \x03(\x0b\x32\x16.kyb.v1.VerifiedObject\x12\x12\n\ncandidates\x18\x02 \x03(\t\x12\r\n\x05shard\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\"\x87\x01\n\x10ShortlistRequest\x12\"\n\x08\x65ncoding\x18\x01 \x01(\x0b\x32\x10.kyb.v1.Encoding\x12!\n\x04rows\x18\x02 \x01(\x0b\x32\x13.kyb.v1.PackedArray\x12\x1d\n\x15\x65xclude_reference_ids\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\"0\n\tScoredKey\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\x80\x01\n\x11ShortlistResponse\x12&\n\x0bglobal_list\x18\x01 \x03(\x0b\x32\x11.kyb.v1.ScoredKey\x12 \n\x05words\x18\x02 \x03(\x0b\x32\x11.kyb.v1.ScoredKey\x12\r\n\x05shard\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\"\x98\x01\n\rVerifyRequest\x12\"\n\x08\x65ncoding\x18\x01 \x01(\x0b\x32\x10.kyb.v1.Encoding\x12\x13\n\x0bimage_width\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12!\n\x04rows\x18\x04 \x01(\x0b\x32\x13.kyb.v1.PackedArray\x12\x15\n\rreference_ids\x18\x05 \x03(\t\"\\\n\rVerifyOutcome\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\x0f\n\x07indexed\x18\x02 \x01(\x08\x12$\n\x05match\x18\x03 \x01(\x0b\x32\x15.kyb.v1.VerifiedMatch\"\\\n\x0eVerifyResponse\x12\'\n\x08outcomes\x18\x01 \x03(\x0b\x32\x15.kyb.v1.VerifyOutcome\x12\r\n\x05shard\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"S\n\x07\x41\x64\x64Item\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\"\n\x08\x65ncoding\x18\x03 \x01(\x0b\x32\x10.kyb.v1.Encoding\"D\n\nAddRequest\x12\x1e\n\x05items\x18\x01 \x03(\x0b\x32\x0f.kyb.v1.AddItem\x12\x16\n\x0e\x65xpected_shard\x18\x02 \x01(\t\"B\n\x0b\x41\x64\x64Response\x12\x10\n\x08outcomes\x18\x01 \x03(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\r\n\x05shard\x18\x03 \x01(\t\"<\n\rDeleteRequest\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\x15\n\rreference_ids\x18\x02 \x03(\t\"5\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x12\n\ngeneration\x18\x02 \x01(\x03\"\x0e\n\x0cStatsRequest\"\xbc\x01\n\rStatsResponse\x12\x12\n\nreferences\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x18\n\x10\x63odebook_version\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\r\n\x05shard\x18\x05 \x01(\t\x12\x13\n\x0bshard_index\x18\x06 \x01(\x05\x12\x13\n\x0bshard_count\x18\x07 \x01(\x05\x12\x0f\n\x07\x64\x65leted\x18\x08 \x01(\x03\x12\x10\n\x08\x66\x65\x61tures\x18\t \x01(\x03\"%\n\rExportRequest\x12\x14\n\x0ctarget_count\x18\x01 \x01(\x05\x32\x90\x03\n\x07Matcher\x12\x37\n\x06Search\x12\x15.kyb.v1.SearchRequest\x1a\x16.kyb.v1.SearchResponse\x12@\n\tShortlist\x12\x18.kyb.v1.ShortlistRequest\x1a\x19.kyb.v1.ShortlistResponse\x12\x37\n\x06Verify\x12\x15.kyb.v1.VerifyRequest\x1a\x16.kyb.v1.VerifyResponse\x12.\n\x03\x41\x64\x64\x12\x12.kyb.v1.AddRequest\x1a\x13.kyb.v1.AddResponse\x12\x37\n\x06\x44\x65lete\x12\x15.kyb.v1.DeleteRequest\x1a\x16.kyb.v1.DeleteResponse\x12\x34\n\x05Stats\x12\x14.kyb.v1.StatsRequest\x1a\x15.kyb.v1.StatsResponse\x12\x32\n\x06\x45xport\x12\x15.kyb.v1.ExportRequest\x1a\x0f.kyb.v1.AddItem0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kyb/v1/matcher.proto\x12\x06kyb.v1\x1a\x13kyb/v1/common.proto\"\xab\x01\n\rSearchRequest\x12\"\n\x08\x65ncoding\x18\x01 \x01(\x0b\x32\x10.kyb.v1.Encoding\x12\x13\n\x0bimage_width\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12\x1d\n\x15\x65xclude_reference_ids\x18\x04 \x03(\t\x12\x14\n\x0cskip_reserve\x18\x05 \x01(\x08\x12\x16\n\x0emax_candidates\x18\x06 \x01(\x05\"\xef\x01\n\rVerifiedMatch\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\x0f\n\x07inliers\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\x12 \n\x07outline\x18\x04 \x01(\x0b\x32\x0f.kyb.v1.Outline\x12(\n\x0binlier_rows\x18\x05 \x01(\x0b\x32\x13.kyb.v1.PackedArray\x12\x11\n\ttentative\x18\x06 \x01(\x05\x12\'\n\nhomography\x18\x07 \x01(\x0b\x32\x13.kyb.v1.PackedArray\x12\x0e\n\x06spread\x18\x08 \x01(\x02\x12\x10\n\x08inverted\x18\t \x01(\x08\"c\n\x0eVerifiedObject\x12$\n\x05match\x18\x01 \x01(\x0b\x32\x15.kyb.v1.VerifiedMatch\x12+\n\x0c\x61lternatives\x18\x02 \x03(\x0b\x32\x15.kyb.v1.VerifiedMatch\"p\n\x0eSearchResponse\x12\'\n\x07objects\x18\x01 \x03(\x0b\x32\x16.kyb.v1.VerifiedObject\x12\x12\n\ncandidates\x18\x02 \x03(\t\x12\r\n\x05shard\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\"\xda\x01\n\x10ShortlistRequest\x12\"\n\x08\x65ncoding\x18\x01 \x01(\x0b\x32\x10.kyb.v1.Encoding\x12!\n\x04rows\x18\x02 \x01(\x0b\x32\x13.kyb.v1.PackedArray\x12\x1d\n\x15\x65xclude_reference_ids\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x10\n\x08query_id\x18\x05 \x01(\t\x12\x14\n\x0cverify_first\x18\x06 \x01(\x05\x12\x13\n\x0bimage_width\x18\x07 \x01(\x05\x12\x14\n\x0cimage_height\x18\x08 \x01(\x05\"0\n\tScoredKey\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\"\xa9\x01\n\x11ShortlistResponse\x12&\n\x0bglobal_list\x18\x01 \x03(\x0b\x32\x11.kyb.v1.ScoredKey\x12 \n\x05words\x18\x02 \x03(\x0b\x32\x11.kyb.v1.ScoredKey\x12\r\n\x05shard\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\'\n\x08verified\x18\x05 \x03(\x0b\x32\x15.kyb.v1.VerifyOutcome\"\xaa\x01\n\rVerifyRequest\x12\"\n\x08\x65ncoding\x18\x01 \x01(\x0b\x32\x10.kyb.v1.Encoding\x12\x13\n\x0bimage_width\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12!\n\x04rows\x18\x04 \x01(\x0b\x32\x13.kyb.v1.PackedArray\x12\x15\n\rreference_ids\x18\x05 \x03(\t\x12\x10\n\x08query_id\x18\x06 \x01(\t\"\\\n\rVerifyOutcome\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\x0f\n\x07indexed\x18\x02 \x01(\x08\x12$\n\x05match\x18\x03 \x01(\x0b\x32\x15.kyb.v1.VerifiedMatch\"\\\n\x0eVerifyResponse\x12\'\n\x08outcomes\x18\x01 \x03(\x0b\x32\x15.kyb.v1.VerifyOutcome\x12\r\n\x05shard\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"S\n\x07\x41\x64\x64Item\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\"\n\x08\x65ncoding\x18\x03 \x01(\x0b\x32\x10.kyb.v1.Encoding\"D\n\nAddRequest\x12\x1e\n\x05items\x18\x01 \x03(\x0b\x32\x0f.kyb.v1.AddItem\x12\x16\n\x0e\x65xpected_shard\x18\x02 \x01(\t\"B\n\x0b\x41\x64\x64Response\x12\x10\n\x08outcomes\x18\x01 \x03(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\r\n\x05shard\x18\x03 \x01(\t\"<\n\rDeleteRequest\x12\x14\n\x0creference_id\x18\x01 \x01(\t\x12\x15\n\rreference_ids\x18\x02 \x03(\t\"5\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x12\n\ngeneration\x18\x02 \x01(\x03\"\x0e\n\x0cStatsRequest\"\xbc\x01\n\rStatsResponse\x12\x12\n\nreferences\x18\x01 \x01(\x03\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x18\n\x10\x63odebook_version\x18\x03 \x01(\t\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\r\n\x05shard\x18\x05 \x01(\t\x12\x13\n\x0bshard_index\x18\x06 \x01(\x05\x12\x13\n\x0bshard_count\x18\x07 \x01(\x05\x12\x0f\n\x07\x64\x65leted\x18\x08 \x01(\x03\x12\x10\n\x08\x66\x65\x61tures\x18\t \x01(\x03\"%\n\rExportRequest\x12\x14\n\x0ctarget_count\x18\x01 \x01(\x05\x32\x90\x03\n\x07Matcher\x12\x37\n\x06Search\x12\x15.kyb.v1.SearchRequest\x1a\x16.kyb.v1.SearchResponse\x12@\n\tShortlist\x12\x18.kyb.v1.ShortlistRequest\x1a\x19.kyb.v1.ShortlistResponse\x12\x37\n\x06Verify\x12\x15.kyb.v1.VerifyRequest\x1a\x16.kyb.v1.VerifyResponse\x12.\n\x03\x41\x64\x64\x12\x12.kyb.v1.AddRequest\x1a\x13.kyb.v1.AddResponse\x12\x37\n\x06\x44\x65lete\x12\x15.kyb.v1.DeleteRequest\x1a\x16.kyb.v1.DeleteResponse\x12\x34\n\x05Stats\x12\x14.kyb.v1.StatsRequest\x1a\x15.kyb.v1.StatsResponse\x12\x32\n\x06\x45xport\x12\x15.kyb.v1.ExportRequest\x1a\x0f.kyb.v1.AddItem0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,33 +41,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHRESPONSE']._serialized_start=570
   _globals['_SEARCHRESPONSE']._serialized_end=682
   _globals['_SHORTLISTREQUEST']._serialized_start=685
-  _globals['_SHORTLISTREQUEST']._serialized_end=820
-  _globals['_SCOREDKEY']._serialized_start=822
-  _globals['_SCOREDKEY']._serialized_end=870
-  _globals['_SHORTLISTRESPONSE']._serialized_start=873
-  _globals['_SHORTLISTRESPONSE']._serialized_end=1001
-  _globals['_VERIFYREQUEST']._serialized_start=1004
-  _globals['_VERIFYREQUEST']._serialized_end=1156
-  _globals['_VERIFYOUTCOME']._serialized_start=1158
-  _globals['_VERIFYOUTCOME']._serialized_end=1250
-  _globals['_VERIFYRESPONSE']._serialized_start=1252
-  _globals['_VERIFYRESPONSE']._serialized_end=1344
-  _globals['_ADDITEM']._serialized_start=1346
-  _globals['_ADDITEM']._serialized_end=1429
-  _globals['_ADDREQUEST']._serialized_start=1431
-  _globals['_ADDREQUEST']._serialized_end=1499
-  _globals['_ADDRESPONSE']._serialized_start=1501
-  _globals['_ADDRESPONSE']._serialized_end=1567
-  _globals['_DELETEREQUEST']._serialized_start=1569
-  _globals['_DELETEREQUEST']._serialized_end=1629
-  _globals['_DELETERESPONSE']._serialized_start=1631
-  _globals['_DELETERESPONSE']._serialized_end=1684
-  _globals['_STATSREQUEST']._serialized_start=1686
-  _globals['_STATSREQUEST']._serialized_end=1700
-  _globals['_STATSRESPONSE']._serialized_start=1703
-  _globals['_STATSRESPONSE']._serialized_end=1891
-  _globals['_EXPORTREQUEST']._serialized_start=1893
-  _globals['_EXPORTREQUEST']._serialized_end=1930
-  _globals['_MATCHER']._serialized_start=1933
-  _globals['_MATCHER']._serialized_end=2333
+  _globals['_SHORTLISTREQUEST']._serialized_end=903
+  _globals['_SCOREDKEY']._serialized_start=905
+  _globals['_SCOREDKEY']._serialized_end=953
+  _globals['_SHORTLISTRESPONSE']._serialized_start=956
+  _globals['_SHORTLISTRESPONSE']._serialized_end=1125
+  _globals['_VERIFYREQUEST']._serialized_start=1128
+  _globals['_VERIFYREQUEST']._serialized_end=1298
+  _globals['_VERIFYOUTCOME']._serialized_start=1300
+  _globals['_VERIFYOUTCOME']._serialized_end=1392
+  _globals['_VERIFYRESPONSE']._serialized_start=1394
+  _globals['_VERIFYRESPONSE']._serialized_end=1486
+  _globals['_ADDITEM']._serialized_start=1488
+  _globals['_ADDITEM']._serialized_end=1571
+  _globals['_ADDREQUEST']._serialized_start=1573
+  _globals['_ADDREQUEST']._serialized_end=1641
+  _globals['_ADDRESPONSE']._serialized_start=1643
+  _globals['_ADDRESPONSE']._serialized_end=1709
+  _globals['_DELETEREQUEST']._serialized_start=1711
+  _globals['_DELETEREQUEST']._serialized_end=1771
+  _globals['_DELETERESPONSE']._serialized_start=1773
+  _globals['_DELETERESPONSE']._serialized_end=1826
+  _globals['_STATSREQUEST']._serialized_start=1828
+  _globals['_STATSREQUEST']._serialized_end=1842
+  _globals['_STATSRESPONSE']._serialized_start=1845
+  _globals['_STATSRESPONSE']._serialized_end=2033
+  _globals['_EXPORTREQUEST']._serialized_start=2035
+  _globals['_EXPORTREQUEST']._serialized_end=2072
+  _globals['_MATCHER']._serialized_start=2075
+  _globals['_MATCHER']._serialized_end=2475
 # @@protoc_insertion_point(module_scope)

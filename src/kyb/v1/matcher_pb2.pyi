@@ -66,16 +66,24 @@ class SearchResponse(_message.Message):
     def __init__(self, objects: _Optional[_Iterable[_Union[VerifiedObject, _Mapping]]] = ..., candidates: _Optional[_Iterable[str]] = ..., shard: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class ShortlistRequest(_message.Message):
-    __slots__ = ("encoding", "rows", "exclude_reference_ids", "limit")
+    __slots__ = ("encoding", "rows", "exclude_reference_ids", "limit", "query_id", "verify_first", "image_width", "image_height")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_REFERENCE_IDS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_FIRST_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     encoding: _common_pb2.Encoding
     rows: _common_pb2.PackedArray
     exclude_reference_ids: _containers.RepeatedScalarFieldContainer[str]
     limit: int
-    def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., exclude_reference_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ...) -> None: ...
+    query_id: str
+    verify_first: int
+    image_width: int
+    image_height: int
+    def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., exclude_reference_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., query_id: _Optional[str] = ..., verify_first: _Optional[int] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ...) -> None: ...
 
 class ScoredKey(_message.Message):
     __slots__ = ("reference_id", "score")
@@ -86,30 +94,34 @@ class ScoredKey(_message.Message):
     def __init__(self, reference_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ShortlistResponse(_message.Message):
-    __slots__ = ("global_list", "words", "shard", "generation")
+    __slots__ = ("global_list", "words", "shard", "generation", "verified")
     GLOBAL_LIST_FIELD_NUMBER: _ClassVar[int]
     WORDS_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
     global_list: _containers.RepeatedCompositeFieldContainer[ScoredKey]
     words: _containers.RepeatedCompositeFieldContainer[ScoredKey]
     shard: str
     generation: int
-    def __init__(self, global_list: _Optional[_Iterable[_Union[ScoredKey, _Mapping]]] = ..., words: _Optional[_Iterable[_Union[ScoredKey, _Mapping]]] = ..., shard: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+    verified: _containers.RepeatedCompositeFieldContainer[VerifyOutcome]
+    def __init__(self, global_list: _Optional[_Iterable[_Union[ScoredKey, _Mapping]]] = ..., words: _Optional[_Iterable[_Union[ScoredKey, _Mapping]]] = ..., shard: _Optional[str] = ..., generation: _Optional[int] = ..., verified: _Optional[_Iterable[_Union[VerifyOutcome, _Mapping]]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("encoding", "image_width", "image_height", "rows", "reference_ids")
+    __slots__ = ("encoding", "image_width", "image_height", "rows", "reference_ids", "query_id")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_IDS_FIELD_NUMBER: _ClassVar[int]
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     encoding: _common_pb2.Encoding
     image_width: int
     image_height: int
     rows: _common_pb2.PackedArray
     reference_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., reference_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    query_id: str
+    def __init__(self, encoding: _Optional[_Union[_common_pb2.Encoding, _Mapping]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., rows: _Optional[_Union[_common_pb2.PackedArray, _Mapping]] = ..., reference_ids: _Optional[_Iterable[str]] = ..., query_id: _Optional[str] = ...) -> None: ...
 
 class VerifyOutcome(_message.Message):
     __slots__ = ("reference_id", "indexed", "match")

@@ -85,16 +85,21 @@ class MatcherServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Shortlist(self, request, context):
-        """Phase 1 of a search across shards: this shard's two shortlist sources with their scores, no
-        verification (cheap). The gateway merges every shard's lists into the global shortlist.
-        Idempotent.
+        """Phase 1 of a search across shards: this shard's two shortlist sources with their scores, and
+        when asked the verification of its own first few candidates (speculative: the ones the global
+        shortlist most likely starts with). The gateway merges every shard's lists into the global
+        shortlist. With a query_id the shard keeps the photo's encoding for the Shortlist and Verify
+        calls that follow in the same search, so the encoding crosses once per shard. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Verify(self, request, context):
-        """Phase 2: verifies the given keys of this shard (its part of the global shortlist). Idempotent.
+        """Phase 2: verifies the given keys of this shard (its part of the global shortlist). A request
+        that names a query_id without its encoding fails with FAILED_PRECONDITION when this shard does
+        not hold that query (it restarted, or the entry expired or was evicted): send it again with the
+        encoding. Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
