@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/bench_services.py ../shared/datasets/covers [--photos 40] [--concurrency 1 4 16]
         [--shards 2] [--encoders 1 2] [--rounds 1] [--baseline-root DIR] [--encoder-only]
-        [--cache ~/.cache/kyb/eval] [--json out.json]
+        [--rtt-ms 0 1 5] [--cache ~/.cache/kyb/eval] [--json out.json]
 
 The set's database is indexed once (:func:`kyb.evaluation.index_dataset`, cached), then the same
 ``--photos`` query photos are identified by every mode:
@@ -40,6 +40,17 @@ of the photo bytes, photos/s with 1 encoder process vs K (round-robin over them)
 These encoders are started for it, encoder k pinned to core k (mod the cores there are), so adding an
 encoder process adds a core as adding a pod does; on a machine shared with other work the cores are
 not free, so compare the rows of one run.
+
+``--rtt-ms X [Y ...]`` measures everything above once per injected round-trip time: the stacks
+(this checkout's and the baseline's) start with ``benchmarks/rtt`` first on their PYTHONPATH, whose
+``sitecustomize`` makes every gRPC channel their processes open wait X ms before each unary call (what
+a call costs on a real network; loopback has almost none): so the gateway pays X ms per downstream
+call, and fewer round trips show up as latency. The delay is read from a file, so the same started
+services are measured at each X in turn. The extra gateway over K encoders gets no delay.
+
+Bytes per stage are counted on both stacks (this checkout's and the baseline's) with no delay, and
+summed up per photo: bytes behind the gateway (every downstream call, both ways) against the photo's
+own bytes, and Matcher calls per shard per photo.
 
 Every process started here runs in its own process group and is stopped at the end, on an error or
 on Ctrl-C/SIGTERM (SIGTERM to the group leader, SIGKILL to the group after a timeout).
@@ -100,6 +111,10 @@ CALL_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
 #: Photos whose per-stage messages are replayed for the bytes table (first ones of the sample).
 BYTES_PHOTOS = 8
+#: The folder whose sitecustomize injects the ``--rtt-ms`` delay into the stacks' gRPC channels.
+RTT_HOOK = REPO / "benchmarks" / "rtt"
+#: Seconds to wait after changing the delay file: the services re-read it every 0.2 s.
+RTT_SETTLE_S = 0.5
 #: Marks a photo whose call failed in a run's list of top references.
 FAILED = "<failed>"
 _ADDRESS = re.compile(r"\b(detector|encoder|gateway|matcher shard-\d+) SERVING on (\S+)")
@@ -118,6 +133,7 @@ class Run:
     errors: list[str] = field(default_factory=list)
     timings: list[dict[str, float]] = field(default_factory=list)
     cpu_ms: list[float] = field(default_factory=list)  # per photo, every process (paired passes only)
+    rtt_ms: float = 0.0  # injected round-trip time of the gateway's downstream calls
 
     def _ok(self) -> list[float]:
         return [v for v in self.latencies_ms if not math.isnan(v)]
@@ -142,6 +158,7 @@ class Run:
         return {
             "mode": self.mode,
             "concurrency": self.concurrency,
+            "rtt_ms": self.rtt_ms,
             "p50_ms": self.percentile(50),
             "p95_ms": self.percentile(95),
             "photos_per_s": self.photos_per_s,
@@ -249,6 +266,36 @@ def measure_paired(modes: dict[str, Top], photos: Sequence[tuple[str, bytes]], p
     for run in runs.values():
         _progress(run, len(photos))
     return list(runs.values())
+
+
+def measure_levels(
+    modes: dict[str, Top],
+    encoder_modes: dict[str, Top],
+    photos: Sequence[tuple[str, bytes]],
+    levels: Sequence[int],
+    rounds: int,
+    pids: Sequence[int],
+) -> list[Run]:
+    """Every mode at every concurrency: paired photo by photo at 1, alternating passes above."""
+    by: dict[tuple[str, int], Run] = {}
+    for level in levels:
+        print(f"concurrency {level}", file=sys.stderr, flush=True)
+        if level == 1:
+            for run in measure_paired(modes, photos, pids):
+                by[(run.mode, 1)] = run
+        for r in range(rounds if level > 1 else 0):
+            names = list(modes)
+            for k in range(len(names)):
+                name = names[(r + k) % len(names)]
+                run = measure(name, modes[name], photos, level)
+                if (name, level) in by:
+                    by[(name, level)].extend(run)
+                else:
+                    by[(name, level)] = run
+        for name, top in encoder_modes.items():
+            by[(name, level)] = measure(name, top, photos, level)
+    order = [*modes, *encoder_modes]
+    return [by[(name, level)] for name in order for level in levels if (name, level) in by]
 
 
 def embedded_top(engine: Engine) -> Top:
@@ -394,9 +441,11 @@ def start_stack(
     root: Path = REPO,
     name: str = "kyb serve stack",
     metrics_port: int = -1,
+    rtt_file: Path | None = None,
 ) -> dict[str, str]:
     """``kyb serve stack --shards N`` (the code under ``root``) on a free loopback port; the addresses
-    of its services (and its gateway's /metrics URL under "metrics" when ``metrics_port`` >= 0)."""
+    of its services (and its gateway's /metrics URL under "metrics" when ``metrics_port`` >= 0).
+    With ``rtt_file`` its gRPC channels wait the milliseconds that file holds before each call."""
     port = _free_port()
     argv = [sys.executable, "-m", "kyb.cli", "serve", "stack", "--shards", str(shards), "--host", LOOPBACK]
     argv += ["--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "INFO"]
@@ -405,6 +454,9 @@ def start_stack(
     env = _child_env({"KYB_LOG_LEVEL": "WARNING", "KYB_RPC__GRACE_S": str(config.rpc.grace_s)})
     if root != REPO:  # another checkout's code, and only its code
         env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "src")])
+    if rtt_file is not None:
+        env["KYB_BENCH_RTT_FILE"] = str(rtt_file)
+        env["PYTHONPATH"] = os.pathsep.join([str(RTT_HOOK), env["PYTHONPATH"]])
     child = children.start(name, argv, env, cwd=root)
     addresses = wait_for_stack(child, timeout_s)
     addresses["gateway"] = f"{LOOPBACK}:{port}"
@@ -566,12 +618,12 @@ def agreement(reference: Run, runs: Sequence[Run], photos: Sequence[tuple[str, b
 
 def report(
     runs: list[Run],
-    bytes_table: dict[str, StageBytes],
+    bytes_table: dict[str, dict[str, StageBytes]],
     bytes_photos: int,
     checks: dict[str, dict[str, Any]],
     notes: list[str],
 ) -> list[str]:
-    lines = ["| mode | concurrency | p50 ms | p95 ms | photos/s |", "|---|---|---|---|---|"]
+    lines = ["| mode | concurrency | p50 ms | p95 ms | photos/s |", "|---|---|---|---|---|"] if runs else []
     for run in runs:
         failed = f" ({len(run.errors)} failed)" if run.errors else ""
         lines.append(
@@ -595,24 +647,17 @@ def report(
             cpu = float(np.median(run.cpu_ms)) if run.cpu_ms else math.nan
             cells = " | ".join(_fmt(m, 1) for m in means)
             lines.append(f"| {run.mode} | {cells} | {_fmt(latency, 1)} | {_fmt(cpu, 1)} (median) |")
-    if bytes_table:
-        lines += ["", f"Bytes each stage sends per photo (protobuf payloads, {bytes_photos} photos):", ""]
+    for stack, table in bytes_table.items():
+        lines += ["", f"Bytes each stage sends per photo, {stack} (protobuf payloads, {bytes_photos} photos):", ""]
         lines += [
             "| stage | calls/photo | request B/call | response B/call | B/photo (both ways) |",
             "|---|---|---|---|---|",
         ]
-        for stage, counted in bytes_table.items():
+        for stage, counted in table.items():
             calls = max(1.0, counted.calls)
             lines.append(
                 f"| {stage} | {counted.calls / bytes_photos:.1f} | {counted.request / calls:,.0f} "
                 f"| {counted.response / calls:,.0f} | {(counted.request + counted.response) / bytes_photos:,.0f} |"
-            )
-        internal = sum(c.request + c.response for stage, c in bytes_table.items() if stage != "Gateway.Identify")
-        sent = bytes_table["Gateway.Identify"].request if "Gateway.Identify" in bytes_table else 0
-        if sent:
-            lines.append(
-                f"\nbehind the gateway: {internal / bytes_photos:,.0f} B per photo, "
-                f"{internal / sent:.1f}x the photo bytes the client sends"
             )
     lines.append("")
     for mode, check in checks.items():
@@ -625,6 +670,74 @@ def report(
                 f"  differs: {difference['photo']}: embedded {difference['embedded']}, {mode} {difference['stack']}"
             )
     lines += ["", *notes]
+    return lines
+
+
+def traffic(table: dict[str, StageBytes], photos: int, shards: int) -> dict[str, float]:
+    """Per photo: bytes behind the gateway (every downstream call, both ways), that as a multiple of
+    the photo's bytes, the Matcher's share, and Matcher calls per shard."""
+    internal = sum(c.request + c.response for stage, c in table.items() if stage != "Gateway.Identify")
+    matcher = sum(c.request + c.response for stage, c in table.items() if stage.startswith("Matcher."))
+    sent = table["Gateway.Identify"].request if "Gateway.Identify" in table else math.nan
+    numbers = {
+        "behind_gateway_B": internal / photos,
+        "photo_multiple": internal / sent if sent else math.nan,
+        "matcher_B": matcher / photos,
+    }
+    for stage, counted in table.items():
+        if stage.startswith("Matcher."):
+            numbers[f"{stage.split('.')[1]}_calls_per_shard"] = counted.calls / photos / shards
+    return numbers
+
+
+def traffic_report(tables: dict[str, dict[str, StageBytes]], photos: int, shards: int) -> list[str]:
+    """One line per stack: what a photo costs behind the gateway."""
+    methods = sorted({stage.split(".")[1] for t in tables.values() for stage in t if stage.startswith("Matcher.")})
+    lines = [
+        "",
+        f"Behind the gateway per photo ({shards} shards, {photos} photos, no injected delay):",
+        "",
+        "| stack | B per photo | x the photo's bytes | to/from matchers B | "
+        + " | ".join(f"{m} calls/shard" for m in methods)
+        + " |",
+        "|---" * (4 + len(methods)) + "|",
+    ]
+    for stack, table in tables.items():
+        numbers = traffic(table, photos, shards)
+        calls = " | ".join(f"{numbers.get(f'{m}_calls_per_shard', 0.0):.2f}" for m in methods)
+        lines.append(
+            f"| {stack} | {numbers['behind_gateway_B']:,.0f} | {_fmt(numbers['photo_multiple'], 2)} "
+            f"| {numbers['matcher_B']:,.0f} | {calls} |"
+        )
+    return lines
+
+
+def rtt_report(sections: Sequence[tuple[float, list[Run], dict[str, Any]]]) -> list[str]:
+    """p50 of every stack mode at each injected RTT, and what the split adds over embedded there."""
+    rtts = [rtt for rtt, _runs, _numbers in sections]
+    keys = list(dict.fromkeys((run.mode, run.concurrency) for _rtt, runs, _ in sections for run in runs))
+    keys = [(mode, level) for mode, level in keys if mode.startswith("stack") or mode == "embedded"]
+    header = " | ".join(f"p50 at {rtt:g} ms" for rtt in rtts)
+    lines = ["", "Latency by injected round-trip time (ms):", "", f"| mode | concurrency | {header} |"]
+    lines.append("|---|---" + "|---" * len(rtts) + "|")
+    for mode, level in keys:
+        cells = []
+        for _rtt, runs, _numbers in sections:
+            run = next((r for r in runs if (r.mode, r.concurrency) == (mode, level)), None)
+            cells.append(_fmt(run.percentile(50)) if run is not None else "n/a")
+        lines.append(f"| {mode} | {level} | " + " | ".join(cells) + " |")
+    added = [
+        (rtt, numbers.get("split_adds_p50_ms", {}), numbers.get("split_adds_cpu_ms", {}))
+        for rtt, _, numbers in sections
+    ]
+    modes = list(dict.fromkeys(mode for _rtt, p50, _cpu in added for mode in p50))
+    if modes:
+        lines += ["", "Split cost at concurrency 1 (median per-photo difference to embedded; ms):", ""]
+        lines += ["| mode | " + " | ".join(f"adds at {rtt:g} ms | CPU at {rtt:g} ms" for rtt in rtts) + " |"]
+        lines.append("|---" + "|---|---" * len(rtts) + "|")
+        for mode in modes:
+            cells = [f"{_fmt(p50.get(mode, math.nan))} | {_fmt(cpu.get(mode, math.nan))}" for _rtt, p50, cpu in added]
+            lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -697,8 +810,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-only", action="store_true", help="also measure Encoder.Encode alone")
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("KYB_EVAL_CACHE") or "~/.cache/kyb/eval"))
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the services to start")
+    parser.add_argument(
+        "--rtt-ms", type=float, nargs="+", default=[0.0], help="injected round-trip times of the stacks' calls"
+    )
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
+    rtts = list(dict.fromkeys(args.rtt_ms))
+    if min(rtts) < 0:
+        parser.error("--rtt-ms must be >= 0")
     if args.photos < 1 or args.shards < 1 or min(args.concurrency) < 1 or min(args.encoders) < 1 or args.rounds < 1:
         parser.error("--photos, --shards, --concurrency, --encoders and --rounds must be >= 1")
     if args.baseline_root is not None and not (args.baseline_root / "src" / "kyb").is_dir():
@@ -727,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
         "K encoders = K-1 more encoder processes behind one round-robin `ipv4:` target of a second gateway."
     ]
     encoder_modes = {count: f"stack, {count} encoders" for count in sorted(set(args.encoders)) if count > 1}
-    bytes_table: dict[str, StageBytes] = {}
+    bytes_tables: dict[str, dict[str, StageBytes]] = {}
     sample = photos[:BYTES_PHOTOS]
     token = config.rpc.outgoing_token or None
     metadata = bearer_metadata(config.rpc.outgoing_token)
@@ -737,18 +856,31 @@ def main(argv: list[str] | None = None) -> int:
         contextlib.ExitStack() as open_,
     ):
         children = Children(Path(logs))
+        rtt_file = Path(logs) / "rtt-ms" if any(rtts) else None
+        if rtt_file is not None:
+            rtt_file.write_text("0")
         open_.callback(engine.close)
         open_.callback(children.stop)
         open_.callback(lambda: print("stopping the services", file=sys.stderr, flush=True))
         # Everything starts first, so the modes can take turns under the same machine load.
         print(f"starting the stack ({args.shards} matcher shards)", file=sys.stderr, flush=True)
-        stack = start_stack(children, config, args.shards, args.ready_timeout, metrics_port=_free_port())
+        stack = start_stack(
+            children, config, args.shards, args.ready_timeout, metrics_port=_free_port(), rtt_file=rtt_file
+        )
         modes: dict[str, Top] = {"embedded": embedded_top(engine)}
+        base: dict[str, str] | None = None
         modes["stack"] = stack_top(open_.enter_context(GatewayClient(stack["gateway"], token, timeout=CALL_TIMEOUT_S)))
         if args.baseline_root is not None:
             print(f"starting the baseline stack from {args.baseline_root}", file=sys.stderr, flush=True)
             base = start_stack(
-                children, config, args.shards, args.ready_timeout, root=args.baseline_root.resolve(), name="baseline"
+                children,
+                config,
+                args.shards,
+                args.ready_timeout,
+                root=args.baseline_root.resolve(),
+                name="baseline",
+                metrics_port=_free_port(),
+                rtt_file=rtt_file,
             )
             client = open_.enter_context(GatewayClient(base["gateway"], token, timeout=CALL_TIMEOUT_S))
             modes["stack (baseline)"] = stack_top(client)
@@ -778,49 +910,60 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(max(args.encoders) if name != "embedded" else 1):
                 top(photos[0][1])
 
-        by: dict[tuple[str, int], Run] = {}
-        for level in levels:
-            print(f"concurrency {level}", file=sys.stderr, flush=True)
-            if level == 1:
-                pids = _descendants([child.process.pid for child in children.items])
-                for run in measure_paired(modes, photos, pids):
-                    by[(run.mode, 1)] = run
-            for r in range(args.rounds if level > 1 else 0):
-                names = list(modes)
-                for k in range(len(names)):
-                    name = names[(r + k) % len(names)]
-                    run = measure(name, modes[name], photos, level)
-                    if (name, level) in by:
-                        by[(name, level)].extend(run)
-                    else:
-                        by[(name, level)] = run
-            for name, top in encoder_modes_only.items():
-                by[(name, level)] = measure(name, top, photos, level)
-        order = [*modes, *encoder_modes_only]
-        runs = [by[(name, level)] for name in order for level in levels if (name, level) in by]
+        pids = _descendants([child.process.pid for child in children.items])
+        sections: list[tuple[float, list[Run]]] = []
+        for rtt in rtts:
+            if rtt_file is not None:
+                rtt_file.write_text(f"{rtt:g}")
+                time.sleep(RTT_SETTLE_S)
+                print(f"injected RTT {rtt:g} ms", file=sys.stderr, flush=True)
+            runs = measure_levels(modes, encoder_modes_only, photos, levels, args.rounds, pids)
+            for run in runs:
+                run.rtt_ms = rtt
+            sections.append((rtt, runs))
         for count in encoder_modes:
             before = sum(encode_calls(url) for url in extras[count].metrics_urls)
             notes.append(f"stack, {count} encoders: the started encoder(s) served {_fmt(before)} Encode calls in all")
-        bytes_table = stage_bytes(config, stack, sample)
+        if rtt_file is not None:
+            rtt_file.write_text("0")
+            time.sleep(RTT_SETTLE_S)
+        bytes_tables["stack"] = stage_bytes(config, stack, sample)
+        if base is not None:
+            bytes_tables["stack (baseline)"] = stage_bytes(config, base, sample)
 
-    reference = runs[0]
-    checks = {
-        mode: agreement(reference, [run for run in runs if run.mode == mode], photos)
-        for mode in dict.fromkeys(run.mode for run in runs)
-    }
-    lines = report(runs, bytes_table, len(sample), checks, notes)
-    tail, numbers = summary(runs, encoder_modes)
-    print("\n".join([*lines, *tail]))
+    output: list[str] = []
+    reported: list[tuple[float, list[Run], dict[str, Any]]] = []
+    every_run: list[Run] = []
+    for rtt, runs in sections:
+        reference = runs[0]
+        checks = {
+            mode: agreement(reference, [run for run in runs if run.mode == mode], photos)
+            for mode in dict.fromkeys(run.mode for run in runs)
+        }
+        if len(sections) > 1:
+            output += ["", f"## Injected round-trip time {rtt:g} ms", ""]
+        output += report(runs, {}, len(sample), checks, [])
+        tail, numbers = summary(runs, encoder_modes)
+        output += tail
+        reported.append((rtt, runs, {**numbers, "agreement": checks}))
+        every_run += runs
+    output += report([], bytes_tables, len(sample), {}, notes)
+    output += traffic_report(bytes_tables, len(sample), args.shards)
+    output += rtt_report(reported)
+    print("\n".join(output))
     if args.json:
         document = {
             "dataset": gt.name,
             "photos": [path for path, _ in photos],
             "shards": args.shards,
-            "runs": [run.to_dict() for run in runs],
-            "bytes_per_stage": {k: {**vars(v), "photos": len(sample)} for k, v in bytes_table.items()},
-            "agreement": checks,
+            "runs": [run.to_dict() for run in every_run],
+            "bytes_per_stage": {
+                stack: {k: {**vars(v), "photos": len(sample)} for k, v in table.items()}
+                for stack, table in bytes_tables.items()
+            },
+            "traffic": {stack: traffic(table, len(sample), args.shards) for stack, table in bytes_tables.items()},
+            "by_rtt": {f"{rtt:g}": numbers for rtt, _runs, numbers in reported},
             "notes": notes,
-            **numbers,
         }
         args.json.write_text(json.dumps(document, indent=2))
     return 0

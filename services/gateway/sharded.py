@@ -5,12 +5,21 @@ verifications; :class:`ShardedSource` answers from every shard:
 
 * **shortlist** (phase 1, cheap): every shard returns its two scored shortlist sources
   (Matcher.Shortlist); they are merged by score and fused exactly as one index fuses its own
-  (:func:`kyb.index.merge_ranked`, :func:`kyb.index.fuse_ranked`), giving the global shortlist;
+  (:func:`kyb.index.merge_ranked`, :func:`kyb.index.fuse_ranked`), giving the global shortlist. Each
+  shard also verifies its own first few candidates with the same rows (``verify_first``: its share
+  of what the loop is sure to look at, plus VERIFY_FIRST_MARGIN), so the common photo needs no
+  phase 2 at all;
 * **verify** (phase 2): the loop reads verifications in shortlist order and stops where one index
-  would stop (patience, verify_top); each chunk of the shortlist is sent, split by the shard that
-  listed each key, to those shards in parallel (Matcher.Verify). Chunks start at one later-round
-  shortlist (``max(8, verify_top // 4)`` keys: a later round needs one round trip) and double, so
-  a search verifies at most one chunk more than one index would, spread over the shards.
+  would stop (patience, verify_top); what the shortlists verified is read as it is, and from the
+  first key they did not, each chunk of the shortlist is sent, split by the shard that listed each
+  key, to those shards in parallel (Matcher.Verify). Chunks start at one later-round shortlist
+  (``max(8, verify_top // 4)`` keys: a later round needs one round trip) and double, so a search
+  verifies at most one chunk more than one index would (plus what the shortlists verified ahead).
+
+The photo's encoding crosses to each shard once: the first call carries it with this search's query
+id, later calls the id alone (the shard keeps the query, bounded and expiring); a shard that answers
+FAILED_PRECONDITION to an id alone (it restarted, or the query expired) gets that call once more
+with the encoding.
 
 The answer is the one-index answer whenever the merged shortlist equals one index's (always for the
 global-vector list; the word list uses each shard's idf, see :func:`kyb.index.merge_ranked`).

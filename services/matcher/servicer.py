@@ -212,10 +212,10 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             raise InvalidRequest(f"image size {width}x{height} differs from the query's {source.image_size}")
 
     @staticmethod
-    def _outcomes(source: IndexSource, keys: list[str], rows: np.ndarray | None) -> list[Any]:
+    def _outcomes(source: IndexSource, keys: list[str], rows: np.ndarray | None, *, sure: int = 0) -> list[Any]:
         every = np.arange(len(source.query)) if rows is None else rows
         outcomes = []
-        for key, result in zip(keys, source.verify(keys, every), strict=True):
+        for key, result in zip(keys, source.verify(keys, every, sure=sure), strict=True):
             outcome = matcher_pb2.VerifyOutcome(reference_id=key, indexed=result is not NOT_INDEXED)
             if isinstance(result, Verification):
                 outcome.match.CopyFrom(verification_to_proto(result))
@@ -238,7 +238,7 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             if request.verify_first:
                 self._set_size(source, int(request.image_width), int(request.image_height))
                 first = [key for key, *_ in fuse_ranked(lists, source.config, int(request.verify_first))]
-                verified = self._outcomes(source, first, rows)
+                verified = self._outcomes(source, first, rows, sure=len(first))  # all verified: in parallel
         global_list, words = ranked_to_proto(lists)
         return matcher_pb2.ShortlistResponse(
             global_list=global_list, words=words, shard=self.name, generation=index.generation, verified=verified

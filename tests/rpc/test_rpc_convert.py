@@ -136,6 +136,20 @@ def test_encoding_travels_at_the_width_it_needs():
     wider = 200 * (4 + 2 * 4 + 1)
     narrower = len(message.near_words.data) + len(message.inverted_bits.data)
     assert wider - narrower == 200 * 13 - (200 * 4 + 25)
+    # The encoder's layout, twins appended at their features' positions: those positions and the
+    # flags are not sent at all, and come back exactly.
+    twins = 80
+    xy = np.concatenate([encoding.xy[:120], encoding.xy[:twins]])
+    layout = dataclasses.replace(photo, xy=xy, inverted=np.arange(200) >= 120)
+    message = encoding_to_proto(layout)
+    assert message.twins == twins and not message.HasField("inverted_bits")
+    assert tuple(message.xy.shape) == (120, 2)
+    back = encoding_from_proto(message)
+    assert np.array_equal(back.xy, xy) and np.array_equal(back.inverted, layout.inverted)
+    assert np.array_equal(back.descriptors, encoding.descriptors)
+    message.twins = 121  # more twins than positions before them
+    with pytest.raises(InvalidRequest, match="twins"):
+        encoding_from_proto(message)
     # A vocabulary past 65,536 words travels as int32, still exactly.
     large = dataclasses.replace(encoding, words=encoding.words + 70_000)
     message = encoding_to_proto(large)

@@ -132,8 +132,23 @@ def encoding_to_proto(encoding: Encoding) -> common_pb2.Encoding:
             message.near_words.CopyFrom(_pack_words(near_words))
     if encoding.inverted is not None:
         flags = np.asarray(encoding.inverted, dtype=bool)
-        message.inverted_bits.CopyFrom(pack_array(np.packbits(flags, bitorder="little")))
+        twins = _twins(np.asarray(encoding.xy), flags)
+        if twins:
+            message.twins = twins
+            message.xy.CopyFrom(pack_array(np.asarray(encoding.xy[: len(flags) - twins], dtype=np.float32)))
+        else:
+            message.inverted_bits.CopyFrom(pack_array(np.packbits(flags, bitorder="little")))
     return message
+
+
+def _twins(xy: np.ndarray, inverted: np.ndarray) -> int:
+    """T when the last T rows are exactly the inverted twins of the first T (the encoder's layout:
+    twins appended, at their features' positions), else 0."""
+    twins = int(inverted.sum())
+    count = len(inverted) - twins
+    if twins == 0 or twins > count or inverted[:count].any():
+        return 0
+    return twins if np.array_equal(xy[count:], xy[:twins]) else 0
 
 
 def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding") -> Encoding:
@@ -141,6 +156,13 @@ def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding")
     xy = unpack_array(message.xy, name=f"{name}.xy", dtype="float32", ndim=2)
     descriptors = unpack_array(message.descriptors, name=f"{name}.descriptors", dtype="int8", ndim=2)
     vector = unpack_array(message.global_vector, name=f"{name}.global_vector", dtype="float32", ndim=1)
+    twins = int(message.twins)
+    inverted = None
+    if twins:
+        if not 0 < twins <= xy.shape[0] or message.HasField("inverted") or message.HasField("inverted_bits"):
+            raise InvalidRequest(f"{name}: twins={twins} needs as many positions before them and no inverted flags")
+        xy = np.concatenate([xy, xy[:twins]])
+        inverted = np.arange(xy.shape[0]) >= xy.shape[0] - twins
     count = xy.shape[0]
     near_words = None
     if message.HasField("near_words"):
@@ -153,7 +175,6 @@ def encoding_from_proto(message: common_pb2.Encoding, *, name: str = "encoding")
         words = np.ascontiguousarray(near_words[:, 0])
     else:
         raise InvalidRequest(f"{name}: words are required when near_words are absent")
-    inverted = None
     if message.HasField("inverted_bits"):
         bits = unpack_array(message.inverted_bits, name=f"{name}.inverted_bits", dtype="uint8", ndim=1)
         if bits.shape[0] != (count + 7) // 8:

@@ -71,7 +71,7 @@ class RawImage(_message.Message):
     def __init__(self, rgb: _Optional[_Union[PackedArray, _Mapping]] = ..., scale: _Optional[float] = ..., original_width: _Optional[int] = ..., original_height: _Optional[int] = ..., sha256: _Optional[str] = ..., format: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Encoding(_message.Message):
-    __slots__ = ("xy", "descriptors", "words", "global_vector", "region_width", "region_height", "origin_x", "origin_y", "scale", "codebook_version", "near_words", "inverted", "inverted_bits")
+    __slots__ = ("xy", "descriptors", "words", "global_vector", "region_width", "region_height", "origin_x", "origin_y", "scale", "codebook_version", "near_words", "inverted", "inverted_bits", "twins")
     XY_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
     WORDS_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,7 @@ class Encoding(_message.Message):
     NEAR_WORDS_FIELD_NUMBER: _ClassVar[int]
     INVERTED_FIELD_NUMBER: _ClassVar[int]
     INVERTED_BITS_FIELD_NUMBER: _ClassVar[int]
+    TWINS_FIELD_NUMBER: _ClassVar[int]
     xy: PackedArray
     descriptors: PackedArray
     words: PackedArray
@@ -98,7 +99,8 @@ class Encoding(_message.Message):
     near_words: PackedArray
     inverted: PackedArray
     inverted_bits: PackedArray
-    def __init__(self, xy: _Optional[_Union[PackedArray, _Mapping]] = ..., descriptors: _Optional[_Union[PackedArray, _Mapping]] = ..., words: _Optional[_Union[PackedArray, _Mapping]] = ..., global_vector: _Optional[_Union[PackedArray, _Mapping]] = ..., region_width: _Optional[float] = ..., region_height: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., scale: _Optional[float] = ..., codebook_version: _Optional[str] = ..., near_words: _Optional[_Union[PackedArray, _Mapping]] = ..., inverted: _Optional[_Union[PackedArray, _Mapping]] = ..., inverted_bits: _Optional[_Union[PackedArray, _Mapping]] = ...) -> None: ...
+    twins: int
+    def __init__(self, xy: _Optional[_Union[PackedArray, _Mapping]] = ..., descriptors: _Optional[_Union[PackedArray, _Mapping]] = ..., words: _Optional[_Union[PackedArray, _Mapping]] = ..., global_vector: _Optional[_Union[PackedArray, _Mapping]] = ..., region_width: _Optional[float] = ..., region_height: _Optional[float] = ..., origin_x: _Optional[float] = ..., origin_y: _Optional[float] = ..., scale: _Optional[float] = ..., codebook_version: _Optional[str] = ..., near_words: _Optional[_Union[PackedArray, _Mapping]] = ..., inverted: _Optional[_Union[PackedArray, _Mapping]] = ..., inverted_bits: _Optional[_Union[PackedArray, _Mapping]] = ..., twins: _Optional[int] = ...) -> None: ...
 
 class Band(_message.Message):
     __slots__ = ("band_id", "name", "country", "location", "status", "formed_in", "genre", "themes", "label", "years_active", "members", "similar_artists", "links", "logo_url")
