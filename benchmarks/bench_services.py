@@ -730,6 +730,15 @@ def rtt_report(sections: Sequence[tuple[float, list[Run], dict[str, Any]]]) -> l
         (rtt, numbers.get("split_adds_p50_ms", {}), numbers.get("split_adds_cpu_ms", {}))
         for rtt, _, numbers in sections
     ]
+    changes = [numbers.get("stack_vs_baseline") for _rtt, _runs, numbers in sections]
+    if all(changes):
+        lines += ["", "This checkout's stack minus the baseline's, per photo at concurrency 1 (medians, ms):", ""]
+        lines += ["| injected RTT | latency | search stage | CPU |", "|---|---|---|---|"]
+        for rtt, change in zip(rtts, changes, strict=True):
+            assert change is not None
+            lines.append(
+                f"| {rtt:g} | {change['latency_ms']:+.1f} | {change['search_ms']:+.1f} | {change['cpu_ms']:+.1f} |"
+            )
     modes = list(dict.fromkeys(mode for _rtt, p50, _cpu in added for mode in p50))
     if modes:
         lines += ["", "Split cost at concurrency 1 (median per-photo difference to embedded; ms):", ""]
@@ -764,6 +773,27 @@ def summary(runs: list[Run], encoder_modes: dict[int, str]) -> tuple[list[str], 
             f"{mode}: split adds {_fmt(added)} ms at concurrency 1 (median of {len(pairs)} per-photo differences; "
             f"p50 {_fmt(stack.percentile(50))} vs embedded {_fmt(embedded.percentile(50))} ms); "
             f"CPU of all processes: {_fmt(extra_cpu)} ms more per photo (median)"
+        )
+    stack, baseline = by.get(("stack", 1)), by.get(("stack (baseline)", 1))
+    if stack is not None and baseline is not None:
+        # Paired photo by photo, as against embedded: the change itself, under the same load.
+        pairs = [s - b for s, b in zip(stack.latencies_ms, baseline.latencies_ms, strict=True) if not math.isnan(s + b)]
+        searched = [
+            s["search"] - b["search"]
+            for s, b in zip(stack.timings, baseline.timings, strict=False)
+            if "search" in s and "search" in b
+        ]
+        cpu = float(np.median(np.subtract(stack.cpu_ms, baseline.cpu_ms))) if stack.cpu_ms else math.nan
+        change = {
+            "latency_ms": float(np.median(pairs)) if pairs else math.nan,
+            "search_ms": float(np.median(searched)) if searched else math.nan,
+            "cpu_ms": cpu,
+        }
+        numbers["stack_vs_baseline"] = change
+        lines.append(
+            f"stack vs stack (baseline), per photo at concurrency 1 (medians of {len(pairs)} differences): "
+            f"latency {change['latency_ms']:+.1f} ms, search stage {change['search_ms']:+.1f} ms, "
+            f"CPU {change['cpu_ms']:+.1f} ms"
         )
     for count, mode in encoder_modes.items():
         for base in ("stack", "encoder x1"):
