@@ -258,11 +258,11 @@ def _failing_stage(message: str) -> str:
     return f"matcher {stage}" if stage.startswith("shard-") else f"the {stage}"
 
 
-def _problem(status: int, code: str, detail: str, instance: str | None) -> dict[str, Any]:
+def _problem(status: int, code: str, detail: str, instance: str | None, *, scrub: bool = True) -> dict[str, Any]:
     """Problem details for a caller: no address, DSN, path or exception text (those are logged under
-    the request id the answer carries)."""
+    the request id the answer carries); ``scrub=False`` for the front's own texts about the request."""
     request_id = _REQUEST_ID.get() or error_id()
-    public = caller_message(detail)
+    public = caller_message(detail) if scrub else detail
     if status >= 500:
         public = _PUBLIC_DETAILS.get(status, _PUBLIC_DETAILS[500]).format(
             stage=_failing_stage(detail), retry=RETRY_AFTER_S
@@ -523,7 +523,8 @@ def create_app(servicer: WebServicer) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "INVALID_ARGUMENT")
         detail = str(exc.detail) if exc.status_code != 404 else f"no such endpoint: {request.url.path}"
-        return _problem_response(_problem(exc.status_code, code, detail, request.url.path), exc.headers)
+        problem = _problem(exc.status_code, code, detail, request.url.path, scrub=exc.status_code < 500)
+        return _problem_response(problem, exc.headers)
 
     # ------------------------------------------------------------------ identify
     @app.post(

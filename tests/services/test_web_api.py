@@ -228,7 +228,8 @@ def test_docs_pages_load_only_local_assets(web_front: WebFront, page: str) -> No
 
 
 def test_unknown_endpoint_is_a_problem_too(web_front: WebFront) -> None:
-    _problem(httpx.get(f"{web_front.url}/api/v1/nothing-here", timeout=10), 404, "NOT_FOUND")
+    missing = _problem(httpx.get(f"{web_front.url}/api/v1/nothing-here", timeout=10), 404, "NOT_FOUND")
+    assert missing["detail"] == "no such endpoint: /api/v1/nothing-here"  # the caller's own path, kept
     _problem(httpx.put(f"{web_front.url}/api/v1/identify", content=b"x", timeout=10), 405, "UNIMPLEMENTED")
 
 
