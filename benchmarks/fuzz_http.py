@@ -27,6 +27,8 @@ from typing import Any
 
 import schemathesis
 
+#: The stack requires this bearer token, so that the auth checks (missing, wrong token) test something.
+TOKEN = "fuzz-token"
 #: What no error answer may show (the fuzzing stack runs on loopback, in a temp folder).
 FORBIDDEN = ("127.0.0.1", "localhost:", "ipv4:", "Traceback", "Errno", "postgres", tempfile.gettempdir() + "/")
 
@@ -60,7 +62,7 @@ def _serve(work: Path) -> tuple[Any, int]:
     ingest = [sys.executable, "-c", "import sys; from kyb.cli import main; sys.exit(main())", "ingest"]
     subprocess.run([*ingest, str(demo / "catalog.json")], env=env, check=True, capture_output=True)
     config = ServiceConfig(
-        rpc=RpcConfig(host="127.0.0.1", grace_s=0.0, metrics_port=-1),
+        rpc=RpcConfig(host="127.0.0.1", grace_s=0.0, metrics_port=-1, tokens=(TOKEN,)),
         gateway=GatewayConfig(port=0),
         web=WebConfig(port=0, deadline_s=30.0),
         matcher=MatcherConfig(port=0, index_dir=str(work / "shard-{k}-of-{n}")),
@@ -89,7 +91,8 @@ def main() -> int:
         str(Path(sys.executable).with_name("schemathesis")), "run", f"http://127.0.0.1:{port}/openapi.json",
         "--checks", "all", "--max-examples", str(args.max_examples), "--max-time", str(args.max_time),
         "--seed", str(args.seed), "--workers", "2", "--request-timeout", "60", "--no-color",
-        "--phases", "examples,coverage,fuzzing", "--suppress-health-check", "all",
+        "--phases", "examples,coverage,fuzzing", "--header", f"Authorization: Bearer {TOKEN}",
+        "--suppress-health-check", "all",
         "--report", "junit", "--report-dir", str(work / "report"),
     ]  # fmt: skip
     hooks = {"SCHEMATHESIS_HOOKS": "fuzz_http", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}

@@ -52,6 +52,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from kyb import __version__
 from kyb.bandsearch import parse_formed
@@ -439,8 +440,13 @@ def _text(form: FormData, field: str) -> str | None:
     return value.strip() or None if value is not None else None
 
 
-def _multipart(description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema = {"type": "object", "properties": properties, "required": required}
+def _multipart(
+    description: str, properties: dict[str, Any], required: list[str], *, one_of_these: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """An OpenAPI multipart body; ``one_of_these``: fields of which at least one must be sent."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
+    if one_of_these:
+        schema["anyOf"] = [{"required": [name]} for name in one_of_these]
     return {"requestBody": {"required": True, "description": description,
                             "content": {"multipart/form-data": {"schema": schema}}}}  # fmt: skip
 
@@ -459,9 +465,12 @@ _REFERENCE_FORM = _multipart(
         "album": {"type": "string", "description": "JSON Album record to create or update first"},
     },
     ["image", "kind"],
+    one_of_these=("band_id", "album_id", "band", "album"),  # the record names the band or album then
 )
 _BATCH_FORM = _multipart(
-    f"up to {MAX_BATCH} photos", {"photos": {"type": "array", "items": _BINARY, "maxItems": MAX_BATCH}}, ["photos"]
+    f"up to {MAX_BATCH} photos",
+    {"photos": {"type": "array", "items": _BINARY, "minItems": 1, "maxItems": MAX_BATCH}},
+    ["photos"],
 )
 
 #: Endpoint (HTTP method, route path) -> the gateway method it calls, for the metrics' method label.
@@ -523,8 +532,11 @@ def create_app(servicer: WebServicer) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "INVALID_ARGUMENT")
         detail = str(exc.detail) if exc.status_code != 404 else f"no such endpoint: {request.url.path}"
-        problem = _problem(exc.status_code, code, detail, request.url.path, scrub=exc.status_code < 500)
-        return _problem_response(problem, exc.headers)
+        problem = _problem(exc.status_code, code, detail, request.url.path, scrub=False)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matched
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _problem_response(problem, headers)
 
     # ------------------------------------------------------------------ identify
     @app.post(
@@ -602,7 +614,7 @@ def create_app(servicer: WebServicer) -> FastAPI:
         "/api/v1/bands/{band_id}",
         response_model=BandAnswer,
         dependencies=[Depends(_authorized)],
-        responses=_responses(404, s404="unknown band id"),
+        responses=_responses(400, 404, s404="unknown band id"),
         summary="A band with its albums",
         tags=["bands"],
     )
@@ -674,7 +686,7 @@ def create_app(servicer: WebServicer) -> FastAPI:
         "/api/v1/references/{reference_id}",
         response_model=ReferenceInfo,
         dependencies=[Depends(_authorized)],
-        responses=_responses(404, s404="unknown reference id"),
+        responses=_responses(400, 404, s404="unknown reference id"),
         summary="One reference image's record",
         tags=["references"],
     )
@@ -685,7 +697,7 @@ def create_app(servicer: WebServicer) -> FastAPI:
         "/api/v1/references/{reference_id}",
         response_model=DeleteAnswer,
         dependencies=[Depends(_authorized)],
-        responses=_responses(404, s404="unknown reference id"),
+        responses=_responses(400, 404, s404="unknown reference id"),
         summary="Remove a reference from its shard and the catalog",
         tags=["references"],
     )
@@ -704,6 +716,15 @@ def create_app(servicer: WebServicer) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _publish_problem_schema(app)
     return app
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The documented methods of every route whose path matches the request's (HEAD goes with GET)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route.methods or ()) - {"HEAD"}
+    return sorted(methods)
 
 
 def _endpoint_method(request: Request) -> str | None:

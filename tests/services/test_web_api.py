@@ -231,6 +231,9 @@ def test_unknown_endpoint_is_a_problem_too(web_front: WebFront) -> None:
     missing = _problem(httpx.get(f"{web_front.url}/api/v1/nothing-here", timeout=10), 404, "NOT_FOUND")
     assert missing["detail"] == "no such endpoint: /api/v1/nothing-here"  # the caller's own path, kept
     _problem(httpx.put(f"{web_front.url}/api/v1/identify", content=b"x", timeout=10), 405, "UNIMPLEMENTED")
+    # Allow names every method of the path (two routes share this one).
+    wrong = httpx.put(f"{web_front.url}/api/v1/references/some-id", timeout=10)
+    assert _problem(wrong, 405, "UNIMPLEMENTED") and wrong.headers["allow"] == "DELETE, GET"
 
 
 def test_band_search_is_the_gateways(web_front: WebFront) -> None:
