@@ -153,6 +153,9 @@ class Problem(BaseModel):
     detail: str = Field(description="one line for a person")
     instance: str | None = Field(default=None, description="the request path")
     code: str = Field(description="the gRPC status name behind it, e.g. INVALID_ARGUMENT or UNAVAILABLE")
+    request_id: str = Field(
+        default="", description="the X-Request-Id of the answer: the web front's log has the full text under it"
+    )
 
 
 class BatchResult(BaseModel):

@@ -21,19 +21,24 @@ its deadline, so this is never a second implementation of anything. Errors are R
 details (``application/problem+json``) with the HTTP status of :data:`kyb.errors.HTTP_STATUS` and the
 gRPC status name in ``code``: 400 bad image, crop or field, 401 missing/wrong token, 404 unknown id,
 411 a batch without Content-Length, 413 over ``limits.max_bytes`` (refused before anything is
-forwarded), 503 gateway down (with ``Retry-After``), 504 deadline. Details of 5xx answers are fixed
-texts (the real one, which names internal hosts, is logged).
+forwarded; the rest of such a body is read first, up to a bound, so a client that sends it whole
+reads the answer), 503 gateway down (with ``Retry-After``), 504 deadline. Every answer carries an
+``X-Request-Id`` (problems also in ``request_id``); details name the failing stage and the remedy,
+never an address, DSN, path or exception text: the full text is logged under that id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
 from functools import partial
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,7 +50,9 @@ from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from kyb import __version__
 from kyb.bandsearch import parse_formed
@@ -61,10 +68,12 @@ from kyb.errors import (
     KybError,
     Unauthenticated,
     Unavailable,
+    error_id,
     lookup,
 )
+from kyb.imageio import over_byte_limit
 from kyb.ingest import IngestItem
-from kyb.rpc import Metrics, ServiceConfig, TokenCheck
+from kyb.rpc import Metrics, ServiceConfig, TokenCheck, caller_message
 from kyb_services.web.schema import (
     BandAnswer,
     BandList,
@@ -226,24 +235,44 @@ class WebServicer:
 
 
 # ---------------------------------------------------------------------------- errors
-#: What callers read for server-side failures: the real message names internal hosts, so it goes
-#: to the log only.
+#: The request id of the call being answered (set by _RequestIds; run_in_threadpool copies it).
+_REQUEST_ID: ContextVar[str] = ContextVar("kyb_web_request_id", default="")
+#: What a client may pass as its own X-Request-Id (a proxy's id); anything else gets a fresh one.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+#: The stages an error can name, in the words the services use (shard-N are the matcher's shards).
+_STAGE = re.compile(r"\b(detector|encoder|matcher|shard-\d+|catalog|cache)\b")
+#: What callers read for server-side failures, by status: the failing stage and the remedy. The
+#: real message names internal hosts, DSNs or exception text, so it goes to the log only.
 _PUBLIC_DETAILS = {
-    503: "the search service is unavailable (the gateway or a service behind it is down); try again later",
-    504: "the gateway did not answer within the deadline; try again",
-    500: "internal error; see the web front's log",
+    503: "{stage} is unavailable (down or restarting); try again in {retry} s",
+    504: "{stage} did not answer within the deadline; try again",
+    500: "internal error in {stage}; report the request id to the operator",
 }
 #: HTTP status of each gRPC status name, from the one table in kyb.errors.
 _HTTP_OF_CODE = {str(code): HTTP_STATUS[cls] for cls, code in reversed(GRPC_STATUS.items())}
 
 
-def _problem(status: int, code: str, detail: str, instance: str | None) -> dict[str, Any]:
+def _failing_stage(message: str) -> str:
+    """The stage a server-side error names ("gateway: encoder: ..." -> the encoder); the gateway when none."""
+    found = _STAGE.search(message)
+    stage = found.group(1) if found else "gateway"
+    return f"matcher {stage}" if stage.startswith("shard-") else f"the {stage}"
+
+
+def _problem(status: int, code: str, detail: str, instance: str | None, *, scrub: bool = True) -> dict[str, Any]:
+    """Problem details for a caller: no address, DSN, path or exception text (those are logged under
+    the request id the answer carries); ``scrub=False`` for the front's own texts about the request."""
+    request_id = _REQUEST_ID.get() or error_id()
+    public = caller_message(detail) if scrub else detail
     if status >= 500:
-        log.warning("%s: %s", code, detail)
-        detail = _PUBLIC_DETAILS.get(status, _PUBLIC_DETAILS[500])
+        public = _PUBLIC_DETAILS.get(status, _PUBLIC_DETAILS[500]).format(
+            stage=_failing_stage(detail), retry=RETRY_AFTER_S
+        )
+    if public != detail:
+        log.warning("%s %s (request id %s): %s", instance or "-", code, request_id, detail)
     title = HTTPStatus(status).phrase
-    return {"type": "about:blank", "title": title, "status": status, "detail": detail, "instance": instance,
-            "code": code}  # fmt: skip
+    return {"type": "about:blank", "title": title, "status": status, "detail": public, "instance": instance,
+            "code": code, "request_id": request_id}  # fmt: skip
 
 
 def _problem_from_code(code: str, message: str, *, instance: str | None) -> dict[str, Any]:
@@ -253,6 +282,7 @@ def _problem_from_code(code: str, message: str, *, instance: str | None) -> dict
 def _problem_response(problem: dict[str, Any], headers: Mapping[str, str] | None = None) -> JSONResponse:
     status = problem["status"]
     headers = dict(headers or {})
+    headers["X-Request-Id"] = problem["request_id"]
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     if status in (429, 503):
@@ -266,18 +296,81 @@ def _error(exc: KybError, request: Request) -> JSONResponse:
     return _problem_response(_problem(status, code, str(exc), request.url.path))
 
 
+class _RequestIds:
+    """Gives every request an id (the client's X-Request-Id when it is a plain token, else a fresh
+    one in the scheme of the gateway's error ids) and returns it in the answer's X-Request-Id."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _CLIENT_ID.fullmatch(given) else error_id()
+        _REQUEST_ID.set(request_id)
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 # ---------------------------------------------------------------------------- request bodies
+#: Most bytes of an oversize body read and dropped before its 413 is sent. A client that sends its
+#: whole body before reading (urllib, requests) would otherwise meet a closed connection (a reset)
+#: instead of the answer; past this, or after _DRAIN_S, the front answers and closes. A client that
+#: sends ``Expect: 100-continue`` (curl does for big bodies) is answered before it sends anything.
+_DRAIN_BYTES = 64 * 1024 * 1024
+_DRAIN_S = 10.0
+
+
+async def _refuse(
+    request: Request,
+    error: ImageTooLarge,
+    *,
+    declared: int | None = None,
+    read: int = 0,
+    rest: AsyncIterator[bytes] | None = None,
+) -> NoReturn:
+    """Raises ``error`` after reading the rest of the body (``rest``: the stream being read, when it
+    was begun; see _DRAIN_BYTES) unless the client waits for 100-continue or announced more than can
+    be drained."""
+    waiting = request.headers.get("expect", "").lower() == "100-continue" and read == 0
+    if not waiting and (declared is None or declared - read <= _DRAIN_BYTES):
+        drained = 0
+        try:
+            async with asyncio.timeout(_DRAIN_S):
+                async for chunk in rest if rest is not None else request.stream():
+                    drained += len(chunk)
+                    if drained > _DRAIN_BYTES:
+                        break
+        except (TimeoutError, ClientDisconnect):
+            pass
+    raise error
+
+
+def _declared_length(request: Request) -> int | None:
+    declared = request.headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else None
+
+
 async def _read_photo(request: Request, max_bytes: int) -> bytes:
     """The body, refused with ImageTooLarge as soon as it passes ``max_bytes`` (never buffered whole)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise ImageTooLarge(f"photo is {int(declared)} bytes, over the limit of {max_bytes} bytes")
+    declared = _declared_length(request)
+    if declared is not None and declared > max_bytes:
+        await _refuse(request, over_byte_limit(declared, max_bytes), declared=declared)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    async for chunk in stream:
         size += len(chunk)
         if size > max_bytes:
-            raise ImageTooLarge(f"photo is over the limit of {max_bytes} bytes")
+            await _refuse(request, over_byte_limit(None, max_bytes), declared=declared, read=size, rest=stream)
         chunks.append(chunk)
     if not size:
         raise InvalidImage("empty body: send the photo's bytes (JPEG, PNG or WebP) as the request body")
@@ -296,7 +389,7 @@ async def _read_form(request: Request, max_body: int, max_files: int) -> FormDat
     if not declared.isdigit():
         raise _LengthRequired("a multipart upload needs a Content-Length header")
     if int(declared) > max_body:
-        raise ImageTooLarge(f"upload is {int(declared)} bytes, over the limit of {max_body} bytes")
+        await _refuse(request, over_byte_limit(int(declared), max_body), declared=int(declared))
     try:
         return await request.form(max_files=max_files, max_fields=16)
     except StarletteHTTPException as exc:  # the parser's own limits (too many files or fields)
@@ -306,7 +399,8 @@ async def _read_form(request: Request, max_body: int, max_files: int) -> FormDat
 async def _file_bytes(upload: UploadFile, max_bytes: int) -> bytes:
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ImageTooLarge(f"{upload.filename or 'file'} is over the limit of {max_bytes} bytes")
+        error = over_byte_limit(None, max_bytes)
+        raise ImageTooLarge(f"{upload.filename or 'file'}: {error}")
     if not data:
         raise InvalidImage(f"{upload.filename or 'file'} is empty")
     return data
@@ -346,8 +440,13 @@ def _text(form: FormData, field: str) -> str | None:
     return value.strip() or None if value is not None else None
 
 
-def _multipart(description: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema = {"type": "object", "properties": properties, "required": required}
+def _multipart(
+    description: str, properties: dict[str, Any], required: list[str], *, one_of_these: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """An OpenAPI multipart body; ``one_of_these``: fields of which at least one must be sent."""
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": required}
+    if one_of_these:
+        schema["anyOf"] = [{"required": [name]} for name in one_of_these]
     return {"requestBody": {"required": True, "description": description,
                             "content": {"multipart/form-data": {"schema": schema}}}}  # fmt: skip
 
@@ -366,9 +465,12 @@ _REFERENCE_FORM = _multipart(
         "album": {"type": "string", "description": "JSON Album record to create or update first"},
     },
     ["image", "kind"],
+    one_of_these=("band_id", "album_id", "band", "album"),  # the record names the band or album then
 )
 _BATCH_FORM = _multipart(
-    f"up to {MAX_BATCH} photos", {"photos": {"type": "array", "items": _BINARY, "maxItems": MAX_BATCH}}, ["photos"]
+    f"up to {MAX_BATCH} photos",
+    {"photos": {"type": "array", "items": _BINARY, "minItems": 1, "maxItems": MAX_BATCH}},
+    ["photos"],
 )
 
 #: Endpoint (HTTP method, route path) -> the gateway method it calls, for the metrics' method label.
@@ -396,6 +498,7 @@ def create_app(servicer: WebServicer) -> FastAPI:
     )
     app.state.servicer = servicer
     app.add_middleware(GZipMiddleware, minimum_size=1024)
+    app.add_middleware(_RequestIds)
 
     @app.middleware("http")
     async def measure(request: Request, call_next: Any) -> Any:
@@ -414,6 +517,11 @@ def create_app(servicer: WebServicer) -> FastAPI:
             return _problem_response(_problem(411, "INVALID_ARGUMENT", str(exc), request.url.path))
         return _error(exc, request)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback by uvicorn too; the caller gets the request id, not the text.
+        return _problem_response(_problem(500, "INTERNAL", f"{type(exc).__name__}: {exc}", request.url.path))
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
@@ -424,7 +532,11 @@ def create_app(servicer: WebServicer) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "NOT_FOUND", 405: "UNIMPLEMENTED"}.get(exc.status_code, "INVALID_ARGUMENT")
         detail = str(exc.detail) if exc.status_code != 404 else f"no such endpoint: {request.url.path}"
-        return _problem_response(_problem(exc.status_code, code, detail, request.url.path), exc.headers)
+        problem = _problem(exc.status_code, code, detail, request.url.path, scrub=False)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only those of the first route matched
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return _problem_response(problem, headers)
 
     # ------------------------------------------------------------------ identify
     @app.post(
@@ -502,7 +614,7 @@ def create_app(servicer: WebServicer) -> FastAPI:
         "/api/v1/bands/{band_id}",
         response_model=BandAnswer,
         dependencies=[Depends(_authorized)],
-        responses=_responses(404, s404="unknown band id"),
+        responses=_responses(400, 404, s404="unknown band id"),
         summary="A band with its albums",
         tags=["bands"],
     )
@@ -574,7 +686,7 @@ def create_app(servicer: WebServicer) -> FastAPI:
         "/api/v1/references/{reference_id}",
         response_model=ReferenceInfo,
         dependencies=[Depends(_authorized)],
-        responses=_responses(404, s404="unknown reference id"),
+        responses=_responses(400, 404, s404="unknown reference id"),
         summary="One reference image's record",
         tags=["references"],
     )
@@ -585,7 +697,7 @@ def create_app(servicer: WebServicer) -> FastAPI:
         "/api/v1/references/{reference_id}",
         response_model=DeleteAnswer,
         dependencies=[Depends(_authorized)],
-        responses=_responses(404, s404="unknown reference id"),
+        responses=_responses(400, 404, s404="unknown reference id"),
         summary="Remove a reference from its shard and the catalog",
         tags=["references"],
     )
@@ -604,6 +716,15 @@ def create_app(servicer: WebServicer) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _publish_problem_schema(app)
     return app
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The documented methods of every route whose path matches the request's (HEAD goes with GET)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route.methods or ()) - {"HEAD"}
+    return sorted(methods)
 
 
 def _endpoint_method(request: Request) -> str | None:

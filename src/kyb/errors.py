@@ -7,6 +7,7 @@ and the CLI with :data:`EXIT_CODES`.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -29,8 +30,14 @@ __all__ = [
     "NotReady",
     "Unauthenticated",
     "Unavailable",
+    "error_id",
     "exit_codes_text",
 ]
+
+
+def error_id() -> str:
+    """A short random id that ties what a caller was told to the full text in a server's log."""
+    return uuid.uuid4().hex[:12]
 
 
 class KybError(Exception):

@@ -22,7 +22,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from kyb.config import ImageLimits
 from kyb.errors import ImageTooLarge, InvalidImage
 
-__all__ = ["SUPPORTED_FORMATS", "DecodedImage", "ImageHeader", "decode_image", "read_header", "resize_longest"]
+__all__ = [
+    "SUPPORTED_FORMATS",
+    "DecodedImage",
+    "ImageHeader",
+    "decode_image",
+    "over_byte_limit",
+    "read_header",
+    "resize_longest",
+]
 
 SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
 
@@ -103,12 +111,26 @@ def _pillow_errors() -> Iterator[None]:
     except (InvalidImage, ImageTooLarge):
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(str(exc).split(".")[0]) from None
+        raise _bomb_error(exc, None) from None
     except UnidentifiedImageError:
         raise InvalidImage("not an image: the bytes match no JPEG, PNG or WebP signature") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InvalidImage(f"corrupt or truncated image: {reason}") from None
+
+
+def over_byte_limit(size: int | None, limit: int) -> ImageTooLarge:
+    """The one message for a photo over ``limits.max_bytes``, from the decoder or from a server that
+    refuses a body before reading it all (``size`` None: how far over is not known)."""
+    told = f"{size} bytes" if size is not None else f"over {limit} bytes"
+    return ImageTooLarge(f"image is {told}; the limit is {limit}")
+
+
+def _bomb_error(exc: Image.DecompressionBombError, limit: int | None) -> ImageTooLarge:
+    """Pillow's own bomb refusal in the words of our pixel limit (``limit`` None: not known here)."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{found.group(1)} pixels" if found else "too many pixels"
+    return ImageTooLarge(f"image is {size}; " + (f"the limit is {limit}" if limit else "over the pixel limit"))
 
 
 def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str, str]:
@@ -121,15 +143,13 @@ def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str, str]:
     if not data:
         raise InvalidImage("empty file: 0 bytes")
     if len(data) > limits.max_bytes:
-        raise ImageTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
+        raise over_byte_limit(len(data), limits.max_bytes)
     digest = hashlib.sha256(data).hexdigest()
     try:
         image = Image.open(io.BytesIO(data), formats=None)
     except Image.DecompressionBombError as exc:
         # Pillow refuses far larger headers itself, before ours is read: the same answer in our words.
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{found.group(1)} pixels" if found else "too many pixels"
-        raise ImageTooLarge(f"image is {size}; the limit is {limits.max_pixels}") from None
+        raise _bomb_error(exc, limits.max_pixels) from None
     fmt = image.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
         raise InvalidImage(f"unsupported image type {fmt}; send JPEG, PNG or WebP")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import struct
+import zlib
 
 import httpx
 import pytest
@@ -27,6 +29,8 @@ def _problem(reply: httpx.Response, status: int, code: str) -> dict:
     assert {"type", "title", "status", "detail", "instance", "code"} <= set(problem)
     assert problem["status"] == status and problem["code"] == code and problem["type"] == "about:blank"
     assert problem["detail"] and "\n" not in problem["detail"]
+    assert re.fullmatch(r"[0-9a-f]{12}", problem["request_id"]), problem
+    assert reply.headers["x-request-id"] == problem["request_id"]
     return problem
 
 
@@ -87,6 +91,34 @@ def test_over_the_size_limit_is_413(web_front: WebFront, corpus: Corpus) -> None
         assert streamed.status_code == 413
     finally:
         server.stop()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` with no pixels behind it (a bomb's header)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(("width", "height"), [(9_000, 9_000), (60_000, 60_000), (1_000_000, 100)])
+def test_pixel_limits_are_413_in_the_projects_words(web_front: WebFront, width: int, height: int) -> None:
+    problem = _problem(_post(web_front.url, _png_header(width, height)), 413, "RESOURCE_EXHAUSTED")
+    limit = web_front.stack.config.engine.limits.max_pixels
+    assert re.fullmatch(rf"gateway: image is .*pixels; the limit is {limit}", problem["detail"]), problem["detail"]
+
+
+def test_every_answer_carries_a_request_id(web_front: WebFront, corpus: Corpus) -> None:
+    ok = _post(web_front.url, corpus.photo([0]))
+    assert ok.status_code == 200 and re.fullmatch(r"[0-9a-f]{12}", ok.headers["x-request-id"])
+    assert _post(web_front.url, corpus.photo([0])).headers["x-request-id"] != ok.headers["x-request-id"]
+    # A proxy's own id (a plain token) is kept; anything else is replaced.
+    given = httpx.get(f"{web_front.url}/healthz", headers={"X-Request-Id": "edge-42.a"}, timeout=10)
+    assert given.headers["x-request-id"] == "edge-42.a"
+    odd = httpx.get(f"{web_front.url}/healthz", headers={"X-Request-Id": "a b<script>"}, timeout=10)
+    assert re.fullmatch(r"[0-9a-f]{12}", odd.headers["x-request-id"])
 
 
 def test_token_auth_is_401_without_the_token(web_front: WebFront, corpus: Corpus) -> None:
@@ -196,8 +228,12 @@ def test_docs_pages_load_only_local_assets(web_front: WebFront, page: str) -> No
 
 
 def test_unknown_endpoint_is_a_problem_too(web_front: WebFront) -> None:
-    _problem(httpx.get(f"{web_front.url}/api/v1/nothing-here", timeout=10), 404, "NOT_FOUND")
+    missing = _problem(httpx.get(f"{web_front.url}/api/v1/nothing-here", timeout=10), 404, "NOT_FOUND")
+    assert missing["detail"] == "no such endpoint: /api/v1/nothing-here"  # the caller's own path, kept
     _problem(httpx.put(f"{web_front.url}/api/v1/identify", content=b"x", timeout=10), 405, "UNIMPLEMENTED")
+    # Allow names every method of the path (two routes share this one).
+    wrong = httpx.put(f"{web_front.url}/api/v1/references/some-id", timeout=10)
+    assert _problem(wrong, 405, "UNIMPLEMENTED") and wrong.headers["allow"] == "DELETE, GET"
 
 
 def test_band_search_is_the_gateways(web_front: WebFront) -> None:

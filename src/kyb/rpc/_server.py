@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from kyb.config import RpcConfig, ServiceConfig
-from kyb.errors import Unavailable
+from kyb.errors import Unavailable, error_id
 from kyb.heap import retain_freed_heap
 from kyb.rpc._auth import TokenCheck
 from kyb.rpc._channels import channel_options
@@ -77,9 +76,9 @@ class _CallInterceptor(grpc.ServerInterceptor):
         if self._public and caller_message(message) != message:
             # Callers outside the cluster get the failing stage and the remedy; the addresses, DSNs and
             # paths go to this log under an id the answer carries, for the operator.
-            error_id = uuid.uuid4().hex[:12]
-            log.warning("%s failed (error id %s): %s", outcome["method"], error_id, message)
-            message = f"{caller_message(message)} (error id {error_id}: details in the {self._role} log)"
+            logged = error_id()
+            log.warning("%s failed (error id %s): %s", outcome["method"], logged, message)
+            message = f"{caller_message(message)} (error id {logged}: details in the {self._role} log)"
         outcome["code"] = status.name
         context.abort(status, message)
 
