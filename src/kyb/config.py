@@ -205,6 +205,11 @@ class SearchConfig:
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef: int = 128
+    #: A reference keypoint's descriptor is stored as its word's centroid plus this many bits a PCA
+    #: dimension of residual magnitude (the residual's sign is its Hamming signature): 1 keeps 8 bytes
+    #: of the int8 descriptor's 64 (docs/engine.md, "Compact references"); -1 keeps int8 descriptors.
+    #: Fixed for an index when it gets its first references.
+    residual_bits: int = 1
     #: Lowe's ratio test on descriptor distances.
     ratio: float = 0.85
     #: RANSAC reprojection threshold in pixels of the photo at search size (1024 px).
@@ -252,6 +257,7 @@ class SearchConfig:
         _check(self.verify_max >= self.verify_top, "search.verify_max", "must be >= search.verify_top")
         _check(1 <= self.patience <= 1000, "search.patience", "must be in 1..1000")
         _check(2 <= self.hnsw_m <= 100, "search.hnsw_m", "must be in 2..100")
+        _check(-1 <= self.residual_bits <= 4, "search.residual_bits", "must be in -1..4")
         _check(self.hnsw_ef >= self.shortlist_global, "search.hnsw_ef", "must be >= shortlist_global")
         _check(0.5 <= self.ratio <= 1.0, "search.ratio", "must be in 0.5..1.0")
         _check(0.5 <= self.ransac_threshold <= 50, "search.ransac_threshold", "must be in 0.5..50")

@@ -13,9 +13,12 @@ A save writes a new generation beside the old one (temp folder, fsync, rename) a
 ``CURRENT`` (temp file, fsync, rename): a process killed at any point leaves the previous generation
 loadable. Unchanged segments are hard links, so a save costs the new segments plus the graph.
 
-Per reference, the index keeps up to ``features.reference_features`` keypoints as 4 bytes of fixed-point
-position, ``pca_dims`` bytes of int8 descriptor and 2 bytes of visual word (about 70 bytes each),
-plus its global vector in the graph.
+Per reference, the index keeps up to ``features.reference_features`` keypoints, each as 4 bytes of
+fixed-point position, a posting in the inverted file (4 bytes of reference row, 8 of Hamming
+signature, 4 back to it) and its descriptor as residual codes (``search.residual_bits`` bits a PCA
+dimension, 8 bytes at 1 bit and 64 dimensions; :mod:`kyb.index._residuals`): 28 bytes a keypoint,
+plus its global vector in the graph (~1.2 KB). ``residual_bits`` -1 keeps int8 descriptors (64 bytes).
+``residuals.npz`` in a generation holds the quantizer, trained on the first references the index got.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ from kyb.errors import IndexCorrupt, InvalidRequest
 from kyb.generations import writer_lock
 from kyb.index._compaction import compact
 from kyb.index._fusion import RankedLists, _depths, fuse_ranked, merge_ranked
+from kyb.index._residuals import ResidualQuantizer
 from kyb.index._store import (
     FORMAT,
-    XY_SCALE,
     ReferenceFeatures,
     _Segment,
+    alive_vectors,
     current_generation,
     has_index,
     load_codebook,
@@ -123,6 +127,8 @@ class ReferenceIndex:
         self._generation = 0
         self._dirty = False
         self._graph = self._new_graph(1024)
+        # Trained on the first references added (or loaded without one) when search.residual_bits >= 0.
+        self._quantizer: ResidualQuantizer | None = None
 
     # ------------------------------------------------------------------ basics
     def _new_graph(self, capacity: int) -> hnswlib.Index:
@@ -152,7 +158,7 @@ class ReferenceIndex:
 
     def sha256_of(self, reference_id: str) -> str | None:
         found = self._where.get(reference_id)
-        return None if found is None else str(found[0].sha256[found[1]])
+        return None if found is None else found[0].sha256_at(found[1])
 
     def features(self, reference_id: str) -> ReferenceFeatures:
         found = self._where.get(reference_id)
@@ -166,13 +172,13 @@ class ReferenceIndex:
         if found is None:
             raise KeyError(reference_id)
         segment, row = found
-        start, end = int(segment.offsets[row]), int(segment.offsets[row + 1])
+        features = segment.features(row)
         return Encoding(
-            xy=segment.xy[start:end].astype(np.float32) / XY_SCALE,
-            descriptors=segment.descriptors[start:end],
-            words=segment.words[start:end].astype(np.int32),
-            global_vector=segment.global_vectors[row],
-            region_size=(float(segment.region[row, 0]), float(segment.region[row, 1])),
+            xy=features.xy,
+            descriptors=features.descriptors,
+            words=features.words.astype(np.int32),
+            global_vector=self._graph.get_items([int(segment.ordinals[row])], return_type="numpy")[0],
+            region_size=features.region_size,
             codebook_version=self.codebook.version,
         )
 
@@ -180,7 +186,7 @@ class ReferenceIndex:
         segments = self._segments
         alive = sum(int(s.alive.sum()) for s in segments)
         graph_bytes = alive * (self.codebook.global_dims * 4 + self.search_config.hnsw_m * 2 * 4 + 16)
-        feature_bytes = sum(s.nbytes - s.global_vectors.nbytes for s in segments)
+        feature_bytes = sum(s.nbytes for s in segments)
         total = feature_bytes + graph_bytes
         return {
             "references": alive,
@@ -191,6 +197,7 @@ class ReferenceIndex:
             "bytes_per_reference": round(total / alive, 1) if alive else 0.0,
             "codebook_version": self.codebook.version,
             "generation": self._generation,
+            "residual_bits": -1 if self._quantizer is None else self._quantizer.bits,
         }
 
     # ------------------------------------------------------------------ mutation
@@ -229,14 +236,23 @@ class ReferenceIndex:
                     outcomes.append("added")
                 fresh.append((reference_id, sha, encoding))
             if fresh:
+                if self._quantizer is None and self.search_config.residual_bits >= 0 and not self._segments:
+                    self._quantizer = ResidualQuantizer.train(
+                        self.codebook,
+                        np.concatenate([e.descriptors for _, _, e in fresh]),
+                        np.concatenate([e.words for _, _, e in fresh]),
+                        self.search_config.residual_bits,
+                    )
                 ordinals = list(range(self._next_ordinal, self._next_ordinal + len(fresh)))
                 self._next_ordinal += len(fresh)
-                segment = _Segment.build(f"seg-{ordinals[0]:09d}.npz", ordinals, fresh, self.codebook)
+                segment = _Segment.build(f"seg-{ordinals[0]:09d}.npz", ordinals, fresh, self.codebook, self._quantizer)
                 self._attach(segment)
                 needed = self._graph.get_current_count() + len(fresh)
                 if needed > self._graph.get_max_elements():
                     self._graph.resize_index(max(needed, 2 * self._graph.get_max_elements()))
+                assert segment.global_vectors is not None
                 self._graph.add_items(segment.global_vectors, segment.ordinals)
+                segment.global_vectors = None  # the graph holds them
                 self._dirty = True
         return outcomes
 
@@ -248,8 +264,7 @@ class ReferenceIndex:
             reference_id = str(segment.ref_ids[row])
             self._where[reference_id] = (segment, row)
             self._ordinal_ref[int(segment.ordinals[row])] = reference_id
-            start, end = segment.offsets[row], segment.offsets[row + 1]
-            self._df[np.unique(segment.words[start:end])] += 1
+        self._df += segment.word_counts()
 
     def delete(self, reference_id: str) -> bool:
         """Removes a reference; False when it was not there."""
@@ -265,8 +280,7 @@ class ReferenceIndex:
         segment.alive[row] = False
         ordinal = int(segment.ordinals[row])
         self._ordinal_ref.pop(ordinal, None)
-        start, end = segment.offsets[row], segment.offsets[row + 1]
-        self._df[np.unique(segment.words[start:end])] -= 1
+        self._df[np.unique(segment.words_of(int(segment.offsets[row]), int(segment.offsets[row + 1])))] -= 1
         self._graph.mark_deleted(ordinal)
 
     # ------------------------------------------------------------------ search
@@ -448,6 +462,7 @@ class ReferenceIndex:
                 self.codebook,
                 self._segments,
                 self._graph,
+                self._quantizer,
                 after=self._generation,
                 next_ordinal=self._next_ordinal,
                 references=len(self._where),
@@ -464,10 +479,13 @@ class ReferenceIndex:
     def _maybe_compact(self) -> None:
         """Merges the segments :func:`~kyb.index._compaction.compact` groups, keeping every reference's
         ordinal and the segments' insertion order."""
-        compacted = compact(self._segments, self.encoding, self.codebook)
+        compacted = compact(self._segments, self.codebook, self._quantizer)
         if compacted is None:
             return
         segments, rebuild_graph = compacted
+        if rebuild_graph:
+            for segment in segments:
+                segment.global_vectors = alive_vectors(self._graph, segment)
         self._segments = []
         self._where = {}
         self._ordinal_ref = {}
@@ -479,20 +497,24 @@ class ReferenceIndex:
             self._graph = self._build_graph(self._segments)
 
     def _build_graph(self, segments: Sequence[_Segment]) -> hnswlib.Index:
+        """A graph of the alive rows of ``segments`` from the global vectors they hold (then dropped)."""
         alive = sum(int(s.alive.sum()) for s in segments)
         graph = self._new_graph(max(1024, int(alive * 1.25)))
         for segment in segments:
             rows = np.flatnonzero(segment.alive)
             if rows.size:
+                assert segment.global_vectors is not None
                 graph.add_items(segment.global_vectors[rows], segment.ordinals[rows])
+            segment.global_vectors = None
         return graph
 
     @classmethod
     def load(cls, path: Path, search: SearchConfig) -> ReferenceIndex:
         """Loads the current generation of an index folder (raises NotReady when there is none)."""
         root = Path(path)
-        folder, manifest, codebook, segments = read_generation(root)
+        folder, manifest, codebook, quantizer, segments = read_generation(root, search.residual_bits)
         index = cls(codebook, search, root)
+        index._quantizer = quantizer
         for segment in segments:
             index._attach(segment)
         index._next_ordinal = int(manifest["next_ordinal"])
@@ -502,6 +524,8 @@ class ReferenceIndex:
         except RuntimeError as exc:
             log.warning("index %s: graph unreadable (%s); rebuilding it from the segments", folder, exc)
             graph = index._build_graph(segments)
+        for segment in segments:
+            segment.global_vectors = None  # the graph holds them
         graph.set_ef(search.hnsw_ef)
         graph.set_num_threads(1)
         index._graph = graph
