@@ -105,6 +105,16 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "band"
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
 def _parse_box(text: str) -> tuple[float, float, float, float]:
     from kyb.encoder import parse_box
 
@@ -216,7 +226,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 bar.write(f"failed: {outcome.source}: {outcome.message}", file=sys.stderr)
             bar.update(1)
 
-        engine.ingest(items, progress=tick)
+        engine.ingest(items, progress=tick, processes=args.workers, save_every=args.save_every)
     elapsed = time.perf_counter() - started
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     stats = engine.index.stats()
@@ -226,6 +236,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         "failures": failures,
         "bad_catalog_rows": row_errors,
         "elapsed_s": round(elapsed, 3),
+        "workers": args.workers,
+        "references_per_s": round(len(items) / elapsed, 2) if elapsed > 0 else None,
         "index_references": stats["references"],
         "bytes_per_reference": round(stats["bytes_per_reference"]),
     }
@@ -763,6 +775,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", parents=[common], help="add reference images (folders, catalog files, images)")
     p.add_argument("paths", nargs="+", help="folder, catalog.json/.csv, or image files")
     p.add_argument("--kind", choices=["logo", "album_cover"], help="kind for images without one")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="processes encoding the references; this one commits them (default: the cores)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=_positive_int,
+        default=5000,
+        help="save the index after each this many references, so a killed ingest keeps its work (default 5000)",
+    )
     _json_flag(p)
     p.set_defaults(func=cmd_ingest)
 

@@ -237,6 +237,10 @@ class SearchConfig:
     #: process-wide pool of this size, so concurrent searches share it rather than multiply it); 1
     #: votes in the caller's thread.
     vote_threads: int = 2
+    #: The word vote names at most about this many references: each of the photo's features counts
+    #: the references holding its word, and the most common words stop voting until the sum fits
+    #: (kyb.index.ReferenceIndex.vote_cutoff). Bounds the vote's cost as the index grows; 0 = no bound.
+    vote_budget: int = 0
     #: Threads that verify ahead of the caller once a walk down a shortlist is past its first
     #: kyb.search.SERIAL_LOOKS candidates (a photo where nothing verifies looks at up to verify_max):
     #: the same pool as the vote, a few candidates a task. The answers do not change, only when they
@@ -271,6 +275,7 @@ class SearchConfig:
         )
         _check(0.5 <= self.prefilter_ratio <= 1.0, "search.prefilter_ratio", "must be in 0.5..1.0")
         _check(1 <= self.vote_threads <= 64, "search.vote_threads", "must be in 1..64")
+        _check(self.vote_budget >= 0, "search.vote_budget", "must be >= 0")
         _check(1 <= self.verify_threads <= 64, "search.verify_threads", "must be in 1..64")
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
 

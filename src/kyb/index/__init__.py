@@ -345,27 +345,50 @@ class ReferenceIndex:
         words = self._word_votes(query, self._segments, exclude, depth_words, memo)[:depth_words] if depth_words else []
         return RankedLists(global_list, words)
 
-    def photo_votes(self, query: Encoding) -> tuple[PhotoVote, ...]:
+    def photo_votes(self, query: Encoding, max_df: float | None = None) -> tuple[PhotoVote, ...]:
         """The photo's vote, or with inverted twins (:attr:`Encoding.inverted`) one vote of the rows as
         photographed and one of the twins: a print is in one polarity, so a reference scores the
         better of the two, and the other polarity's chance votes do not add to it."""
         if query.inverted is None:
-            return (self.photo_vote(query),)
+            return (self.photo_vote(query, max_df=max_df),)
         twins = np.asarray(query.inverted, dtype=bool)
-        return tuple(self.photo_vote(query, np.flatnonzero(side)) for side in (~twins, twins))
+        return tuple(self.photo_vote(query, np.flatnonzero(side), max_df) for side in (~twins, twins))
 
-    def photo_vote(self, query: Encoding, rows: np.ndarray | None = None) -> PhotoVote:
-        """The photo's vote (:class:`PhotoVote`) over this index's current word statistics, with its
-        features ``rows`` only when given."""
+    def vote_cutoff(self, query: Encoding) -> float:
+        """The most references a word of ``query`` may be in and still vote.
+
+        A quarter of the references (idf weighting already discounts common words; those in over a
+        quarter vote for nearly everything and cost the most), lowered until the photo's voting
+        features together name at most ``search.vote_budget`` references (each feature its word's
+        document frequency): the vote walks the postings of the photo's rarest words, the ones with
+        the largest weights, and its cost stops growing with the index once the budget binds.
+        """
         n = max(1, len(self._where))
+        cutoff = max(2.0, 0.25 * n)
+        budget = self.search_config.vote_budget
+        if budget <= 0:
+            return cutoff
+        df = np.sort(self._df[np.asarray(query.words, dtype=np.int64)])
+        df = df[(df > 0) & (df <= cutoff)]
+        if df.size == 0 or int(df.sum()) <= budget:
+            return cutoff
+        within = int(np.searchsorted(np.cumsum(df), budget, side="right"))
+        # Whole words only: the last df level that fits entirely (ties share one word's fate).
+        return float(df[within] - 1) if within < df.size else cutoff
+
+    def photo_vote(self, query: Encoding, rows: np.ndarray | None = None, max_df: float | None = None) -> PhotoVote:
+        """The photo's vote (:class:`PhotoVote`) over this index's current word statistics, with its
+        features ``rows`` only when given, and of its words in at most ``max_df`` references
+        (default :meth:`vote_cutoff`)."""
         words = np.asarray(query.words, dtype=np.int64)
         descriptors = np.asarray(query.descriptors)
+        n = max(1, len(self._where))
+        if max_df is None:
+            max_df = self.vote_cutoff(query)
         if rows is not None:
             words, descriptors = words[rows], descriptors[rows]
-        # idf weighting already discounts common words; only words in over a quarter of the
-        # references are dropped outright (they vote for nearly everything and cost the most).
         df = self._df[words]
-        keep = np.flatnonzero((df > 0) & (df <= max(2, 0.25 * n)))
+        keep = np.flatnonzero((df > 0) & (df <= max_df))
         keep = keep[np.argsort(words[keep], kind="stable")]
         words, df = words[keep], df[keep]
         repeats = np.unique(words, return_counts=True)[1]
@@ -383,7 +406,10 @@ class ReferenceIndex:
         memo: VoteMemo | None = None,
     ) -> list[tuple[str, float]]:
         n = max(1, len(self._where))
-        photos = self.photo_votes(query)
+        # A later round keeps the first round's cutoff, so its words stay a subset of that round's.
+        reuse = memo is not None and memo.photo is not None and memo.references == n and memo.cutoff is not None
+        cutoff = memo.cutoff if reuse and memo is not None else self.vote_cutoff(query)
+        photos = self.photo_votes(query, cutoff)
         if memo is not None and (memo.photo is None or memo.references != n or len(memo.photo) != len(photos)):
             memo.raw = {}  # first round, or the collection changed (idf moved): vote afresh
         changes: list[PhotoVote] | None = None
@@ -431,7 +457,7 @@ class ReferenceIndex:
         fresh = {id(segment): (segment, vote[0]) for segment, vote in zip(segments, votes, strict=True)}
         results = [(top, scores, seg) for seg, (_, top, scores) in zip(segments, votes, strict=True) if top.size]
         if memo is not None:
-            memo.photo, memo.references, memo.raw = photos, n, fresh
+            memo.photo, memo.references, memo.raw, memo.cutoff = photos, n, fresh, cutoff
         if not results:
             return []
         # Merge the segments' winners as arrays and name only the best `depth` (naming every

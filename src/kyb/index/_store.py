@@ -227,7 +227,7 @@ class _Segment:
         )
 
     def save(self, path: Path, global_vectors: np.ndarray) -> None:
-        arrays = {
+        arrays: dict[str, Any] = {
             "ordinals": self.ordinals,
             "ref_ids": self.ref_ids,
             "sha256": self.sha256,
@@ -249,7 +249,7 @@ class _Segment:
         """A saved segment; one saved with int8 descriptors is encoded with ``quantizer`` when given
         (and then written again by the next save)."""
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
+            arrays: dict[str, Any] = {key: data[key] for key in data.files}
         if "signatures" not in arrays:  # written before signatures were stored: derived once here
             arrays["signatures"] = codebook.signatures(arrays["descriptors"], arrays["words"])
         converted = False
@@ -381,7 +381,9 @@ def read_generation(
     deleted = set(manifest["deleted"])
     segments = []
     try:
-        quantizer = ResidualQuantizer.load(folder / "residuals.npz") if manifest.get("residual_bits") is not None else None
+        quantizer = (
+            ResidualQuantizer.load(folder / "residuals.npz") if manifest.get("residual_bits") is not None else None
+        )
         if quantizer is None and residual_bits >= 0 and manifest["segments"]:
             quantizer = _train_on(folder / manifest["segments"][0]["file"], codebook, residual_bits)
         for entry in manifest["segments"]:
