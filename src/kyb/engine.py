@@ -483,6 +483,8 @@ class Engine:
             chunk = prepared[chunk_start : chunk_start + 64]
             for p in chunk:
                 p.encodings = [encoder.encode_features(f, region, scale=p.decoded.scale) for f, region in p.features]
+            # The residual bins from the first 64 references, not from the first one alone.
+            index.fit_residuals([e for p in chunk for e in p.encodings])
             for outcome in self._commit(chunk, index):
                 outcomes.append(outcome)
                 if progress:

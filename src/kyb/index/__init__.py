@@ -103,6 +103,12 @@ class Candidate:
 _VOTE_FLOOR = 1e-6
 
 
+def _same_quantizer(a: ResidualQuantizer | None, b: ResidualQuantizer | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.bits == b.bits and np.array_equal(a.edges, b.edges) and np.array_equal(a.levels, b.levels)
+
+
 class ReferenceIndex:
     """Add, replace, delete and shortlist references; save and load a folder atomically.
 
@@ -236,13 +242,7 @@ class ReferenceIndex:
                     outcomes.append("added")
                 fresh.append((reference_id, sha, encoding))
             if fresh:
-                if self._quantizer is None and self.search_config.residual_bits >= 0 and not self._segments:
-                    self._quantizer = ResidualQuantizer.train(
-                        self.codebook,
-                        np.concatenate([e.descriptors for _, _, e in fresh]),
-                        np.concatenate([e.words for _, _, e in fresh]),
-                        self.search_config.residual_bits,
-                    )
+                self.fit_residuals([e for _, _, e in fresh])
                 ordinals = list(range(self._next_ordinal, self._next_ordinal + len(fresh)))
                 self._next_ordinal += len(fresh)
                 segment = _Segment.build(f"seg-{ordinals[0]:09d}.npz", ordinals, fresh, self.codebook, self._quantizer)
@@ -255,6 +255,69 @@ class ReferenceIndex:
                 segment.global_vectors = None  # the graph holds them
                 self._dirty = True
         return outcomes
+
+    def fit_residuals(self, encodings: Sequence[Encoding]) -> bool:
+        """Trains the residual quantizer on ``encodings`` when the index has none yet, holds no
+        references and stores residual codes (``search.residual_bits`` >= 0); True when it did. The
+        first add does this with what it adds; an ingest calls it first with a larger sample."""
+        with self._lock:
+            if self._quantizer is not None or self._segments or self.search_config.residual_bits < 0 or not encodings:
+                return False
+            self._quantizer = ResidualQuantizer.train(
+                self.codebook,
+                np.concatenate([e.descriptors for e in encodings]),
+                np.concatenate([e.words for e in encodings]),
+                self.search_config.residual_bits,
+            )
+            return True
+
+    def merge(self, other: ReferenceIndex) -> list[str]:
+        """Adds every reference of ``other`` (an index over the same codebook: a slice of a catalog
+        built apart) as :meth:`add` would, returning each one's outcome in ``other``'s order.
+
+        When both indexes share one residual quantizer (slices started from one seed index, or this
+        index still empty) the stored arrays are copied as they are, so the merged index holds exactly
+        what one build of all the slices holds; otherwise the references go through their encodings.
+        """
+        if other.codebook.version != self.codebook.version:
+            raise InvalidRequest(
+                f"cannot merge an index over codebook {other.codebook.version} into one over {self.codebook.version}"
+            )
+        with self._lock:
+            if self._quantizer is None and not self._segments:
+                self._quantizer = other._quantizer
+            if not _same_quantizer(self._quantizer, other._quantizer):
+                keys = other.reference_ids()
+                return self.add((key, other.sha256_of(key) or "", other.encoding(key)) for key in keys)
+            outcomes: list[str] = []
+            for segment in other._segments:
+                rows = []
+                for row in np.flatnonzero(segment.alive):
+                    reference_id, sha = str(segment.ref_ids[row]), segment.sha256_at(int(row))
+                    current = self.sha256_of(reference_id)
+                    if current == sha:
+                        outcomes.append("unchanged")
+                        continue
+                    if current is not None:
+                        self._delete_locked(reference_id)
+                    outcomes.append("added" if current is None else "replaced")
+                    rows.append(row)
+                if not rows:
+                    continue
+                part = segment.part(np.asarray(rows, dtype=np.int64))
+                vectors = other._graph.get_items(part["ordinals"], return_type="numpy")
+                part["ordinals"] = np.arange(self._next_ordinal, self._next_ordinal + len(rows), dtype=np.int64)
+                self._next_ordinal += len(rows)
+                copy = _Segment.join(
+                    f"seg-{self._next_ordinal - len(rows):09d}.npz", [part], self.codebook, self._quantizer
+                )
+                self._attach(copy)
+                needed = self._graph.get_current_count() + len(rows)
+                if needed > self._graph.get_max_elements():
+                    self._graph.resize_index(max(needed, 2 * self._graph.get_max_elements()))
+                self._graph.add_items(vectors, copy.ordinals)
+                self._dirty = True
+            return outcomes
 
     def _attach(self, segment: _Segment) -> None:
         self._segments = [*self._segments, segment]
