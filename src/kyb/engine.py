@@ -342,7 +342,9 @@ class Engine:
                 since_save = 0
 
         if processes >= 1:
-            with EncodingPool(index.codebook, self.config.limits, self.config.features, processes) as workers:
+            with EncodingPool(
+                index.codebook, self.config.limits, self.config.features, processes, self.config.heap_retain_mb
+            ) as workers:
                 for encoded in workers.encode(self._not_indexed(iterator, index, outcomes, progress)):
                     if isinstance(encoded, IngestOutcome):
                         outcomes.append(encoded)
@@ -351,7 +353,8 @@ class Engine:
                             progress(encoded)
                         continue
                     batch.append(encoded)
-                    if len(batch) >= (min(64, save_every) if save_every else 64):
+                    # Small batches: the workers wait for nothing while one commits.
+                    if len(batch) >= (min(16, save_every) if save_every else 16):
                         flush()
             flush()
             if save and index.dirty:
