@@ -11,7 +11,8 @@ Nothing is read from ../shared: the references are drawn album covers and logos 
 (:meth:`kyb.engine.Engine.retrain_codebook` into an empty index), so every mode starts from the same
 empty index with the same codebook and measures ingest alone (no codebook training inside):
 
-1. ``embedded, SQLite``: :meth:`Engine.ingest` in this process (the CLI's ``kyb ingest``);
+1. ``embedded, SQLite``: :meth:`Engine.ingest` in this process, encoding on threads; then with
+   ``--workers N`` encoding processes each (``kyb ingest --workers N``, the CLI's default the cores);
 2. ``embedded, Postgres``: the same into a fresh Postgres database;
 3. ``stack, Postgres, S streams``: ``kyb serve stack --shards N`` over a fresh Postgres database, fed
    by S concurrent Gateway.Ingest client streams of ``--batch`` references each.
@@ -137,12 +138,18 @@ def count_index(folders: Sequence[Path]) -> int:
 
 
 def run_embedded(
-    mode: str, items: list[IngestItem], bands: list[Band], albums: list[Album], index: Path, url: str
+    mode: str,
+    items: list[IngestItem],
+    bands: list[Band],
+    albums: list[Album],
+    index: Path,
+    url: str,
+    processes: int = 0,
 ) -> Result:
     with Engine(load_config(overrides={"index_dir": str(index), "catalog_url": url})) as engine:
         engine.upsert_metadata(bands, albums)
         started = time.perf_counter()
-        outcomes = engine.ingest(items)
+        outcomes = engine.ingest(items, processes=processes)
         seconds = time.perf_counter() - started
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
@@ -197,6 +204,16 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("KYB_TEST_PG_SERVER", "postgresql://postgres@127.0.0.1:5432"),
         help="server URL without a database; a fresh database is made per mode and dropped after",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="*",
+        default=[1, 2],
+        help="also ingest embedded (SQLite) with this many encoding processes each, as `kyb ingest --workers N`",
+    )
+    parser.add_argument(
+        "--embedded-only", action="store_true", help="only the embedded SQLite modes (no Postgres, no stack)"
+    )
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
     if args.references < 3 or args.shards < 1 or args.batch < 1 or min(args.streams) < 1:
@@ -218,10 +235,16 @@ def main(argv: list[str] | None = None) -> int:
         results.append(
             run_embedded("embedded, SQLite", items, bands, albums, fresh_index("sqlite"), str(root / "c.db"))
         )
-        print("embedded, Postgres", file=sys.stderr, flush=True)
-        with postgres_database(server) as url:
-            results.append(run_embedded("embedded, Postgres", items, bands, albums, fresh_index("pg"), url))
-        for streams in sorted(set(args.streams)):
+        for workers in args.workers:
+            mode = f"embedded, SQLite, {workers} encoding process(es)"
+            print(mode, file=sys.stderr, flush=True)
+            folder = fresh_index(f"workers-{workers}")
+            results.append(run_embedded(mode, items, bands, albums, folder, str(root / f"w{workers}.db"), workers))
+        if not args.embedded_only:
+            print("embedded, Postgres", file=sys.stderr, flush=True)
+            with postgres_database(server) as url:
+                results.append(run_embedded("embedded, Postgres", items, bands, albums, fresh_index("pg"), url))
+        for streams in [] if args.embedded_only else sorted(set(args.streams)):
             print(f"stack: {args.shards} shards, {streams} stream(s)", file=sys.stderr, flush=True)
             (root / f"logs-{streams}").mkdir()
             with postgres_database(server) as url:

@@ -789,9 +789,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # As a process serving the index does (Engine, ServiceServer: kyb.heap); KYB_HEAP_RETAIN_MB=0 measures without.
-    retain_freed_heap(load_config(env=os.environ).heap_retain_mb)
+    engine_config = load_config(env=os.environ)
+    retain_freed_heap(engine_config.heap_retain_mb)
     show = not args.no_progress
-    limits, features, search_config = ImageLimits(), FeatureConfig(), SearchConfig()
+    # Search settings as a served engine reads them (KYB_SEARCH__RESIDUAL_BITS=-1 measures int8
+    # descriptors, KYB_SEARCH__VOTE_BUDGET a bounded vote); extraction keeps its defaults.
+    limits, features, search_config = ImageLimits(), FeatureConfig(), engine_config.search
     timings: dict[str, float] = {}
 
     @contextmanager

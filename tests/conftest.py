@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,6 +117,14 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Library:
     assert all(o.status == "added" for o in outcomes), outcomes
     engine.close()
     return lib
+
+
+@pytest.fixture
+def library_copy(library: Library, tmp_path: Path) -> EngineConfig:
+    """The config of a private copy of the library's index folder and SQLite catalog."""
+    shutil.copytree(library.config.index_dir, tmp_path / "index")
+    shutil.copy2(library.config.catalog_url, tmp_path / "catalog.db")
+    return make_config(tmp_path)
 
 
 @pytest.fixture()

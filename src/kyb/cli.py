@@ -105,6 +105,26 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "band"
 
 
+def _slice(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a slice is K/N (e.g. 3/8), not {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"slice {text}: needs 0 <= K < N")
+    return k, n
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, not {value}")
+    return value
+
+
 def _parse_box(text: str) -> tuple[float, float, float, float]:
     from kyb.encoder import parse_box
 
@@ -198,6 +218,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     engine = _engine(args)
     bands_before = engine.catalog.band_stamp()
     items, row_errors = _collect(engine, [Path(p) for p in args.paths], args.kind)
+    if args.slice is not None:  # one pod's share of a cluster build: every n-th item from the k-th
+        k, n = args.slice
+        items = items[k::n]
     # A catalog that is searched by meaning keeps every band embedded; one that is not stays as it was.
     if engine.catalog.band_stamp() != bands_before and engine.catalog.band_vector_models():
         _embed_bands(engine)
@@ -216,7 +239,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 bar.write(f"failed: {outcome.source}: {outcome.message}", file=sys.stderr)
             bar.update(1)
 
-        engine.ingest(items, progress=tick)
+        engine.ingest(items, progress=tick, processes=args.workers, save_every=args.save_every)
     elapsed = time.perf_counter() - started
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     stats = engine.index.stats()
@@ -226,6 +249,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         "failures": failures,
         "bad_catalog_rows": row_errors,
         "elapsed_s": round(elapsed, 3),
+        "workers": args.workers,
+        "references_per_s": round(len(items) / elapsed, 2) if elapsed > 0 else None,
         "index_references": stats["references"],
         "bytes_per_reference": round(stats["bytes_per_reference"]),
     }
@@ -234,6 +259,30 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if counts.get("failed", 0) == len(items):
         return EXIT_CODES[InvalidRequest]
     return EXIT_PARTIAL if counts.get("failed") or row_errors else 0
+
+
+def cmd_merge_index(args: argparse.Namespace) -> int:
+    from kyb.index import ReferenceIndex, has_index, writer_lock
+
+    config = _config(args)
+    into = Path(args.into)
+    counts = {"added": 0, "replaced": 0, "unchanged": 0}
+    started = time.perf_counter()
+    with writer_lock(into):
+        index = ReferenceIndex.load(into, config.search) if has_index(into) else None
+        for source in args.sources:
+            other = ReferenceIndex.load(Path(source), config.search)
+            if index is None:
+                index = ReferenceIndex(other.codebook, config.search, into)
+            for outcome in index.merge(other):
+                counts[outcome] += 1
+        assert index is not None
+        index.save(into)
+    report = {"into": str(into), "sources": len(args.sources), **counts, "references": len(index),
+              "elapsed_s": round(time.perf_counter() - started, 3)}  # fmt: skip
+    _emit(args, report, f"merged {len(args.sources)} index folder(s) into {into}: {counts['added']} added, "
+          f"{counts['replaced']} replaced, {counts['unchanged']} unchanged; {len(index)} references")  # fmt: skip
+    return 0
 
 
 # ---------------------------------------------------------------------------- identify
@@ -763,8 +812,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", parents=[common], help="add reference images (folders, catalog files, images)")
     p.add_argument("paths", nargs="+", help="folder, catalog.json/.csv, or image files")
     p.add_argument("--kind", choices=["logo", "album_cover"], help="kind for images without one")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="processes encoding the references; this one commits them (default: the cores)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=_positive_int,
+        default=5000,
+        help="save the index after each this many references, so a killed ingest keeps its work (default 5000)",
+    )
+    p.add_argument(
+        "--slice",
+        type=_slice,
+        help="K/N: ingest only every N-th item from the K-th (one pod of a cluster build; see merge-index)",
+    )
     _json_flag(p)
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "merge-index",
+        parents=[common],
+        help="merge index folders built apart (slices of one catalog) into one",
+        description="Adds every reference of each SOURCE index folder to INTO (made from the first "
+        "source's codebook when it does not exist) and saves it once. Slices that started from one seed "
+        "index merge into exactly what one build of them all holds. Safe to run again.",
+    )
+    p.add_argument("into", help="the merged index folder")
+    p.add_argument("sources", nargs="+", help="index folders to merge in, in order")
+    _json_flag(p)
+    p.set_defaults(func=cmd_merge_index)
 
     p = sub.add_parser("identify", parents=[common], help="find every known logo and cover in photos")
     p.add_argument("photos", nargs="+")

@@ -205,6 +205,11 @@ class SearchConfig:
     hnsw_m: int = 16
     hnsw_ef_construction: int = 200
     hnsw_ef: int = 128
+    #: A reference keypoint's descriptor is stored as its word's centroid plus this many bits a PCA
+    #: dimension of residual magnitude (the residual's sign is its Hamming signature): 1 keeps 8 bytes
+    #: of the int8 descriptor's 64 (docs/engine.md, "Compact references"); -1 keeps int8 descriptors.
+    #: Fixed for an index when it gets its first references.
+    residual_bits: int = 1
     #: Lowe's ratio test on descriptor distances.
     ratio: float = 0.85
     #: RANSAC reprojection threshold in pixels of the photo at search size (1024 px).
@@ -232,6 +237,10 @@ class SearchConfig:
     #: process-wide pool of this size, so concurrent searches share it rather than multiply it); 1
     #: votes in the caller's thread.
     vote_threads: int = 2
+    #: The word vote names at most about this many references: each of the photo's features counts
+    #: the references holding its word, and the most common words stop voting until the sum fits
+    #: (kyb.index.ReferenceIndex.vote_cutoff). Bounds the vote's cost as the index grows; 0 = no bound.
+    vote_budget: int = 0
     #: Threads that verify ahead of the caller once a walk down a shortlist is past its first
     #: kyb.search.SERIAL_LOOKS candidates (a photo where nothing verifies looks at up to verify_max):
     #: the same pool as the vote, a few candidates a task. The answers do not change, only when they
@@ -252,6 +261,7 @@ class SearchConfig:
         _check(self.verify_max >= self.verify_top, "search.verify_max", "must be >= search.verify_top")
         _check(1 <= self.patience <= 1000, "search.patience", "must be in 1..1000")
         _check(2 <= self.hnsw_m <= 100, "search.hnsw_m", "must be in 2..100")
+        _check(-1 <= self.residual_bits <= 4, "search.residual_bits", "must be in -1..4")
         _check(self.hnsw_ef >= self.shortlist_global, "search.hnsw_ef", "must be >= shortlist_global")
         _check(0.5 <= self.ratio <= 1.0, "search.ratio", "must be in 0.5..1.0")
         _check(0.5 <= self.ransac_threshold <= 50, "search.ransac_threshold", "must be in 0.5..50")
@@ -265,6 +275,7 @@ class SearchConfig:
         )
         _check(0.5 <= self.prefilter_ratio <= 1.0, "search.prefilter_ratio", "must be in 0.5..1.0")
         _check(1 <= self.vote_threads <= 64, "search.vote_threads", "must be in 1..64")
+        _check(self.vote_budget >= 0, "search.vote_budget", "must be >= 0")
         _check(1 <= self.verify_threads <= 64, "search.verify_threads", "must be in 1..64")
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
 

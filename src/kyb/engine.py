@@ -8,7 +8,9 @@ by construction.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import itertools
 import logging
 import threading
@@ -34,6 +36,8 @@ from kyb.heap import retain_freed_heap
 from kyb.imageio import DecodedImage, decode_image
 from kyb.index import ReferenceIndex, base_reference_id, current_generation, has_index, writer_lock
 from kyb.ingest import (
+    EncodedReference,
+    EncodingPool,
     IngestItem,
     IngestOutcome,
     combined_status,
@@ -42,6 +46,7 @@ from kyb.ingest import (
     record_outcome,
     reference_id_for,
     reference_record,
+    unique_regions,
 )
 from kyb.regions import Region, RegionDetector, merge_regions, original_box, search_regions
 from kyb.results import IdentifyResult
@@ -303,12 +308,17 @@ class Engine:
         progress: Callable[[IngestOutcome], None] | None = None,
         save: bool = True,
         codebook_images: int = 4000,
+        processes: int = 0,
+        save_every: int = 0,
     ) -> list[IngestOutcome]:
         """Decodes, encodes and indexes ``items``; records them in the catalog.
 
         Per item the outcome is ``added``, ``replaced``, ``unchanged`` (same bytes and regions already
         indexed: nothing is re-encoded) or ``failed`` with a one-line reason; a failure never stops
         the others. With no index yet, the first ``codebook_images`` items train the codebook.
+        With ``processes`` >= 1 the encoding runs in that many worker processes
+        (:class:`~kyb.ingest.EncodingPool`) and this one only commits; ``save_every`` > 0 also saves
+        the index after each that many committed items, so a killed ingest keeps most of its work.
         """
         outcomes: list[IngestOutcome] = []
         iterator = iter(items)
@@ -316,14 +326,40 @@ class Engine:
             iterator = self._bootstrap(iterator, codebook_images, outcomes, progress)
         index = self.index
         encoder = self.encoder
-        batch: list[_Prepared] = []
+        batch: list[_Prepared | EncodedReference] = []
+        since_save = 0
 
         def flush() -> None:
+            nonlocal since_save
             for outcome in self._commit(batch, index):
                 outcomes.append(outcome)
                 if progress:
                     progress(outcome)
+            since_save += len(batch)
             batch.clear()
+            if save_every and since_save >= save_every and index.dirty:
+                index.save(self.config.index_dir)
+                since_save = 0
+
+        if processes >= 1:
+            with EncodingPool(
+                index.codebook, self.config.limits, self.config.features, processes, self.config.heap_retain_mb
+            ) as workers:
+                for encoded in workers.encode(self._not_indexed(iterator, index, outcomes, progress)):
+                    if isinstance(encoded, IngestOutcome):
+                        outcomes.append(encoded)
+                        self._log_failure(encoded)
+                        if progress:
+                            progress(encoded)
+                        continue
+                    batch.append(encoded)
+                    # Small batches: the workers wait for nothing while one commits.
+                    if len(batch) >= (min(16, save_every) if save_every else 16):
+                        flush()
+            flush()
+            if save and index.dirty:
+                index.save(self.config.index_dir)
+            return outcomes
 
         with ThreadPoolExecutor(max_workers=self.config.workers) as pool:
             for _item, prepared in _map_ordered(pool, self._prepare_safe, iterator, self.config.workers * 4):
@@ -344,6 +380,35 @@ class Engine:
             index.save(self.config.index_dir)
         return outcomes
 
+    def _not_indexed(
+        self,
+        items: Iterator[IngestItem],
+        index: ReferenceIndex,
+        outcomes: list[IngestOutcome],
+        progress: Callable[[IngestOutcome], None] | None,
+    ) -> Iterator[IngestItem]:
+        """The items not indexed yet, with their bytes read (a worker gets them, not the path); the
+        others are ``unchanged`` (or ``failed`` when unreadable) without being sent to a worker."""
+        for item in items:
+            try:
+                data = item.read()
+            except KybError as exc:
+                outcome = IngestOutcome(item.source, "failed", message=str(exc))
+            else:
+                sha256 = hashlib.sha256(data).hexdigest()
+                reference_id = reference_id_for(sha256, item.regions)
+                keys = index_keys(reference_id, max(1, len(unique_regions(item.regions))))
+                known = all(index.sha256_of(k) == sha256 for k in keys)
+                if not (known and self.catalog.get_reference(reference_id) is not None):
+                    yield dataclasses.replace(item, data=data)
+                    continue
+                outcome = IngestOutcome(item.source, "unchanged", reference_id)
+            outcomes.append(outcome)
+            if outcome.status == "failed":
+                self._log_failure(outcome)
+            if progress:
+                progress(outcome)
+
     def _prepare_safe(self, item: IngestItem) -> _Prepared | IngestOutcome:
         try:
             prepared = self._prepare(item)
@@ -362,13 +427,13 @@ class Engine:
         )
 
     @staticmethod
-    def _keys(prepared: _Prepared) -> list[str]:
+    def _keys(prepared: _Prepared | EncodedReference) -> list[str]:
         return index_keys(prepared.reference_id, len(prepared.regions))
 
     def _log_failure(self, outcome: IngestOutcome) -> None:
         record_outcome(self.catalog, outcome)
 
-    def _commit(self, batch: list[_Prepared], index: ReferenceIndex) -> list[IngestOutcome]:
+    def _commit(self, batch: Sequence[_Prepared | EncodedReference], index: ReferenceIndex) -> list[IngestOutcome]:
         """Catalog rows first, then the index: a crash in between leaves an invisible catalog row
         that the next ingest of the same file completes (it is not 'unchanged' until both exist)."""
         outcomes = []
@@ -421,6 +486,8 @@ class Engine:
             chunk = prepared[chunk_start : chunk_start + 64]
             for p in chunk:
                 p.encodings = [encoder.encode_features(f, region, scale=p.decoded.scale) for f, region in p.features]
+            # The residual bins from the first 64 references, not from the first one alone.
+            index.fit_residuals([e for p in chunk for e in p.encodings])
             for outcome in self._commit(chunk, index):
                 outcomes.append(outcome)
                 if progress:

@@ -5,23 +5,36 @@ A reference's id comes from its content (and its regions), so ingesting the same
 ``unchanged`` and the same photo with other boxes is another reference. The catalog row is written
 before the index entries: a crash in between leaves a row the index does not know, which the same
 ingest run again completes (it is not ``unchanged`` until both exist).
+
+``kyb ingest --workers N`` encodes in N processes (:class:`EncodingPool`: decode, SIFT, words and
+global vector, the CPU-bound part) while the calling process stays the one writer of the catalog and
+the index: the same commit order as a single-process ingest, so a kill loses at most the references
+committed since the last save, and running the ingest again completes them without duplicates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
-from collections.abc import Sequence
+import multiprocessing
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from kyb.catalog import Catalog, ReferenceImage, validate_box
-from kyb.config import ImageLimits
-from kyb.encoder import Box, scaled_box
-from kyb.errors import InvalidRequest
+from kyb.codebook import Codebook
+from kyb.config import FeatureConfig, ImageLimits
+from kyb.encoder import Box, Encoder, Encoding, extract_reference, scaled_box
+from kyb.errors import InvalidRequest, KybError
 from kyb.imageio import DecodedImage, decode_image
 
 __all__ = [
+    "EncodedReference",
+    "EncodingPool",
     "IngestItem",
     "IngestOutcome",
     "combined_status",
@@ -129,3 +142,87 @@ def record_outcome(catalog: Catalog, outcome: IngestOutcome, sha256: str | None 
         catalog.record_ingestion(outcome.reference_id, sha256, outcome.status, detail)
     except Exception as exc:
         log.debug("could not record the ingestion of %s: %s", outcome.source, exc)
+
+
+@dataclass(frozen=True)
+class EncodedReference:
+    """An item encoded by a worker: what the writer commits (the pixels stay in the worker)."""
+
+    item: IngestItem
+    decoded: DecodedImage  # its ``rgb`` is empty
+    reference_id: str
+    regions: list[Box | None]
+    encodings: list[Encoding]
+
+
+#: Items in flight per worker process (each holds its file's bytes until its result is taken).
+_IN_FLIGHT = 32
+_NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
+_WORKER: tuple[Encoder, ImageLimits, FeatureConfig] | None = None
+
+
+def _start_worker(codebook: Codebook, limits: ImageLimits, features: FeatureConfig, heap_retain_mb: int) -> None:
+    global _WORKER
+    import cv2
+
+    from kyb.heap import retain_freed_heap
+
+    cv2.setNumThreads(1)  # one process a core: OpenCV's own threads would only compete with the others
+    retain_freed_heap(heap_retain_mb)  # as the engine's process does: SIFT's large frees cost ~1.7x without
+    _WORKER = (Encoder(codebook, features), limits, features)
+
+
+def _encode_in_worker(item: IngestItem) -> EncodedReference | IngestOutcome:
+    assert _WORKER is not None, "not an encoding worker"
+    encoder, limits, features = _WORKER
+    try:
+        decoded, reference_id, regions = decode_reference(item, limits)
+        encodings = []
+        for region in regions:
+            scaled = None if region is None else scaled_box(region, decoded.scale)
+            found = extract_reference(decoded, scaled, features)
+            encodings.append(encoder.encode_features(found[0], found[1], scale=decoded.scale))
+    except KybError as exc:
+        return IngestOutcome(item.source, "failed", message=str(exc))
+    return EncodedReference(item, dataclasses.replace(decoded, rgb=_NO_PIXELS), reference_id, regions, encodings)
+
+
+class EncodingPool:
+    """``processes`` worker processes that encode ingest items with ``codebook``, in order.
+
+    Processes are started fresh (``spawn``): a forked copy of a process that holds search threads,
+    hnswlib graphs or a database connection is not safe to use.
+    """
+
+    def __init__(
+        self, codebook: Codebook, limits: ImageLimits, features: FeatureConfig, processes: int, heap_retain_mb: int = 0
+    ) -> None:
+        if processes < 1:
+            raise InvalidRequest(f"workers must be >= 1, not {processes}")
+        self.processes = processes
+        self._pool = ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(codebook, limits, features, heap_retain_mb),
+        )
+
+    def encode(self, items: Iterator[IngestItem]) -> Iterator[EncodedReference | IngestOutcome]:
+        """Each item's encoding (or its failure), in the order given, with a bounded number in flight."""
+        pending: list[Future[EncodedReference | IngestOutcome]] = []
+        for item in items:
+            pending.append(self._pool.submit(_encode_in_worker, item))
+            # Deep enough that the workers keep encoding while the writer commits a batch.
+            if len(pending) >= _IN_FLIGHT * self.processes:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> EncodingPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

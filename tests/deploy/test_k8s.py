@@ -333,3 +333,24 @@ def test_the_second_track_serves_another_build_in_its_own_namespace() -> None:
         }
     assert builds["prod"] != builds["prod-b"]
     assert [o["metadata"]["name"] for o in objects("prod-b", "Namespace")] == ["kyb-b"]
+
+
+def test_the_parallel_build_slices_the_catalog_once_per_completion_index() -> None:
+    from kyb.cli import build_parser
+
+    jobs = {
+        o["metadata"]["name"]: o for o in yaml.safe_load_all((K8S / "ops" / "index-build-parallel.yaml").read_text())
+    }
+    assert list(jobs) == ["kyb-index-seed", "kyb-index-slices", "kyb-index-merge"]
+    slices = jobs["kyb-index-slices"]["spec"]
+    assert slices["completionMode"] == "Indexed" and slices["completions"] == slices["parallelism"]
+    (container,) = slices["template"]["spec"]["containers"]
+    parser = build_parser()
+    for k in range(slices["completions"]):
+        args = parser.parse_args(expand(container["args"], {"K": str(k)}))
+        assert args.slice == (k, slices["completions"])  # every item in exactly one pod's slice
+        assert args.index_dir == f"/builds/parallel/slice-{k}"
+    copy = slices["template"]["spec"]["initContainers"][0]["args"][0]
+    assert "/builds/parallel/seed" in copy and "slice-$(K)" in copy
+    merge = jobs["kyb-index-merge"]["spec"]["template"]["spec"]["initContainers"][0]["args"][0]
+    assert merge.startswith("kyb merge-index $(KYB_INDEX_DIR) /builds/parallel/slice-*")

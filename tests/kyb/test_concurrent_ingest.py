@@ -8,12 +8,10 @@ wipes its staging folder (a bug in the index save, not fixed here).
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from kyb import synth
 from kyb.config import EngineConfig
@@ -22,23 +20,15 @@ from kyb.index import ReferenceIndex
 from tests.conftest import Library, encode_jpeg, make_config
 
 
-@pytest.fixture
-def folder(library: Library, tmp_path: Path) -> EngineConfig:
-    """A private copy of the library's index folder and SQLite catalog."""
-    shutil.copytree(library.config.index_dir, tmp_path / "index")
-    shutil.copy2(library.config.catalog_url, tmp_path / "catalog.db")
-    return make_config(tmp_path)
-
-
 def _new_image(library: Library) -> bytes:
     rng = np.random.default_rng(2024)
     return encode_jpeg(synth.draw_album_cover("Concurrent Title", library.bands[0].name, rng), 95)
 
 
-def test_two_threads_ingesting_the_same_image_make_one_reference(library: Library, folder: EngineConfig) -> None:
+def test_two_threads_ingesting_the_same_image_make_one_reference(library: Library, library_copy: EngineConfig) -> None:
     data = _new_image(library)
     band_id = library.bands[0].band_id
-    with Engine(folder) as engine:
+    with Engine(library_copy) as engine:
         engine.index  # noqa: B018 - load before the race
         catalog_before = engine.catalog.count_references()
         index_before = len(engine.index)
@@ -67,10 +57,10 @@ def test_two_threads_ingesting_the_same_image_make_one_reference(library: Librar
         assert engine.catalog.count_references() == catalog_before + 1
         assert len(engine.index) == index_before + 1
         assert engine.catalog.get_reference(reference_id) is not None
-    reloaded = ReferenceIndex.load(folder.index_dir, folder.search)
+    reloaded = ReferenceIndex.load(library_copy.index_dir, library_copy.search)
     assert len(reloaded) == index_before + 1
     assert reloaded.sha256_of(reference_id) is not None
-    with Engine(folder) as fresh:
+    with Engine(library_copy) as fresh:
         assert fresh.catalog.count_references() == catalog_before + 1
 
 
@@ -91,9 +81,8 @@ def test_two_processes_ingesting_into_one_folder_take_turns(library, tmp_path) -
     """Each writer process holds the folder's writer lock and reloads what the other saved."""
     import subprocess
     import sys
-    from pathlib import Path
 
-    from tests.conftest import encode_jpeg, make_config
+    from tests.conftest import encode_jpeg
 
     config = make_config(tmp_path)
     engine = Engine(config)

@@ -435,3 +435,30 @@ def test_vote_pieces_cover_every_feature_once_and_balance_uneven_segments() -> N
     empty = PhotoVote(np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0))
     with_empty = _vote_pieces(segments, [ballots[0], empty, ballots[2]], threads=2)
     assert [piece for piece in with_empty if piece[0] == 1] == [(1, 0, 0)]
+
+
+def test_vote_budget_keeps_the_rarest_words_within_it(library: Library) -> None:
+    import dataclasses
+
+    source = Engine(library.config).index
+    ids = source.reference_ids()
+    photo = source.encoding(ids[0])
+    unbounded = source.vote_cutoff(photo)
+    df = source._df[photo.words.astype(np.int64)]
+    voting = df[(df > 0) & (df <= unbounded)]
+    budget = int(voting.sum()) // 3
+    index = ReferenceIndex(source.codebook, dataclasses.replace(source.search_config, vote_budget=budget))
+    index.add([(r, source.sha256_of(r) or "", source.encoding(r)) for r in ids])
+    cutoff = index.vote_cutoff(photo)
+    assert cutoff < unbounded
+    kept = df[(df > 0) & (df <= cutoff)]
+    assert 0 < int(kept.sum()) <= budget < int(df[(df > 0) & (df <= cutoff + 1)].sum())  # whole words, greedy
+    (vote,) = index.photo_votes(photo, cutoff)
+    assert set(vote.words.tolist()) == set(photo.words[(df > 0) & (df <= cutoff)].tolist())
+    assert index.shortlist(photo)[0].reference_id == ids[0]  # the rarest words still find it
+    memo = VoteMemo()
+    first = index.shortlist(photo, memo=memo)
+    assert memo.cutoff == cutoff and [c.reference_id for c in index.shortlist(photo, memo=memo)] == [
+        c.reference_id for c in first
+    ]
+    assert source.search_config.vote_budget == 0 and unbounded == max(2.0, 0.25 * len(source))  # 0: no budget

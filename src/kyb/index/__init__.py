@@ -13,9 +13,12 @@ A save writes a new generation beside the old one (temp folder, fsync, rename) a
 ``CURRENT`` (temp file, fsync, rename): a process killed at any point leaves the previous generation
 loadable. Unchanged segments are hard links, so a save costs the new segments plus the graph.
 
-Per reference, the index keeps up to ``features.reference_features`` keypoints as 4 bytes of fixed-point
-position, ``pca_dims`` bytes of int8 descriptor and 2 bytes of visual word (about 70 bytes each),
-plus its global vector in the graph.
+Per reference, the index keeps up to ``features.reference_features`` keypoints, each as 4 bytes of
+fixed-point position, a posting in the inverted file (4 bytes of reference row, 8 of Hamming
+signature, 4 back to it) and its descriptor as residual codes (``search.residual_bits`` bits a PCA
+dimension, 8 bytes at 1 bit and 64 dimensions; :mod:`kyb.index._residuals`): 28 bytes a keypoint,
+plus its global vector in the graph (~1.2 KB). ``residual_bits`` -1 keeps int8 descriptors (64 bytes).
+``residuals.npz`` in a generation holds the quantizer, trained on the first references the index got.
 """
 
 from __future__ import annotations
@@ -36,11 +39,12 @@ from kyb.errors import IndexCorrupt, InvalidRequest
 from kyb.generations import writer_lock
 from kyb.index._compaction import compact
 from kyb.index._fusion import RankedLists, _depths, fuse_ranked, merge_ranked
+from kyb.index._residuals import ResidualQuantizer
 from kyb.index._store import (
     FORMAT,
-    XY_SCALE,
     ReferenceFeatures,
     _Segment,
+    alive_vectors,
     current_generation,
     has_index,
     load_codebook,
@@ -99,6 +103,12 @@ class Candidate:
 _VOTE_FLOOR = 1e-6
 
 
+def _same_quantizer(a: ResidualQuantizer | None, b: ResidualQuantizer | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.bits == b.bits and np.array_equal(a.edges, b.edges) and np.array_equal(a.levels, b.levels)
+
+
 class ReferenceIndex:
     """Add, replace, delete and shortlist references; save and load a folder atomically.
 
@@ -123,6 +133,8 @@ class ReferenceIndex:
         self._generation = 0
         self._dirty = False
         self._graph = self._new_graph(1024)
+        # Trained on the first references added (or loaded without one) when search.residual_bits >= 0.
+        self._quantizer: ResidualQuantizer | None = None
 
     # ------------------------------------------------------------------ basics
     def _new_graph(self, capacity: int) -> hnswlib.Index:
@@ -152,7 +164,7 @@ class ReferenceIndex:
 
     def sha256_of(self, reference_id: str) -> str | None:
         found = self._where.get(reference_id)
-        return None if found is None else str(found[0].sha256[found[1]])
+        return None if found is None else found[0].sha256_at(found[1])
 
     def features(self, reference_id: str) -> ReferenceFeatures:
         found = self._where.get(reference_id)
@@ -166,13 +178,13 @@ class ReferenceIndex:
         if found is None:
             raise KeyError(reference_id)
         segment, row = found
-        start, end = int(segment.offsets[row]), int(segment.offsets[row + 1])
+        features = segment.features(row)
         return Encoding(
-            xy=segment.xy[start:end].astype(np.float32) / XY_SCALE,
-            descriptors=segment.descriptors[start:end],
-            words=segment.words[start:end].astype(np.int32),
-            global_vector=segment.global_vectors[row],
-            region_size=(float(segment.region[row, 0]), float(segment.region[row, 1])),
+            xy=features.xy,
+            descriptors=features.descriptors,
+            words=features.words.astype(np.int32),
+            global_vector=self._graph.get_items([int(segment.ordinals[row])], return_type="numpy")[0],
+            region_size=features.region_size,
             codebook_version=self.codebook.version,
         )
 
@@ -180,7 +192,7 @@ class ReferenceIndex:
         segments = self._segments
         alive = sum(int(s.alive.sum()) for s in segments)
         graph_bytes = alive * (self.codebook.global_dims * 4 + self.search_config.hnsw_m * 2 * 4 + 16)
-        feature_bytes = sum(s.nbytes - s.global_vectors.nbytes for s in segments)
+        feature_bytes = sum(s.nbytes for s in segments)
         total = feature_bytes + graph_bytes
         return {
             "references": alive,
@@ -191,6 +203,7 @@ class ReferenceIndex:
             "bytes_per_reference": round(total / alive, 1) if alive else 0.0,
             "codebook_version": self.codebook.version,
             "generation": self._generation,
+            "residual_bits": -1 if self._quantizer is None else self._quantizer.bits,
         }
 
     # ------------------------------------------------------------------ mutation
@@ -229,16 +242,82 @@ class ReferenceIndex:
                     outcomes.append("added")
                 fresh.append((reference_id, sha, encoding))
             if fresh:
+                self.fit_residuals([e for _, _, e in fresh])
                 ordinals = list(range(self._next_ordinal, self._next_ordinal + len(fresh)))
                 self._next_ordinal += len(fresh)
-                segment = _Segment.build(f"seg-{ordinals[0]:09d}.npz", ordinals, fresh, self.codebook)
+                segment = _Segment.build(f"seg-{ordinals[0]:09d}.npz", ordinals, fresh, self.codebook, self._quantizer)
                 self._attach(segment)
                 needed = self._graph.get_current_count() + len(fresh)
                 if needed > self._graph.get_max_elements():
                     self._graph.resize_index(max(needed, 2 * self._graph.get_max_elements()))
+                assert segment.global_vectors is not None
                 self._graph.add_items(segment.global_vectors, segment.ordinals)
+                segment.global_vectors = None  # the graph holds them
                 self._dirty = True
         return outcomes
+
+    def fit_residuals(self, encodings: Sequence[Encoding]) -> bool:
+        """Trains the residual quantizer on ``encodings`` when the index has none yet, holds no
+        references and stores residual codes (``search.residual_bits`` >= 0); True when it did. The
+        first add does this with what it adds; an ingest calls it first with a larger sample."""
+        with self._lock:
+            if self._quantizer is not None or self._segments or self.search_config.residual_bits < 0 or not encodings:
+                return False
+            self._quantizer = ResidualQuantizer.train(
+                self.codebook,
+                np.concatenate([e.descriptors for e in encodings]),
+                np.concatenate([e.words for e in encodings]),
+                self.search_config.residual_bits,
+            )
+            return True
+
+    def merge(self, other: ReferenceIndex) -> list[str]:
+        """Adds every reference of ``other`` (an index over the same codebook: a slice of a catalog
+        built apart) as :meth:`add` would, returning each one's outcome in ``other``'s order.
+
+        When both indexes share one residual quantizer (slices started from one seed index, or this
+        index still empty) the stored arrays are copied as they are, so the merged index holds exactly
+        what one build of all the slices holds; otherwise the references go through their encodings.
+        """
+        if other.codebook.version != self.codebook.version:
+            raise InvalidRequest(
+                f"cannot merge an index over codebook {other.codebook.version} into one over {self.codebook.version}"
+            )
+        with self._lock:
+            if self._quantizer is None and not self._segments:
+                self._quantizer = other._quantizer
+            if not _same_quantizer(self._quantizer, other._quantizer):
+                keys = other.reference_ids()
+                return self.add((key, other.sha256_of(key) or "", other.encoding(key)) for key in keys)
+            outcomes: list[str] = []
+            for segment in other._segments:
+                rows = []
+                for row in np.flatnonzero(segment.alive):
+                    reference_id, sha = str(segment.ref_ids[row]), segment.sha256_at(int(row))
+                    current = self.sha256_of(reference_id)
+                    if current == sha:
+                        outcomes.append("unchanged")
+                        continue
+                    if current is not None:
+                        self._delete_locked(reference_id)
+                    outcomes.append("added" if current is None else "replaced")
+                    rows.append(row)
+                if not rows:
+                    continue
+                part = segment.part(np.asarray(rows, dtype=np.int64))
+                vectors = other._graph.get_items(part["ordinals"], return_type="numpy")
+                part["ordinals"] = np.arange(self._next_ordinal, self._next_ordinal + len(rows), dtype=np.int64)
+                self._next_ordinal += len(rows)
+                copy = _Segment.join(
+                    f"seg-{self._next_ordinal - len(rows):09d}.npz", [part], self.codebook, self._quantizer
+                )
+                self._attach(copy)
+                needed = self._graph.get_current_count() + len(rows)
+                if needed > self._graph.get_max_elements():
+                    self._graph.resize_index(max(needed, 2 * self._graph.get_max_elements()))
+                self._graph.add_items(vectors, copy.ordinals)
+                self._dirty = True
+            return outcomes
 
     def _attach(self, segment: _Segment) -> None:
         self._segments = [*self._segments, segment]
@@ -248,8 +327,7 @@ class ReferenceIndex:
             reference_id = str(segment.ref_ids[row])
             self._where[reference_id] = (segment, row)
             self._ordinal_ref[int(segment.ordinals[row])] = reference_id
-            start, end = segment.offsets[row], segment.offsets[row + 1]
-            self._df[np.unique(segment.words[start:end])] += 1
+        self._df += segment.word_counts()
 
     def delete(self, reference_id: str) -> bool:
         """Removes a reference; False when it was not there."""
@@ -265,8 +343,7 @@ class ReferenceIndex:
         segment.alive[row] = False
         ordinal = int(segment.ordinals[row])
         self._ordinal_ref.pop(ordinal, None)
-        start, end = segment.offsets[row], segment.offsets[row + 1]
-        self._df[np.unique(segment.words[start:end])] -= 1
+        self._df[np.unique(segment.words_of(int(segment.offsets[row]), int(segment.offsets[row + 1])))] -= 1
         self._graph.mark_deleted(ordinal)
 
     # ------------------------------------------------------------------ search
@@ -331,27 +408,50 @@ class ReferenceIndex:
         words = self._word_votes(query, self._segments, exclude, depth_words, memo)[:depth_words] if depth_words else []
         return RankedLists(global_list, words)
 
-    def photo_votes(self, query: Encoding) -> tuple[PhotoVote, ...]:
+    def photo_votes(self, query: Encoding, max_df: float | None = None) -> tuple[PhotoVote, ...]:
         """The photo's vote, or with inverted twins (:attr:`Encoding.inverted`) one vote of the rows as
         photographed and one of the twins: a print is in one polarity, so a reference scores the
         better of the two, and the other polarity's chance votes do not add to it."""
         if query.inverted is None:
-            return (self.photo_vote(query),)
+            return (self.photo_vote(query, max_df=max_df),)
         twins = np.asarray(query.inverted, dtype=bool)
-        return tuple(self.photo_vote(query, np.flatnonzero(side)) for side in (~twins, twins))
+        return tuple(self.photo_vote(query, np.flatnonzero(side), max_df) for side in (~twins, twins))
 
-    def photo_vote(self, query: Encoding, rows: np.ndarray | None = None) -> PhotoVote:
-        """The photo's vote (:class:`PhotoVote`) over this index's current word statistics, with its
-        features ``rows`` only when given."""
+    def vote_cutoff(self, query: Encoding) -> float:
+        """The most references a word of ``query`` may be in and still vote.
+
+        A quarter of the references (idf weighting already discounts common words; those in over a
+        quarter vote for nearly everything and cost the most), lowered until the photo's voting
+        features together name at most ``search.vote_budget`` references (each feature its word's
+        document frequency): the vote walks the postings of the photo's rarest words, the ones with
+        the largest weights, and its cost stops growing with the index once the budget binds.
+        """
         n = max(1, len(self._where))
+        cutoff = max(2.0, 0.25 * n)
+        budget = self.search_config.vote_budget
+        if budget <= 0:
+            return cutoff
+        df = np.sort(self._df[np.asarray(query.words, dtype=np.int64)])
+        df = df[(df > 0) & (df <= cutoff)]
+        if df.size == 0 or int(df.sum()) <= budget:
+            return cutoff
+        within = int(np.searchsorted(np.cumsum(df), budget, side="right"))
+        # Whole words only: the last df level that fits entirely (ties share one word's fate).
+        return float(df[within] - 1) if within < df.size else cutoff
+
+    def photo_vote(self, query: Encoding, rows: np.ndarray | None = None, max_df: float | None = None) -> PhotoVote:
+        """The photo's vote (:class:`PhotoVote`) over this index's current word statistics, with its
+        features ``rows`` only when given, and of its words in at most ``max_df`` references
+        (default :meth:`vote_cutoff`)."""
         words = np.asarray(query.words, dtype=np.int64)
         descriptors = np.asarray(query.descriptors)
+        n = max(1, len(self._where))
+        if max_df is None:
+            max_df = self.vote_cutoff(query)
         if rows is not None:
             words, descriptors = words[rows], descriptors[rows]
-        # idf weighting already discounts common words; only words in over a quarter of the
-        # references are dropped outright (they vote for nearly everything and cost the most).
         df = self._df[words]
-        keep = np.flatnonzero((df > 0) & (df <= max(2, 0.25 * n)))
+        keep = np.flatnonzero((df > 0) & (df <= max_df))
         keep = keep[np.argsort(words[keep], kind="stable")]
         words, df = words[keep], df[keep]
         repeats = np.unique(words, return_counts=True)[1]
@@ -369,7 +469,10 @@ class ReferenceIndex:
         memo: VoteMemo | None = None,
     ) -> list[tuple[str, float]]:
         n = max(1, len(self._where))
-        photos = self.photo_votes(query)
+        # A later round keeps the first round's cutoff, so its words stay a subset of that round's.
+        reuse = memo is not None and memo.photo is not None and memo.references == n and memo.cutoff is not None
+        cutoff = memo.cutoff if reuse and memo is not None else self.vote_cutoff(query)
+        photos = self.photo_votes(query, cutoff)
         if memo is not None and (memo.photo is None or memo.references != n or len(memo.photo) != len(photos)):
             memo.raw = {}  # first round, or the collection changed (idf moved): vote afresh
         changes: list[PhotoVote] | None = None
@@ -417,7 +520,7 @@ class ReferenceIndex:
         fresh = {id(segment): (segment, vote[0]) for segment, vote in zip(segments, votes, strict=True)}
         results = [(top, scores, seg) for seg, (_, top, scores) in zip(segments, votes, strict=True) if top.size]
         if memo is not None:
-            memo.photo, memo.references, memo.raw = photos, n, fresh
+            memo.photo, memo.references, memo.raw, memo.cutoff = photos, n, fresh, cutoff
         if not results:
             return []
         # Merge the segments' winners as arrays and name only the best `depth` (naming every
@@ -448,6 +551,7 @@ class ReferenceIndex:
                 self.codebook,
                 self._segments,
                 self._graph,
+                self._quantizer,
                 after=self._generation,
                 next_ordinal=self._next_ordinal,
                 references=len(self._where),
@@ -464,10 +568,13 @@ class ReferenceIndex:
     def _maybe_compact(self) -> None:
         """Merges the segments :func:`~kyb.index._compaction.compact` groups, keeping every reference's
         ordinal and the segments' insertion order."""
-        compacted = compact(self._segments, self.encoding, self.codebook)
+        compacted = compact(self._segments, self.codebook, self._quantizer)
         if compacted is None:
             return
         segments, rebuild_graph = compacted
+        if rebuild_graph:
+            for segment in segments:
+                segment.global_vectors = alive_vectors(self._graph, segment)
         self._segments = []
         self._where = {}
         self._ordinal_ref = {}
@@ -479,20 +586,24 @@ class ReferenceIndex:
             self._graph = self._build_graph(self._segments)
 
     def _build_graph(self, segments: Sequence[_Segment]) -> hnswlib.Index:
+        """A graph of the alive rows of ``segments`` from the global vectors they hold (then dropped)."""
         alive = sum(int(s.alive.sum()) for s in segments)
         graph = self._new_graph(max(1024, int(alive * 1.25)))
         for segment in segments:
             rows = np.flatnonzero(segment.alive)
             if rows.size:
+                assert segment.global_vectors is not None
                 graph.add_items(segment.global_vectors[rows], segment.ordinals[rows])
+            segment.global_vectors = None
         return graph
 
     @classmethod
     def load(cls, path: Path, search: SearchConfig) -> ReferenceIndex:
         """Loads the current generation of an index folder (raises NotReady when there is none)."""
         root = Path(path)
-        folder, manifest, codebook, segments = read_generation(root)
+        folder, manifest, codebook, quantizer, segments = read_generation(root, search.residual_bits)
         index = cls(codebook, search, root)
+        index._quantizer = quantizer
         for segment in segments:
             index._attach(segment)
         index._next_ordinal = int(manifest["next_ordinal"])
@@ -502,6 +613,8 @@ class ReferenceIndex:
         except RuntimeError as exc:
             log.warning("index %s: graph unreadable (%s); rebuilding it from the segments", folder, exc)
             graph = index._build_graph(segments)
+        for segment in segments:
+            segment.global_vectors = None  # the graph holds them
         graph.set_ef(search.hnsw_ef)
         graph.set_num_threads(1)
         index._graph = graph

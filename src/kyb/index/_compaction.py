@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from kyb.codebook import Codebook
-from kyb.encoder import Encoding
+from kyb.index._residuals import ResidualQuantizer
 from kyb.index._store import _Segment
 
 #: Segments under this many references are small: merged together once there are more than 8.
@@ -62,12 +62,12 @@ def _compaction_groups(segments: Sequence[_Segment]) -> list[list[_Segment]]:
 
 
 def compact(
-    segments: Sequence[_Segment], encoding: Callable[[str], Encoding], codebook: Codebook
+    segments: Sequence[_Segment], codebook: Codebook, quantizer: ResidualQuantizer | None
 ) -> tuple[list[_Segment], bool] | None:
     """``segments`` with the groups of :func:`_compaction_groups` merged, each into one segment without
     its deleted rows and with every reference's ordinal kept, in insertion order; and whether deleted
     rows were dropped (the graph is then rebuilt without their labels). None when nothing merges.
-    ``encoding`` gives a reference's stored encoding."""
+    The merged segments copy the stored arrays (positions, signatures, codes): nothing is re-encoded."""
     groups = _compaction_groups(segments)
     if not groups:
         return None
@@ -75,15 +75,11 @@ def compact(
     rebuild_graph = any((~s.alive).any() for group in groups for s in group)
     merged: list[_Segment] = []
     for group in groups:
-        items: list[tuple[str, str, Encoding]] = []
-        ordinals: list[int] = []
-        for segment in group:
-            for row in np.flatnonzero(segment.alive):
-                reference_id = str(segment.ref_ids[row])
-                items.append((reference_id, str(segment.sha256[row]), encoding(reference_id)))
-                ordinals.append(int(segment.ordinals[row]))
-        if items:
-            name = f"seg-{min(ordinals):09d}-m{len(items)}.npz"
-            merged.append(_Segment.build(name, ordinals, items, codebook))
+        parts = [segment.part(np.flatnonzero(segment.alive)) for segment in group if segment.alive.any()]
+        if parts:
+            ordinals = np.concatenate([p["ordinals"] for p in parts])
+            name = f"seg-{int(ordinals.min()):09d}-m{len(ordinals)}.npz"
+            merged.append(_Segment.join(name, parts, codebook, quantizer))
+        del parts
     keep = [s for s in segments if id(s) not in merging]
     return sorted(keep + merged, key=_insertion_order), rebuild_graph

@@ -54,6 +54,7 @@ class VoteMemo:
     def __init__(self) -> None:
         self.photo: tuple[PhotoVote, ...] | None = None  # one vote per polarity searched
         self.references = -1
+        self.cutoff: float | None = None  # the first round's vote_cutoff, kept by later rounds
         # id(segment) -> (segment, raw vote per row for each polarity); the segment is held so its id
         # is not reused.
         self.raw: dict[int, tuple[_Segment, list[np.ndarray]]] = {}
