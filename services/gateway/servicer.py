@@ -66,7 +66,7 @@ from kyb.ingest import (
     record_outcome,
     reference_record,
 )
-from kyb.regions import Region, merge_regions, search_regions
+from kyb.regions import Region, merge_regions, search_regions, second_look
 from kyb.results import IdentifiedObject, IdentifyResult
 from kyb.rpc import (
     Deadline,
@@ -373,6 +373,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             width, height = round(header.original_width / scale), round(header.original_height / scale)
 
         objects, shard_of, candidates, missing = self._search_regions(regions, width, height, deadline)
+        size = (header.original_width, header.original_height)
+        again = second_look(boxes, objects, *size, enabled=self._config.engine.search.second_look)
+        if again is not None:  # nothing found: the photo once more as a region of itself, enlarged further
+            second = self._second_look(request.image, again, width, height, deadline)
+            if second is not None:
+                region, (objects, owners, more, lacking) = second
+                regions.append(region)
+                shard_of.update(owners)
+                candidates = list(dict.fromkeys([*candidates, *more]))
+                missing = [s.name for s in self._shards if s.name in {*missing, *lacking}]
         searched_at = time.perf_counter()
         lookup = CatalogLookup(self._catalog, self._last_seen)
         alternatives = self._config.engine.search.alternatives
@@ -401,6 +411,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             "total": (finished - started) * 1000,
         }
         return identify_result_to_proto(result)
+
+    def _second_look(
+        self, image: bytes, box: Box, width: int, height: int, deadline: Deadline
+    ) -> tuple[_Region, tuple[list[FoundObject], dict[str, str], list[str], list[str]]] | None:
+        """:func:`kyb.regions.second_look`'s region encoded and searched (None: featureless), as the
+        embedded engine does."""
+        try:
+            result = self._encode(image, box, deadline, False)
+        except InvalidRequest:
+            return None
+        encoding = encoding_from_proto(result.encoding)
+        region = _Region(box, result.encoding, encoding.xy + np.asarray(encoding.origin, np.float32), encoding.scale)
+        return region, self._search_regions([region], width, height, deadline)
 
     def _fan_out(self, deadline: Deadline) -> FanOut:
         """Calls ``(shard, method, request)`` triples in parallel on the fan-out pool, within ``deadline``."""

@@ -108,6 +108,11 @@ class FeatureConfig:
     min_region_side: int = 360
     #: Photos with a longer side below this are enlarged (up to 2x) before extraction.
     query_min_side: int = 1000
+    #: A region of a photo (a detector box, or the whole photo searched a second time when nothing was
+    #: found in it, search.second_look) is enlarged to this longer side, up to query_region_upscale:
+    #: a logo filling a small part of a 500-px web photo has too few pixels for SIFT at 2x.
+    query_region_side: int = 1500
+    query_region_upscale: float = 3.0
     #: Descriptor dimensions kept after PCA (RootSIFT 128 -> this), stored as int8.
     pca_dims: int = 64
     #: A photo's features also keep their next-nearest visual words (up to this many words in all)
@@ -138,6 +143,8 @@ class FeatureConfig:
         _check(0 < self.contrast_threshold < 0.5, "features.contrast_threshold", "must be in (0, 0.5)")
         _check(32 <= self.min_region_side <= 2048, "features.min_region_side", "must be in 32..2048")
         _check(64 <= self.query_min_side <= 4096, "features.query_min_side", "must be in 64..4096")
+        _check(64 <= self.query_region_side <= 4096, "features.query_region_side", "must be in 64..4096")
+        _check(1.0 <= self.query_region_upscale <= 8.0, "features.query_region_upscale", "must be in 1..8")
         _check(8 <= self.pca_dims <= 128, "features.pca_dims", "must be in 8..128")
         _check(1 <= self.query_near_words <= 8, "features.query_near_words", "must be in 1..8")
         _check(self.query_near_ratio >= 1.0, "features.query_near_ratio", "must be >= 1")
@@ -246,6 +253,11 @@ class SearchConfig:
     #: the same pool as the vote, a few candidates a task. The answers do not change, only when they
     #: are ready; 1 verifies in the caller's thread (a server whose cores are all busy loses nothing).
     verify_threads: int = 2
+    #: A photo in which nothing was found (the whole photo and every detector region) is searched once
+    #: more as a region of itself, which the encoder enlarges further (features.query_region_side):
+    #: small logos in web-sized photos (docs/engine.md section 8a). Costs a second encode and search
+    #: on exactly the photos that hold nothing known.
+    second_look: bool = True
     #: Objects returned per photo at most.
     max_objects: int = 12
     #: Also-matched references kept per object (other references of the same object, for explanation).

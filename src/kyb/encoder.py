@@ -107,7 +107,7 @@ class Encoder:
             f"{self.codebook.version}-q{f.query_features}-r{f.reference_features}"
             f"-c{f.contrast_threshold:g}-m{f.min_region_side}-s{f.query_min_side}"
             f"-n{f.query_near_words}x{f.query_near_ratio:g}-e{f.query_assign_ef}-w{f.reference_scale_weight:g}"
-            f"-i{f.query_inverted_features}"
+            f"-i{f.query_inverted_features}-r{f.query_region_side}x{f.query_region_upscale:g}"
         )
 
     def warm_up(self) -> None:
@@ -206,8 +206,12 @@ def extract_region(
         # Small reference regions (a logo box) are enlarged up to 4x to a usable shorter side.
         upscale = min(4.0, features.min_region_side / max(1, min(crop.shape)))
     else:
-        # Small photos (a 500-px web image) are enlarged up to 2x: small logos in them need it.
-        upscale = min(2.0, features.query_min_side / max(1, max(crop.shape)))
+        # Small photos (a 500-px web image) are enlarged up to 2x, a region of one (a detector box, the
+        # second look) further: small logos in them need it.
+        if box is None:
+            upscale = min(2.0, features.query_min_side / max(1, max(crop.shape)))
+        else:
+            upscale = min(features.query_region_upscale, features.query_region_side / max(1, max(crop.shape)))
     extracted = extract_rootsift(
         crop,
         max_features=features.reference_features if reference else features.query_features,

@@ -48,7 +48,7 @@ from kyb.ingest import (
     reference_record,
     unique_regions,
 )
-from kyb.regions import Region, RegionDetector, merge_regions, original_box, search_regions
+from kyb.regions import Region, RegionDetector, merge_regions, original_box, search_regions, second_look
 from kyb.results import IdentifyResult
 from kyb.search import search
 
@@ -233,7 +233,9 @@ class Engine:
         scale = decoded.scale
         hits: list[bool] = []
         cache = self.cache
-        for region in regions:
+
+        def look(region: Box | None, *, skip_featureless: bool) -> None:
+            nonlocal encode_ms, search_ms, features, scale
             began = time.perf_counter()
             search_box = None if region is None else scaled_box(region, decoded.scale)
             try:
@@ -245,8 +247,8 @@ class Engine:
                     search_max_side=self.config.limits.search_max_side,
                 )
             except InvalidRequest:
-                if len(regions) > 1:
-                    continue  # a featureless region: the others still answer
+                if skip_featureless:
+                    return  # a featureless region: the others still answer
                 raise
             encoded = time.perf_counter()
             found, order = search(encoding, (decoded.width, decoded.height), self.index, self.config.search)
@@ -257,7 +259,16 @@ class Engine:
             features += len(encoding)
             scale = encoding.scale
             hits.append(hit)
+
+        for region in regions:
+            look(region, skip_featureless=len(regions) > 1)
         merged = merge_regions(searched, self.config.search.max_objects)
+        size = (decoded.original_width, decoded.original_height)
+        again = second_look(regions, merged, *size, enabled=self.config.search.second_look)
+        if again is not None:
+            before = len(searched)
+            look(again, skip_featureless=True)
+            merged = merge_regions(searched[before:], self.config.search.max_objects)  # nothing was found before
         lookup = self._lookup()
         objects = describe(merged, scale, lookup, alternatives=self.config.search.alternatives)
         result = IdentifyResult(

@@ -46,7 +46,8 @@ def cache_key(gt: GroundTruth, config: EngineConfig) -> str:
     # and search settings are evaluated against the same cached index.
     features = asdict(config.features)
     query_only = ("query_features", "query_min_side", "query_near_words", "query_near_ratio", "query_assign_ef",
-                  "query_assign_threads", "query_inverted_features")  # fmt: skip
+                  "query_assign_threads", "query_inverted_features", "query_region_side",
+                  "query_region_upscale")  # fmt: skip
     for name in query_only:
         features.pop(name)
     settings = {

@@ -26,6 +26,7 @@ __all__ = [
     "merge_regions",
     "original_box",
     "search_regions",
+    "second_look",
 ]
 
 #: Each side of a detected box grows by this share of the box's size: a detector box hugs the
@@ -72,6 +73,19 @@ def search_regions(
     :data:`MARGIN`. No detections = the whole photo alone."""
     ranked = sorted(detected, key=lambda item: -item[1])[:limit]
     return [None, *(expand_box(box, width, height) for box, _score in ranked)]
+
+
+def second_look(
+    regions: Sequence[Box | None], found: Sequence[FoundObject], width: int, height: int, *, enabled: bool
+) -> Box | None:
+    """The region a photo is searched again as when none of its ``regions`` found anything: the whole
+    ``width`` x ``height`` photo (original pixels) as a box, which the encoder enlarges further than a
+    whole photo (``features.query_region_side``), so a logo filling a small part of a web-sized photo
+    gets the pixels SIFT needs. None: no second look (something was found, the caller asked for a
+    crop, or ``search.second_look`` is off)."""
+    if not enabled or found or not regions or regions[0] is not None:
+        return None
+    return 0.0, 0.0, float(width), float(height)
 
 
 @dataclass

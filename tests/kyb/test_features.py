@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 
@@ -86,3 +88,25 @@ def test_whole_references_are_scale_weighted_and_boxed_regions_are_not() -> None
     np.testing.assert_array_equal(boxed.xy, strongest.xy)
     photo, _ = extract_region(image, None, features, reference=False)
     assert np.median(photo.size[: features.reference_features]) < np.median(whole.size)
+
+
+def test_a_region_of_a_photo_is_enlarged_further_than_the_whole_photo() -> None:
+    """A photo region (a detector box, the second look) goes to features.query_region_side, up to
+    query_region_upscale; the whole photo stops at 2x. Positions stay in the region's own frame."""
+    rng = np.random.default_rng(11)
+    rgb = synth.draw_album_cover("Grave Orbit", "Sulphur Choir", rng, size=480)
+    image = decode_image(encode_png(rgb), ImageLimits())
+    features = FeatureConfig(query_features=20000)
+    box = (100.0, 120.0, 260.0, 240.0)  # 160 x 120: 1500 / 160 > the cap, so the cap applies
+    region, used = extract_region(image, box, features, reference=False)
+    assert used == box
+    crop = image.gray()[120:240, 100:260]
+    at_cap = extract_rootsift(crop, max_features=20000, contrast_threshold=0.025, upscale=features.query_region_upscale)
+    np.testing.assert_array_equal(region.xy, at_cap.xy)
+    assert region.xy.min() >= 0 and region.xy[:, 0].max() <= 160 and region.xy[:, 1].max() <= 120
+    at_two, _ = extract_region(image, box, replace(features, query_region_upscale=2.0), reference=False)
+    assert at_two.xy.shape != region.xy.shape or not np.array_equal(at_two.xy, region.xy)
+    # The whole 480-px photo: 1000 / 480 = 2.08, capped at 2x whatever the region settings say.
+    whole, _ = extract_region(image, None, features, reference=False)
+    twice = extract_rootsift(image.gray(), max_features=20000, contrast_threshold=0.025, upscale=2.0)
+    np.testing.assert_array_equal(whole.xy, twice.xy)

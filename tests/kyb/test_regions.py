@@ -4,11 +4,13 @@ merge, and the embedded engine's use of them. The detector here reports the scen
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from kyb import synth
 from kyb.engine import Engine
-from kyb.regions import Detection, Region, expand_box, merge_regions, search_regions
+from kyb.regions import Detection, Region, expand_box, merge_regions, search_regions, second_look
 from kyb.search import FoundObject
 from kyb.verify import Verification
 from tests.conftest import Library, encode_jpeg
@@ -48,6 +50,43 @@ def test_each_detected_region_is_identified_and_objects_outside_are_kept(library
     assert [o.best.album_id for o in engine.identify(data).objects] == [
         o.best.album_id for o in engine.identify(data, use_detector=False).objects
     ]
+
+
+def test_a_photo_where_nothing_was_found_is_searched_again_as_an_enlarged_region(
+    library: Library, engine: Engine
+) -> None:
+    rng = np.random.default_rng(21)
+    nothing = encode_jpeg(synth.draw_background(rng, (500, 375)), 90)
+    name = sorted(library.covers)[0]
+    style = synth.SceneStyle(scale=(0.5, 0.55), perspective=0.05, glare=0.0, occlusion=0.0)
+    scene, _ = synth.compose_scene([library.covers[name]], rng, size=(500, 375), style=style)
+    cover = encode_jpeg(scene, 90)
+    whole_only = dataclasses.replace(library.config.search, second_look=False)
+    with Engine(library.config.replace(search=whole_only)) as once:
+        first = once.identify(nothing)
+        found = once.identify(cover)
+    assert not first.objects and [o.best.album_id for o in found.objects] == [library.album_of[name]]
+    again = engine.identify(nothing)
+    assert not again.objects
+    # The second look's features (the photo enlarged 3x instead of 2x) come on top of the first's.
+    assert again.features > first.features
+    assert again.timings_ms["encode"] > first.timings_ms["encode"]
+    # Something found: no second look, the same answer as with it off.
+    answer = engine.identify(cover)
+    assert answer.features == found.features and answer.to_dict()["objects"] == found.to_dict()["objects"]
+    # A caller's crop is not looked at again.
+    crop = engine.identify(nothing, box=(0, 0, 250, 200))
+    with Engine(library.config.replace(search=whole_only)) as once:
+        assert crop.features == once.identify(nothing, box=(0, 0, 250, 200)).features
+
+
+def test_second_look_only_when_the_whole_photo_was_searched_and_found_nothing() -> None:
+    found = [_found("A", 30, (10, 10, 20, 20), [0, 1, 2])]
+    assert second_look([None], [], 640, 480, enabled=True) == (0.0, 0.0, 640.0, 480.0)
+    assert second_look([None, (1.0, 2.0, 30.0, 40.0)], [], 640, 480, enabled=True) == (0.0, 0.0, 640.0, 480.0)
+    assert second_look([None], found, 640, 480, enabled=True) is None
+    assert second_look([(1.0, 2.0, 30.0, 40.0)], [], 640, 480, enabled=True) is None  # a caller's crop
+    assert second_look([None], [], 640, 480, enabled=False) is None
 
 
 def test_expand_box_grows_and_clips() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,12 +13,14 @@ import pytest
 
 from kyb.client import GatewayClient, identify_response_to_dict
 from kyb.config import ImageLimits
+from kyb.engine import Engine
 from kyb.imageio import read_header
 from kyb.regions import Detection
 from kyb.rpc import box_to_proto, shard_for
 from kyb.v1 import detector_pb2, gateway_pb2
 from kyb_services.detector.servicer import DetectorServicer
 from kyb_services.matcher.servicer import MatcherServicer
+from tests.services.conftest import compose_photo, draw_cover, encode
 
 
 def _essence(answer: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -48,6 +51,20 @@ def test_identify_matches_embedded_engine(corpus, make_stack, shards):
     assert not served["partial"] and served["missing_shards"] == []
     assert served["objects"][0]["band"] == corpus.bands[int(served["objects"][0]["band"]["band_id"][-1])].to_dict()
     assert all(obj["shard"].startswith("shard-") for obj in served["objects"])
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_photo_with_nothing_known_gets_the_same_second_look_served(corpus, make_stack, shards):
+    _stack, stub = make_stack(shards)
+    photo = encode(compose_photo([draw_cover(100), draw_cover(101)], seed=4, size=(500, 375)), ".jpg")
+    embedded = corpus.engine.identify(photo).to_dict()
+    served = identify_response_to_dict(stub.Identify(gateway_pb2.IdentifyRequest(image=photo), timeout=20))
+    assert embedded["objects"] == [] and _essence(served) == _essence(embedded)
+    # Both looked twice (kyb.regions.second_look): the whole photo, then enlarged as a region of itself.
+    config = corpus.engine.config
+    with Engine(config.replace(search=dataclasses.replace(config.search, second_look=False))) as once:
+        whole = once.identify(photo).features
+    assert served["features"] == embedded["features"] > whole
 
 
 def test_killed_shard_gives_partial_answer_naming_it(corpus, make_stack):
