@@ -114,7 +114,7 @@ def test_an_index_of_the_first_format_loads_converted_and_saves_in_the_new_one(
     expected = [o.best.reference_id for o in raw.identify(photo).objects]
     assert expected
 
-    config = make_config(tmp_path, catalog_url=raw.config.catalog_url)  # the default: residual codes
+    config = make_config(tmp_path, catalog_url=raw.config.catalog_url, search={"residual_bits": 1})
     index = ReferenceIndex.load(old, config.search)
     assert index.stats()["residual_bits"] == 1
     assert sorted(index.reference_ids()) == sorted(raw.index.reference_ids())
