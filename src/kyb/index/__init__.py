@@ -17,7 +17,8 @@ Per reference, the index keeps up to ``features.reference_features`` keypoints, 
 fixed-point position, a posting in the inverted file (4 bytes of reference row, 8 of Hamming
 signature, 4 back to it) and its descriptor as residual codes (``search.residual_bits`` bits a PCA
 dimension, 8 bytes at 1 bit and 64 dimensions; :mod:`kyb.index._residuals`): 28 bytes a keypoint,
-plus its global vector in the graph (~1.2 KB). ``residual_bits`` -1 (the default for now, see docs/engine.md) keeps int8 descriptors (64 bytes).
+plus its global vector in the graph (~1.2 KB). ``residual_bits`` -1 (the default for now, see
+docs/engine.md) keeps int8 descriptors (64 bytes).
 ``residuals.npz`` in a generation holds the quantizer, trained on the first references the index got.
 """
 
