@@ -42,8 +42,22 @@ def scratch_database(prefix: str = "kyb_test") -> Iterator[str]:
             cur.execute(psycopg2.sql.SQL("CREATE DATABASE {}").format(identifier))
         yield f"{PG_SERVER}/{name}"
     finally:
+        admin.close()
+        drop_database(f"{PG_SERVER}/{name}")
+
+
+def drop_database(url: str) -> None:
+    """Drop the database named by ``url`` now, closing its clients' connections (FORCE): a catalog
+    that goes away for real, or a scratch database's clean-up."""
+    server, name = url.rsplit("/", 1)
+    admin = psycopg2.connect(f"{server}/postgres", connect_timeout=5)
+    admin.autocommit = True
+    try:
         with admin.cursor() as cur:
-            cur.execute(psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(identifier))
+            cur.execute(
+                psycopg2.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg2.sql.Identifier(name))
+            )
+    finally:
         admin.close()
 
 

@@ -4,27 +4,14 @@ half-written; identification still answers, with the metadata last seen, marked 
 from __future__ import annotations
 
 import re
-import uuid
 
 import grpc
-import psycopg2
 import pytest
 
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc, matcher_pb2, matcher_pb2_grpc
 from kyb_services._local import start_local
+from tests.conftest import drop_database, scratch_database
 from tests.services.conftest import BANDS, empty_shards, service_config, wait_ready
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
-
-
-def _admin(sql: str) -> None:
-    connection = psycopg2.connect(f"{SERVER}/postgres")
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-    finally:
-        connection.close()
 
 
 def _shard_references(stack) -> int:
@@ -37,10 +24,14 @@ def _shard_references(stack) -> int:
 
 
 def test_catalog_down_fails_ingest_and_identify_answers_with_the_metadata_last_seen(corpus, tmp_path) -> None:
-    database = f"kyb_test_down_{uuid.uuid4().hex[:8]}"
-    _admin(f"CREATE DATABASE {database}")
+    with scratch_database("kyb_test_down") as catalog_url:
+        _catalog_goes_away(corpus, tmp_path, catalog_url)
+
+
+def _catalog_goes_away(corpus, tmp_path, catalog_url: str) -> None:
+    database = catalog_url.rsplit("/", 1)[1]
     config = service_config(tmp_path, corpus.engine.config)
-    config = config.replace(engine=config.engine.replace(catalog_url=f"{SERVER}/{database}"))
+    config = config.replace(engine=config.engine.replace(catalog_url=catalog_url))
     empty_shards(corpus, config, 2)
     stack = start_local(config, shards=2)
     try:
@@ -54,7 +45,7 @@ def test_catalog_down_fails_ingest_and_identify_answers_with_the_metadata_last_s
             seen = gateway.Identify(gateway_pb2.IdentifyRequest(image=corpus.photo([0], seed=3)), timeout=30)
             assert [o.band.band_id for o in seen.objects] == ["band-0"] and not seen.catalog_unavailable
 
-            _admin(f"DROP DATABASE {database} WITH (FORCE)")  # the catalog is gone, for real
+            drop_database(catalog_url)  # the catalog is gone, for real
             with pytest.raises(grpc.RpcError) as info:
                 gateway.Ingest(iter(requests[2:BANDS]), timeout=30)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -77,4 +68,3 @@ def test_catalog_down_fails_ingest_and_identify_answers_with_the_metadata_last_s
             assert 'kyb_degraded_answers_total{reason="catalog_unavailable"} 2.0' in metrics
     finally:
         stack.stop()
-        _admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

@@ -8,17 +8,14 @@ import dataclasses
 import logging
 import re
 import socket
-import uuid
 from pathlib import Path
 
 import httpx
-import psycopg2
 import pytest
 
 from kyb_services._local import start_local
+from tests.conftest import drop_database, scratch_database
 from tests.services.conftest import Corpus, empty_shards, service_config, start_stack, start_web, wait_ready
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
 
 
 def _closed_port() -> int:
@@ -96,29 +93,23 @@ def test_no_internals_when_the_stages_behind_the_gateway_and_then_the_gateway_ar
         stack.stop()
 
 
-def _admin(sql: str) -> None:
-    connection = psycopg2.connect(f"{SERVER}/postgres")
-    connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-    finally:
-        connection.close()
-
-
 @pytest.mark.timeout(120)
 def test_no_dsn_when_the_catalog_goes_away(corpus: Corpus, tmp_path: Path) -> None:
-    database = f"kyb_test_web_{uuid.uuid4().hex[:8]}"
-    _admin(f"CREATE DATABASE {database}")
+    with scratch_database("kyb_test_web") as catalog_url:
+        _catalog_goes_away(corpus, tmp_path, catalog_url)
+
+
+def _catalog_goes_away(corpus: Corpus, tmp_path: Path, catalog_url: str) -> None:
+    database = catalog_url.rsplit("/", 1)[1]
     config = service_config(tmp_path, corpus.engine.config)
-    config = config.replace(engine=config.engine.replace(catalog_url=f"{SERVER}/{database}"))
+    config = config.replace(engine=config.engine.replace(catalog_url=catalog_url))
     empty_shards(corpus, config, 1)
     stack = start_local(config, shards=1)
     server = start_web(stack.config, f"127.0.0.1:{stack.gateway_port}", deadline_s=5.0)
     try:
         wait_ready(stack)
         url = f"http://127.0.0.1:{server.port}"
-        _admin(f"DROP DATABASE {database} WITH (FORCE)")
+        drop_database(catalog_url)
         replies = _calls(url, corpus.photo([0]))
         problems = _check_clean(replies, [*_internals(stack, tmp_path), database, ":5432"])
         assert replies[0].status_code == 200  # identification answers without the catalog
@@ -127,7 +118,6 @@ def test_no_dsn_when_the_catalog_goes_away(corpus: Corpus, tmp_path: Path) -> No
     finally:
         server.stop()
         stack.stop()
-        _admin(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 def test_an_unexpected_error_is_a_problem_with_a_request_id(corpus: Corpus, tmp_path: Path) -> None:
