@@ -232,30 +232,39 @@ class ReferenceIndex:
                     outcomes.append("unchanged")
                     continue
                 seen.add(reference_id)
-                current = self.sha256_of(reference_id)
-                if current == sha:
-                    outcomes.append("unchanged")
-                    continue
-                if current is not None:
-                    self._delete_locked(reference_id)
-                    outcomes.append("replaced")
-                else:
-                    outcomes.append("added")
-                fresh.append((reference_id, sha, encoding))
+                outcome = self._claim_locked(reference_id, sha)
+                outcomes.append(outcome)
+                if outcome != "unchanged":
+                    fresh.append((reference_id, sha, encoding))
             if fresh:
                 self.fit_residuals([e for _, _, e in fresh])
                 ordinals = list(range(self._next_ordinal, self._next_ordinal + len(fresh)))
                 self._next_ordinal += len(fresh)
                 segment = _Segment.build(f"seg-{ordinals[0]:09d}.npz", ordinals, fresh, self.codebook, self._quantizer)
                 self._attach(segment)
-                needed = self._graph.get_current_count() + len(fresh)
-                if needed > self._graph.get_max_elements():
-                    self._graph.resize_index(max(needed, 2 * self._graph.get_max_elements()))
                 assert segment.global_vectors is not None
-                self._graph.add_items(segment.global_vectors, segment.ordinals)
+                self._add_to_graph_locked(segment.global_vectors, segment.ordinals)
                 segment.global_vectors = None  # the graph holds them
-                self._dirty = True
         return outcomes
+
+    def _claim_locked(self, reference_id: str, sha: str) -> str:
+        """What adding ``reference_id`` with content ``sha`` does: ``"unchanged"`` when the index holds
+        that content already; else an older content is deleted (``"replaced"``) or none was (``"added"``)."""
+        current = self.sha256_of(reference_id)
+        if current == sha:
+            return "unchanged"
+        if current is None:
+            return "added"
+        self._delete_locked(reference_id)
+        return "replaced"
+
+    def _add_to_graph_locked(self, vectors: np.ndarray, ordinals: np.ndarray) -> None:
+        """Adds a new segment's global vectors to the graph, growing it (doubling) when full."""
+        needed = self._graph.get_current_count() + len(ordinals)
+        if needed > self._graph.get_max_elements():
+            self._graph.resize_index(max(needed, 2 * self._graph.get_max_elements()))
+        self._graph.add_items(vectors, ordinals)
+        self._dirty = True
 
     def fit_residuals(self, encodings: Sequence[Encoding]) -> bool:
         """Trains the residual quantizer on ``encodings`` when the index has none yet, holds no
@@ -294,15 +303,10 @@ class ReferenceIndex:
             for segment in other._segments:
                 rows = []
                 for row in np.flatnonzero(segment.alive):
-                    reference_id, sha = str(segment.ref_ids[row]), segment.sha256_at(int(row))
-                    current = self.sha256_of(reference_id)
-                    if current == sha:
-                        outcomes.append("unchanged")
-                        continue
-                    if current is not None:
-                        self._delete_locked(reference_id)
-                    outcomes.append("added" if current is None else "replaced")
-                    rows.append(row)
+                    outcome = self._claim_locked(str(segment.ref_ids[row]), segment.sha256_at(int(row)))
+                    outcomes.append(outcome)
+                    if outcome != "unchanged":
+                        rows.append(row)
                 if not rows:
                     continue
                 part = segment.part(np.asarray(rows, dtype=np.int64))
@@ -313,11 +317,7 @@ class ReferenceIndex:
                     f"seg-{self._next_ordinal - len(rows):09d}.npz", [part], self.codebook, self._quantizer
                 )
                 self._attach(copy)
-                needed = self._graph.get_current_count() + len(rows)
-                if needed > self._graph.get_max_elements():
-                    self._graph.resize_index(max(needed, 2 * self._graph.get_max_elements()))
-                self._graph.add_items(vectors, copy.ordinals)
-                self._dirty = True
+                self._add_to_graph_locked(vectors, copy.ordinals)
             return outcomes
 
     def _attach(self, segment: _Segment) -> None:
