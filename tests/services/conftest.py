@@ -36,6 +36,7 @@ from kyb.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from kyb_services._local import LocalStack, start_local, wait_for_http
 from kyb_services.web.server import WebServer
 from kyb_services.web.server import create_server as create_web
+from tests.conftest import scratch_database
 
 BANDS = 6
 
@@ -133,6 +134,16 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
     assert [o.status for o in outcomes] == ["added"] * BANDS
     yield Corpus(covers, images, bands, engine, root)
     engine.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh catalog of each backend: a SQLite file, then a scratch Postgres database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "bands.db")
+        return
+    with scratch_database("kyb_test_services") as url:
+        yield url
 
 
 def service_config(root: Path, engine: EngineConfig, **rpc: object) -> ServiceConfig:

@@ -3,8 +3,6 @@ answers, through a real stack over SQLite and Postgres catalogs that hold band v
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
@@ -13,18 +11,8 @@ from kyb.catalog import Band, open_catalog
 from kyb.client import GatewayClient
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
 from kyb_services._local import LocalStack, start_local
-from tests.conftest import scratch_database
 from tests.kyb.test_bandsearch import BANDS
 from tests.services.conftest import Corpus, empty_shards, service_config, start_stack, wait_ready
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def catalog_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "bands.db")
-        return
-    with scratch_database("kyb_test_band_service") as url:
-        yield url
 
 
 def _ready(stack: LocalStack, embedder: object) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import pytest
 
@@ -12,7 +10,6 @@ from kyb.client import GatewayClient
 from kyb.errors import InvalidRequest
 from kyb.v1 import gateway_pb2, gateway_pb2_grpc
 from kyb_services._local import start_local
-from tests.conftest import scratch_database
 from tests.services.conftest import empty_shards, service_config, wait_ready
 
 BANDS = [
@@ -22,15 +19,6 @@ BANDS = [
     Band(band_id="death-angel", name="Death Angel", country="United States", genre="Thrash Metal"),
     Band(band_id="at-the-gates", name="At the Gates", country="Sweden", genre="Melodic Death Metal"),
 ]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def catalog_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "bands.db")
-        return
-    with scratch_database("kyb_test_search") as url:
-        yield url
 
 
 def test_search_bands_through_the_gateway(corpus, tmp_path, catalog_url: str) -> None:
