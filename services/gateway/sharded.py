@@ -141,7 +141,7 @@ class ShardedSource:
         """How many of its own first candidates each shard verifies with its shortlist: a fair share
         of what the loop is sure to look at (round 1: the first and the run of misses after it; a
         later round: its whole list), plus a margin for a shard that holds more than its share.
-        None for the deeper shortlist of a photo where nothing verified: no guess is good there."""
+        0 (verify nothing ahead) for the deeper shortlist of a photo where nothing verified: no guess is good there."""
         if limit > self._config.verify_top or shards == 0:
             return 0
         need = limit if rows is not None else min(limit, 1 + self._config.patience)
