@@ -423,7 +423,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             return None
         encoding = encoding_from_proto(result.encoding)
         region = _Region(box, result.encoding, encoding.xy + np.asarray(encoding.origin, np.float32), encoding.scale)
-        return region, self._search_regions([region], width, height, deadline)
+        depth = self._config.engine.search.second_look_depth
+        return region, self._search_regions([region], width, height, deadline, depth=depth)
 
     def _fan_out(self, deadline: Deadline) -> FanOut:
         """Calls ``(shard, method, request)`` triples in parallel on the fan-out pool, within ``deadline``."""
@@ -438,9 +439,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         return run
 
     def _search_region(
-        self, region: _Region, width: int, height: int, deadline: Deadline
+        self, region: _Region, width: int, height: int, deadline: Deadline, depth: int | None = None
     ) -> tuple[list[FoundObject], dict[str, str], list[str], dict[str, str]]:
-        """One region across the shards: (objects, key -> shard, shortlist order, missing shard -> why).
+        """One region across the shards: (objects, key -> shard, shortlist order, missing shard -> why);
+        ``depth`` caps round 1's candidates (the second look's), as :func:`kyb.search.search` does.
 
         One shard runs the whole search itself (Matcher.Search: one call, the embedded answer).
         Several shards are searched in two phases by the embedded search loop run here
@@ -450,7 +452,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         search = self._config.engine.search
         if len(self._shards) == 1:
             shard = self._shards[0]
-            request = matcher_pb2.SearchRequest(encoding=region.encoding, image_width=width, image_height=height)
+            request = matcher_pb2.SearchRequest(
+                encoding=region.encoding, image_width=width, image_height=height, max_candidates=depth or 0
+            )
             try:
                 answer = self._search(shard, request, deadline)
                 found = found_from_proto(answer.objects, len(region.feature_xy), name=shard.name)
@@ -463,18 +467,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         source = ShardedSource(
             self._shards, self._fan_out(deadline), region.encoding, len(region.feature_xy), (width, height), search
         )
-        found, order = run_search(source, region.feature_xy, search, image_size=(width, height))
+        first_round = None if depth is None else min(depth, search.verify_max)
+        found, order = run_search(
+            source, region.feature_xy, search, first_round=first_round, image_size=(width, height)
+        )
         return found, {key: shard.name for key, shard in source.owner.items()}, order, source.missing
 
     def _search_regions(
-        self, regions: list[_Region], width: int, height: int, deadline: Deadline
+        self, regions: list[_Region], width: int, height: int, deadline: Deadline, *, depth: int | None = None
     ) -> tuple[list[FoundObject], dict[str, str], list[str], list[str]]:
-        """Every region searched on every shard, merged: (objects, key -> shard, candidates, missing shards)."""
+        """Every region searched on every shard, merged: (objects, key -> shard, candidates, missing shards);
+        ``depth``: see :meth:`_search_region`."""
         search = self._config.engine.search
         if len(regions) <= 1:
-            results: list[Any] = [self._search_region(r, width, height, deadline) for r in regions]
+            results: list[Any] = [self._search_region(r, width, height, deadline, depth) for r in regions]
         else:  # region searches wait on fan-out tasks, so they run on their own pool
-            futures = [self._region_pool.submit(self._search_region, r, width, height, deadline) for r in regions]
+            futures = [
+                self._region_pool.submit(self._search_region, r, width, height, deadline, depth) for r in regions
+            ]
             results = self._gather(futures, deadline, "the region searches")
         failures: dict[str, str] = {}
         per_region: list[Region] = []

@@ -234,7 +234,7 @@ class Engine:
         hits: list[bool] = []
         cache = self.cache
 
-        def look(region: Box | None, *, skip_featureless: bool) -> None:
+        def look(region: Box | None, *, skip_featureless: bool, depth: int | None = None) -> None:
             nonlocal encode_ms, search_ms, features, scale
             began = time.perf_counter()
             search_box = None if region is None else scaled_box(region, decoded.scale)
@@ -251,7 +251,9 @@ class Engine:
                     return  # a featureless region: the others still answer
                 raise
             encoded = time.perf_counter()
-            found, order = search(encoding, (decoded.width, decoded.height), self.index, self.config.search)
+            found, order = search(
+                encoding, (decoded.width, decoded.height), self.index, self.config.search, max_candidates=depth
+            )
             encode_ms += (encoded - began) * 1000
             search_ms += (time.perf_counter() - encoded) * 1000
             searched.append(Region(found, encoding.xy + np.asarray(encoding.origin, dtype=np.float32)))
@@ -267,7 +269,7 @@ class Engine:
         again = second_look(regions, merged, *size, enabled=self.config.search.second_look)
         if again is not None:
             before = len(searched)
-            look(again, skip_featureless=True)
+            look(again, skip_featureless=True, depth=self.config.search.second_look_depth)
             merged = merge_regions(searched[before:], self.config.search.max_objects)  # nothing was found before
         lookup = self._lookup()
         objects = describe(merged, scale, lookup, alternatives=self.config.search.alternatives)

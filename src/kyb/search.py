@@ -240,7 +240,7 @@ def search(
     """Finds every indexed reference visible in the photo described by ``query`` (see :func:`run_search`).
 
     ``reserve=False`` stops round 1 after verify_top candidates even when none verified, and
-    ``max_candidates`` caps round 1 (kept for gateways that still search shards one by one).
+    ``max_candidates`` caps round 1 (the second look's depth, and gateways that still search shards one by one).
     Returns (objects, shortlist order).
     """
     first_round = config.verify_max if reserve else config.verify_top

@@ -123,3 +123,27 @@ def test_merge_regions_keeps_one_object_per_outline_most_inliers_first() -> None
     assert [a.reference_id for a in merged[1].alternatives] == ["C"]
     assert len(merge_regions([whole, crop], max_objects=1)) == 1
     assert merge_regions([whole], max_objects=10) == whole.objects
+
+
+def test_the_second_look_walks_its_shortlist_only_second_look_depth_deep(
+    library: Library, engine: Engine, monkeypatch
+) -> None:
+    import kyb.engine
+
+    walked: list[int] = []
+    real_search = kyb.engine.search
+
+    def counting_search(*args, **kwargs):
+        found, order = real_search(*args, **kwargs)
+        walked.append(len(order))
+        return found, order
+
+    monkeypatch.setattr(kyb.engine, "search", counting_search)
+    nothing = encode_jpeg(synth.draw_background(np.random.default_rng(21), (500, 375)), 90)
+    depth = 2
+    assert len(library.covers) > depth
+    shallow = dataclasses.replace(library.config.search, second_look_depth=depth)
+    with Engine(library.config.replace(search=shallow)) as looked:
+        assert not looked.identify(nothing).objects
+    # The first look walks every reference (fewer than verify_max), the second look `depth` of them.
+    assert walked == [len(looked.index.reference_ids()), depth]
