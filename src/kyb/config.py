@@ -260,8 +260,8 @@ class SearchConfig:
     #: small logos in web-sized photos (docs/engine.md section 8a). Costs a second encode and search
     #: on exactly the photos that hold nothing known.
     second_look: bool = True
-    #: Candidates the second look verifies at most when none of them verifies (the first look's deep
-    #: reserve is verify_max): the photo's shortlist was walked that deep once already, and the second
+    #: Candidates the second look verifies at most (never more than verify_max) when none of them
+    #: verifies: the first look walked the photo's shortlist verify_max deep already, and the second
     #: look is a retry at a finer scale, where a small logo that SIFT now sees ranks among the first
     #: candidates. A photo where nothing is known pays it in full, so it is most of that photo's cost.
     second_look_depth: int = 40
@@ -296,8 +296,7 @@ class SearchConfig:
         _check(1 <= self.vote_threads <= 64, "search.vote_threads", "must be in 1..64")
         _check(self.vote_budget >= 0, "search.vote_budget", "must be >= 0")
         _check(1 <= self.verify_threads <= 64, "search.verify_threads", "must be in 1..64")
-        depth_ok = 1 <= self.second_look_depth <= self.verify_max
-        _check(depth_ok, "search.second_look_depth", "must be in 1..search.verify_max")
+        _check(self.second_look_depth >= 1, "search.second_look_depth", "must be >= 1")
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
 
 
