@@ -4,7 +4,8 @@ with N concurrent clients, phase by phase, and what each phase's answers were.
 Usage::
 
     python benchmarks/bench_faults.py [--clients 16] [--phase-seconds 10] [--http-every 4]
-                                      [--rss-calls 5000] [--dir FOLDER] [--keep] [--baseline-root DIR]
+                                      [--rss-calls 5000] [--dir FOLDER] [--keep]
+                                      [--faults shard redis postgres] [--baseline-root DIR]
 
 It draws a sample catalog (kyb.synth, 8 bands, 12 photos), starts a scratch Redis and a scratch
 PostgreSQL cluster on free ports in the work folder (the machine's own Redis and Postgres are never
@@ -29,6 +30,9 @@ answer that differs otherwise) or ``error``; latencies are of all answered calls
 ``partial`` while a shard is down and ``degraded`` while the catalog is; an ``error`` or ``wrong``
 anywhere is a fault of the stack, and the exit code is 1.
 
+``--faults shard redis postgres`` (the default: all) runs only the phases of the faults named, e.g.
+``--faults redis postgres`` for a stack that would not survive the shard's kill.
+
 ``--rss-calls N``: afterwards, with everything up, N more identifications over the same clients,
 and each service process's resident memory (VmRSS) before and after.
 
@@ -38,7 +42,8 @@ one (``git worktree add /work/base <commit>``, set up with its own ``bash script
 measured with the same benchmark, clients and judgement as the table after it. Options its
 ``kyb serve stack`` lacks (``--restart-backoff`` before issue 29) are left out, as its ``--help``
 shows; an answer without ``catalog_unavailable`` reads as not degraded, so a call that an older stack
-fails counts as an error (a stack that stops whole when a shard dies gives errors until the end).
+fails counts as an error (a stack that stops whole when a shard dies gives errors until the end:
+``--faults redis postgres`` shows how such a stack meets the other faults).
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper f
 import other_checkout as checkout
 
 KYB = checkout.kyb_command(None)
+#: The faults ``--faults`` can pick, in the order their phases run.
+FAULTS = ("shard", "redis", "postgres")
 
 
 def _free_port() -> int:
@@ -361,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-calls", type=int, default=0, help="then N more calls and each service's RSS")
     parser.add_argument("--dir", type=Path, help="work folder (default: a new one under the system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--faults", nargs="+", choices=FAULTS, default=list(FAULTS), help="the fault phases to run (default: all)"
+    )
     parser.add_argument("--baseline-root", type=Path, help="run the ingest and the stack from this checkout's code")
     args = parser.parse_args(argv)
     if args.baseline_root is not None:
@@ -434,14 +444,12 @@ def main(argv: list[str] | None = None) -> int:
             assert stack is not None
             return f"shard-1 now pid {stack.pids().get('matcher shard-1', '(none: not restarted)')}"
 
-        phases: list[tuple[str, Callable[[], str] | None]] = [
-            ("baseline", None),
-            ("shard-1 kill -9", kill_shard),
-            ("shard-1 back", shard_back),
-        ]
-        if redis.binary:
+        phases: list[tuple[str, Callable[[], str] | None]] = [("baseline", None)]
+        if "shard" in args.faults:
+            phases += [("shard-1 kill -9", kill_shard), ("shard-1 back", shard_back)]
+        if redis.binary and "redis" in args.faults:
             phases += [("redis stopped", lambda: (redis.stop(), "")[1]), ("redis back", lambda: (redis.start(), "")[1])]
-        if postgres.available:
+        if postgres.available and "postgres" in args.faults:
             phases += [
                 ("postgres stopped", lambda: (postgres.stop(), "")[1]),
                 ("postgres back", lambda: (postgres.start(), "")[1]),

@@ -98,3 +98,10 @@ def test_a_folder_that_is_no_checkout_is_refused(tmp_path: Path, capsys: pytest.
         bench_faults.main(["--baseline-root", str(tmp_path / "nothing")])
     assert stopped.value.code == 2
     assert "no src/kyb there" in capsys.readouterr().err
+
+
+def test_an_unknown_fault_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        bench_faults.main(["--faults", "redis", "disk"])
+    assert stopped.value.code == 2
+    assert "invalid choice: 'disk'" in capsys.readouterr().err
