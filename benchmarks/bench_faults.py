@@ -5,6 +5,7 @@ Usage::
 
     python benchmarks/bench_faults.py [--clients 16] [--phase-seconds 10] [--http-every 4]
                                       [--rss-calls 5000] [--dir FOLDER] [--keep]
+                                      [--faults shard redis postgres] [--baseline-root DIR]
 
 It draws a sample catalog (kyb.synth, 8 bands, 12 photos), starts a scratch Redis and a scratch
 PostgreSQL cluster on free ports in the work folder (the machine's own Redis and Postgres are never
@@ -29,8 +30,20 @@ answer that differs otherwise) or ``error``; latencies are of all answered calls
 ``partial`` while a shard is down and ``degraded`` while the catalog is; an ``error`` or ``wrong``
 anywhere is a fault of the stack, and the exit code is 1.
 
+``--faults shard redis postgres`` (the default: all) runs only the phases of the faults named, e.g.
+``--faults redis postgres`` for a stack that would not survive the shard's kill.
+
 ``--rss-calls N``: afterwards, with everything up, N more identifications over the same clients,
 and each service process's resident memory (VmRSS) before and after.
+
+``--baseline-root DIR``: the ingest and the stack run the code of another checkout instead of this
+one (``git worktree add /work/base <commit>``, set up with its own ``bash scripts/setup.sh``: its
+``.venv`` is used where it has one, see ``benchmarks/other_checkout.py``), so the table before a change is
+measured with the same benchmark, clients and judgement as the table after it. Options its
+``kyb serve stack`` lacks (``--restart-backoff`` before issue 29) are left out, as its ``--help``
+shows; an answer without ``catalog_unavailable`` reads as not degraded, so a call that an older stack
+fails counts as an error (a stack that stops whole when a shard dies gives errors until the end:
+``--faults redis postgres`` shows how such a stack meets the other faults).
 """
 
 from __future__ import annotations
@@ -59,7 +72,12 @@ from kyb import synth
 from kyb.client import GatewayClient
 from kyb.errors import KybError
 
-KYB = [sys.executable, "-c", "import sys; from kyb.cli import main; sys.exit(main())"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper for --baseline-root
+import other_checkout as checkout
+
+KYB = checkout.kyb_command(None)
+#: The faults ``--faults`` can pick, in the order their phases run.
+FAULTS = ("shard", "redis", "postgres")
 
 
 def _free_port() -> int:
@@ -156,13 +174,14 @@ def _wait_for_port(port: int, timeout_s: float) -> None:
 class Stack:
     """``kyb serve stack`` as a child process; its log gives the pid of each service."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, args: argparse.Namespace) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, args: argparse.Namespace, kyb: list[str] = KYB) -> None:
         self.gateway_port, self.web_port = _free_port(), _free_port()
         self.log_path = log_path
-        command = [*KYB, "serve", "stack", "--shards", "2", "--web", "--port", str(self.gateway_port),
-                   "--web-port", str(self.web_port), "--restart-backoff", str(args.restart_backoff)]  # fmt: skip
+        self.command = stack_command(kyb, self.gateway_port, self.web_port, args, _stack_help(kyb, env, args))
         self._log = log_path.open("w")
-        self.process = subprocess.Popen(command, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            self.command, env=env, cwd=args.baseline_root, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     def text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -205,6 +224,29 @@ class Stack:
                 self.process.kill()
                 self.process.wait()
         self._log.close()
+
+
+def _stack_help(kyb: list[str], env: dict[str, str], args: argparse.Namespace) -> str | None:
+    """``kyb serve stack --help`` of the checkout under test; None for this checkout's (known)."""
+    if args.baseline_root is None:
+        return None
+    return checkout.cli_help(kyb, ["serve", "stack"], env, cwd=args.baseline_root)
+
+
+def stack_command(
+    kyb: list[str], port: int, web_port: int, args: argparse.Namespace, help_text: str | None
+) -> list[str]:
+    """The ``kyb serve stack`` argv: 2 shards, the web front, and ``--restart-backoff`` where that
+    command line has it (``help_text`` None: this checkout's, which has it)."""
+    command = [*kyb, "serve", "stack", "--shards", "2", "--web", "--port", str(port), "--web-port", str(web_port)]
+    if help_text is None or checkout.has_option(help_text, "--restart-backoff"):
+        command += ["--restart-backoff", str(args.restart_backoff)]
+    return command
+
+
+def _commit(root: Path) -> str:
+    done = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h"], capture_output=True, text=True)
+    return done.stdout.strip() or "?"
 
 
 def _rss_mb(pid: int) -> float:
@@ -287,6 +329,8 @@ class Load:
                     outcome, example = f"error HTTP {exc.code}", exc.read().decode(errors="replace")[:300]
                 except (KybError, OSError) as exc:
                     outcome, example = f"error {type(exc).__name__}", str(exc)[:300]
+                except Exception as exc:  # an answer this client cannot read (an older stack's) is an error
+                    outcome, example = f"error {type(exc).__name__}", str(exc)[:300]
                 elapsed = time.perf_counter() - started
                 with self._lock:
                     tally = self.tallies[self.phase]
@@ -324,9 +368,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-calls", type=int, default=0, help="then N more calls and each service's RSS")
     parser.add_argument("--dir", type=Path, help="work folder (default: a new one under the system temp)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--faults", nargs="+", choices=FAULTS, default=list(FAULTS), help="the fault phases to run (default: all)"
+    )
+    parser.add_argument("--baseline-root", type=Path, help="run the ingest and the stack from this checkout's code")
     args = parser.parse_args(argv)
+    if args.baseline_root is not None:
+        args.baseline_root = args.baseline_root.resolve()
+        problem = checkout.root_error(args.baseline_root)
+        if problem:
+            parser.error(f"--baseline-root {problem}")
+    kyb = checkout.kyb_command(args.baseline_root)
 
-    work = args.dir or Path(tempfile.mkdtemp(prefix="kyb-faults-"))
+    # Absolute: the children of --baseline-root run in that folder (so that its code, not this one's, is first).
+    work = (args.dir or Path(tempfile.mkdtemp(prefix="kyb-faults-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)  # the scratch Postgres runs as another user
     redis, postgres = ScratchRedis(work), ScratchPostgres(work / "pg")
@@ -352,19 +407,24 @@ def main(argv: list[str] | None = None) -> int:
             "KYB_RPC__METRICS_PORT": "-1",
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
         }
-        _run([*KYB, "ingest", str(demo / "catalog.json")], env=env)
-        stack = Stack(env, work / "stack.log", args)
+        if args.baseline_root is not None:
+            env = checkout.env(args.baseline_root, env)
+        _run([*kyb, "ingest", str(demo / "catalog.json")], env=env, cwd=args.baseline_root)
+        stack = Stack(env, work / "stack.log", args, kyb)
         stack.wait_ready(300)
         gt = json.loads((demo / "gt.json").read_text())
         queries = [q["query"] for q in gt["queries"]] + gt.get("distractor_queries", [])
         photos = [(demo / q).read_bytes() for q in queries]
         with GatewayClient(f"127.0.0.1:{stack.gateway_port}", timeout=args.deadline_s) as client:
             answers = [client.identify(p) for p in photos]
-        if any(a["partial"] or a["catalog_unavailable"] for a in answers):
+        if any(a["partial"] or a.get("catalog_unavailable") for a in answers):
             raise RuntimeError("the all-up answers are partial or degraded: the stack is not ready")
         expected = [_bands(a) for a in answers]
         over = f"every {args.http_every}-th over HTTP" if args.http_every else "all gRPC"
         where = f"catalog {'postgres' if postgres.available else 'sqlite'}, cache {cache.split(':')[0]}"
+        if args.baseline_root is not None:
+            backoff = "" if "--restart-backoff" in stack.command else ", no --restart-backoff"
+            where += f"; code of {args.baseline_root} ({_commit(args.baseline_root)}{backoff})"
         print(f"stack ready in {time.perf_counter() - started:.0f} s: {len(photos)} photos, "
               f"{sum(len(e) for e in expected)} bands found all-up; {where}; {args.clients} clients ({over}), "
               f"{args.phase_seconds:g} s per phase")  # fmt: skip
@@ -384,14 +444,12 @@ def main(argv: list[str] | None = None) -> int:
             assert stack is not None
             return f"shard-1 now pid {stack.pids().get('matcher shard-1', '(none: not restarted)')}"
 
-        phases: list[tuple[str, Callable[[], str] | None]] = [
-            ("baseline", None),
-            ("shard-1 kill -9", kill_shard),
-            ("shard-1 back", shard_back),
-        ]
-        if redis.binary:
+        phases: list[tuple[str, Callable[[], str] | None]] = [("baseline", None)]
+        if "shard" in args.faults:
+            phases += [("shard-1 kill -9", kill_shard), ("shard-1 back", shard_back)]
+        if redis.binary and "redis" in args.faults:
             phases += [("redis stopped", lambda: (redis.stop(), "")[1]), ("redis back", lambda: (redis.start(), "")[1])]
-        if postgres.available:
+        if postgres.available and "postgres" in args.faults:
             phases += [
                 ("postgres stopped", lambda: (postgres.stop(), "")[1]),
                 ("postgres back", lambda: (postgres.start(), "")[1]),

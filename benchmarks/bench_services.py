@@ -15,7 +15,8 @@ The set's database is indexed once (:func:`kyb.evaluation.index_dataset`, cached
    index by :func:`kyb_services._local.prepare_shards`, gateway, each its own process on loopback), called
    through :class:`kyb.client.GatewayClient` from C threads;
 3. ``stack (baseline)`` with ``--baseline-root DIR``: the same, with the code of another checkout
-   (e.g. ``git worktree add /tmp/base main~3``), so a change is measured against what it replaces
+   (e.g. ``git worktree add /tmp/base main~3``; its own ``.venv`` where it has one, see
+   ``benchmarks/other_checkout.py``), so a change is measured against what it replaces
    in the same run, under the same machine load;
 4. ``stack, K encoders`` (each K > 1 in ``--encoders``): ``kyb serve stack`` starts one encoder and
    the gateway takes ONE encoder target (``gateway.encoder_address``). Several encoders are reached
@@ -102,6 +103,9 @@ from kyb.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helper for --baseline-root
+import other_checkout as checkout
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
@@ -447,13 +451,14 @@ def start_stack(
     of its services (and its gateway's /metrics URL under "metrics" when ``metrics_port`` >= 0).
     With ``rtt_file`` its gRPC channels wait the milliseconds that file holds before each call."""
     port = _free_port()
-    argv = [sys.executable, "-m", "kyb.cli", "serve", "stack", "--shards", str(shards), "--host", LOOPBACK]
+    python = sys.executable if root == REPO else checkout.python(root)  # its own .venv where it has one
+    argv = [python, "-m", "kyb.cli", "serve", "stack", "--shards", str(shards), "--host", LOOPBACK]
     argv += ["--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "INFO"]
     argv += ["--index-dir", str(config.engine.index_dir), "--catalog", str(config.engine.catalog_url)]
     # Services log warnings only; the stack itself logs INFO (its "X SERVING on ADDRESS" lines).
     env = _child_env({"KYB_LOG_LEVEL": "WARNING", "KYB_RPC__GRACE_S": str(config.rpc.grace_s)})
     if root != REPO:  # another checkout's code, and only its code
-        env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "src")])
+        env = checkout.env(root, env)
     if rtt_file is not None:
         env["KYB_BENCH_RTT_FILE"] = str(rtt_file)
         env["PYTHONPATH"] = os.pathsep.join([str(RTT_HOOK), env["PYTHONPATH"]])
@@ -850,8 +855,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rtt-ms must be >= 0")
     if args.photos < 1 or args.shards < 1 or min(args.concurrency) < 1 or min(args.encoders) < 1 or args.rounds < 1:
         parser.error("--photos, --shards, --concurrency, --encoders and --rounds must be >= 1")
-    if args.baseline_root is not None and not (args.baseline_root / "src" / "kyb").is_dir():
-        parser.error(f"--baseline-root {args.baseline_root}: no src/kyb there (a checkout of this repository?)")
+    problem = checkout.root_error(args.baseline_root) if args.baseline_root is not None else None
+    if problem:
+        parser.error(f"--baseline-root {problem}")
     levels = sorted(set(args.concurrency))
 
     config_file = os.environ.get("KYB_CONFIG") or None
