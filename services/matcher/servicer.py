@@ -34,7 +34,7 @@ import numpy as np
 from kyb.blas import one_blas_thread
 from kyb.encoder import Encoding
 from kyb.errors import InvalidRequest, KybError, NotReady, Unavailable
-from kyb.index import ReferenceIndex, fuse_ranked, has_index, load_codebook, writer_lock
+from kyb.index import ReferenceIndex, fuse_ranked, has_index, writer_lock
 from kyb.rpc import (
     ServiceConfig,
     base_reference_id,
@@ -117,15 +117,18 @@ class MatcherServicer(matcher_pb2_grpc.MatcherServicer):
             self._stop.wait(self._config.matcher.reload_s)
 
     def _seed(self) -> None:
-        """Writes an empty index with ``matcher.codebook_dir``'s codebook when this shard has none."""
+        """Writes an empty index like ``matcher.codebook_dir``'s (its codebook and residual bins:
+        :meth:`ReferenceIndex.empty_like`) when this shard has none, so the references a reshard
+        brings from that index are stored with the bins they were stored with there."""
         seed = self._config.matcher.codebook_dir
         if seed is None or has_index(self.index_dir):
             return
-        codebook = load_codebook(seed)  # NotReady while the codebook job has not written it yet
+        # NotReady while the codebook job has not written it yet.
+        empty = ReferenceIndex.empty_like(seed, self._config.engine.search, self.index_dir)
         with writer_lock(self.index_dir):
             if not has_index(self.index_dir):  # another process may have seeded it meanwhile
-                ReferenceIndex(codebook, self._config.engine.search, self.index_dir).save(self.index_dir)
-                log.info("%s: seeded an empty index with codebook %s from %s", self.name, codebook.version, seed)
+                empty.save(self.index_dir)
+                log.info("%s: seeded an empty index with codebook %s from %s", self.name, empty.codebook.version, seed)
 
     def close(self) -> None:
         self._stop.set()

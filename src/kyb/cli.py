@@ -273,7 +273,7 @@ def cmd_merge_index(args: argparse.Namespace) -> int:
         for source in args.sources:
             other = ReferenceIndex.load(Path(source), config.search)
             if index is None:
-                index = ReferenceIndex(other.codebook, config.search, into)
+                index = ReferenceIndex.empty_like(other, config.search, into)
             for outcome in index.merge(other):
                 counts[outcome] += 1
         assert index is not None

@@ -215,10 +215,9 @@ class SearchConfig:
     #: A reference keypoint's descriptor is stored as its word's centroid plus this many bits a PCA
     #: dimension of residual magnitude (the residual's sign is its Hamming signature): 1 keeps 8 bytes
     #: of the int8 descriptor's 64 (docs/engine.md, "Compact references"; same top-1 on covers and
-    #: logos); -1 keeps int8 descriptors. Fixed for an index when it gets its first references. -1 by
-    #: default until shard copies carry the source's residual bins (a shard re-encodes decoded
-    #: descriptors with bins of its own, and its answers then differ from the embedded index's).
-    residual_bits: int = -1
+    #: logos); -1 keeps int8 descriptors. Fixed for an index when it gets its first references; shard
+    #: copies and seeded shards take the source index's bins (``ReferenceIndex.empty_like``).
+    residual_bits: int = 1
     #: Lowe's ratio test on descriptor distances.
     ratio: float = 0.85
     #: RANSAC reprojection threshold in pixels of the photo at search size (1024 px).

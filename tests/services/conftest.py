@@ -171,11 +171,12 @@ def config(corpus: Corpus, tmp_path: Path) -> ServiceConfig:
 
 
 def empty_shards(corpus: Corpus, config: ServiceConfig, shards: int) -> None:
-    """Empty shard indexes (and the encoder's folder) sharing the corpus codebook."""
-    codebook = corpus.engine.index.codebook
+    """Empty shard indexes (and the encoder's folder) sharing the corpus codebook and residual bins,
+    as shards seeded from the corpus index (``matcher.codebook_dir``) are: the references ingested
+    through the gateway are then stored as the embedded engine stores them."""
     folders = [config.matcher.shard_folder(config.engine.index_dir, k, shards) for k in range(shards)]
     for folder in [*folders, config.engine.index_dir]:
-        ReferenceIndex(codebook, config.engine.search, folder).save(folder)
+        ReferenceIndex.empty_like(corpus.engine.index, config.engine.search, folder).save(folder)
 
 
 def wait_ready(stack: LocalStack) -> None:

@@ -17,16 +17,17 @@ Per reference, the index keeps up to ``features.reference_features`` keypoints, 
 fixed-point position, a posting in the inverted file (4 bytes of reference row, 8 of Hamming
 signature, 4 back to it) and its descriptor as residual codes (``search.residual_bits`` bits a PCA
 dimension, 8 bytes at 1 bit and 64 dimensions; :mod:`kyb.index._residuals`): 28 bytes a keypoint,
-plus its global vector in the graph (~1.2 KB). ``residual_bits`` -1 (the default for now, see
-docs/engine.md) keeps int8 descriptors (64 bytes).
-``residuals.npz`` in a generation holds the quantizer, trained on the first references the index got.
+plus its global vector in the graph (~1.2 KB). ``residual_bits`` -1 keeps int8 descriptors (64 bytes).
+``residuals.npz`` in a generation holds the quantizer, trained on the first references the index got;
+an index made to hold another's references (a shard copy, a seeded shard, a merge target) takes
+that index's instead (:meth:`ReferenceIndex.empty_like`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ from kyb.index._store import (
     current_generation,
     has_index,
     load_codebook,
+    load_quantizer,
     read_generation,
     write_generation,
 )
@@ -281,13 +283,37 @@ class ReferenceIndex:
             )
             return True
 
-    def merge(self, other: ReferenceIndex) -> list[str]:
+    @classmethod
+    def empty_like(
+        cls, source: ReferenceIndex | Path, search: SearchConfig, path: Path | None = None
+    ) -> ReferenceIndex:
+        """An empty index with ``source``'s codebook and residual quantizer (``source`` an index or an
+        index folder, whose segments are not read).
+
+        The one rule for every index made to hold another index's references (shard copies, a
+        seeded matcher shard, the target of a merge): it starts with the source's bins, so the
+        references copied into it (:meth:`merge`) keep their stored codes, and an answer from the
+        copy is the source's answer. An index training bins of its own on its first references
+        would restore every descriptor slightly differently. A new codebook needs new bins: a
+        retrain starts from a plain ``ReferenceIndex``.
+        """
+        if isinstance(source, ReferenceIndex):
+            codebook, quantizer = source.codebook, source._quantizer
+        else:
+            codebook, quantizer = load_codebook(Path(source)), load_quantizer(Path(source), search.residual_bits)
+        index = cls(codebook, search, path)
+        index._quantizer = quantizer
+        return index
+
+    def merge(self, other: ReferenceIndex, keep: Callable[[str], bool] | None = None) -> list[str]:
         """Adds every reference of ``other`` (an index over the same codebook: a slice of a catalog
-        built apart) as :meth:`add` would, returning each one's outcome in ``other``'s order.
+        built apart) whose key ``keep`` accepts (default all) as :meth:`add` would, returning each
+        one's outcome in ``other``'s order.
 
         When both indexes share one residual quantizer (slices started from one seed index, or this
-        index still empty) the stored arrays are copied as they are, so the merged index holds exactly
-        what one build of all the slices holds; otherwise the references go through their encodings.
+        index still empty: it then takes ``other``'s, as :meth:`empty_like`) the stored arrays are
+        copied as they are, so the merged index holds exactly what one build of all the slices holds;
+        otherwise the references go through their encodings and this index's quantizer.
         """
         if other.codebook.version != self.codebook.version:
             raise InvalidRequest(
@@ -297,12 +323,14 @@ class ReferenceIndex:
             if self._quantizer is None and not self._segments:
                 self._quantizer = other._quantizer
             if not _same_quantizer(self._quantizer, other._quantizer):
-                keys = other.reference_ids()
+                keys = [key for key in other.reference_ids() if keep is None or keep(key)]
                 return self.add((key, other.sha256_of(key) or "", other.encoding(key)) for key in keys)
             outcomes: list[str] = []
             for segment in other._segments:
                 rows = []
                 for row in np.flatnonzero(segment.alive):
+                    if keep is not None and not keep(str(segment.ref_ids[row])):
+                        continue
                     outcome = self._claim_locked(str(segment.ref_ids[row]), segment.sha256_at(int(row)))
                     outcomes.append(outcome)
                     if outcome != "unchanged":

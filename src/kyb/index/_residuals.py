@@ -8,8 +8,9 @@ residual's magnitude, ``bits`` bits a dimension: dimension j's ``|residual|`` fa
 the bin's mean. Dimensions past the 64th (``features.pca_dims`` > 64) also store their sign bit.
 
 A decoded descriptor is rounded to int8 like a stored one and nudged, where rounding crossed the
-centroid, back to the side its signature says: encoding a decoded reference again (a reference copied
-to another shard) gives back the same signature and, almost always, the same codes.
+centroid, back to the side its signature says, and where rounding crossed a bin edge, back into its
+bin: encoding a decoded reference again (a reference sent to another shard as an encoding) gives
+back the same signature and the same codes.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class ResidualQuantizer:
                 np.ascontiguousarray(signatures, dtype=np.uint64),
                 codebook.words,
                 self.levels,
+                self.edges,
                 np.float32(codebook.int8_scale),
                 np.float32(1.0 / codebook.int8_scale),
                 self.bits,
@@ -135,6 +137,7 @@ def _decode(
     signatures: np.ndarray,
     centroids: np.ndarray,
     levels: np.ndarray,
+    edges: np.ndarray,
     scale: np.float32,
     inv_scale: np.float32,
     bits: int,
@@ -144,7 +147,9 @@ def _decode(
     """Row i, dimension j: the centroid plus or minus the level of the magnitude bin (bit b of the bin
     at bit ``b * dims + j`` of the row's codes, little-endian), the sign from the signature (j < 64)
     or from the codes after the magnitudes; rounded like Codebook.quantize, then stepped back to the
-    sign's side of the centroid where rounding crossed it (float32 throughout, as numpy computes)."""
+    sign's side of the centroid where rounding crossed it, and into the magnitude's bin where
+    rounding crossed one of its edges (float32 throughout, as numpy computes): encoding the decoded
+    descriptor again gives back its codes wherever the bin holds an int8 value on that side."""
     dims = centroids.shape[1]
     for i in range(words.size):
         word = words[i]
@@ -170,6 +175,20 @@ def _decode(
                     max(stored + (np.float32(1.0) if above else np.float32(-1.0)), np.float32(-127.0)),
                     np.float32(127.0),
                 )
+            outward = np.float32(1.0) if above else np.float32(-1.0)
+            for _ in range(2):
+                restored = abs(stored * inv_scale - centroid)
+                found = 0
+                for k in range(edges.shape[1]):
+                    found += restored > edges[j, k]
+                if found == b:
+                    break
+                # A step out (too near) or in (too far), unless that crosses the centroid (the sign wins).
+                step = outward if found < b else -outward
+                moved = min(max(stored + step, np.float32(-127.0)), np.float32(127.0))
+                if (moved * inv_scale > centroid) != above:
+                    break
+                stored = moved
             out[i, j] = np.int8(stored)
 
 

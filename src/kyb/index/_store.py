@@ -381,11 +381,7 @@ def read_generation(
     deleted = set(manifest["deleted"])
     segments = []
     try:
-        quantizer = (
-            ResidualQuantizer.load(folder / "residuals.npz") if manifest.get("residual_bits") is not None else None
-        )
-        if quantizer is None and residual_bits >= 0 and manifest["segments"]:
-            quantizer = _train_on(folder / manifest["segments"][0]["file"], codebook, residual_bits)
+        quantizer = _quantizer_of(folder, manifest, codebook, residual_bits)
         for entry in manifest["segments"]:
             segment = _Segment.load(folder / entry["file"], codebook, quantizer)
             if len(segment) != entry["references"]:
@@ -396,6 +392,18 @@ def read_generation(
     except (OSError, ValueError, KeyError) as exc:
         raise IndexCorrupt(f"index {folder}: segment unreadable: {exc}") from None
     return folder, manifest, codebook, quantizer, segments
+
+
+def _quantizer_of(
+    folder: Path, manifest: dict[str, Any], codebook: Codebook, residual_bits: int
+) -> ResidualQuantizer | None:
+    """The generation's quantizer; for one saved without (format 1, or ``residual_bits`` -1) and
+    ``residual_bits`` >= 0, bins trained on its first segment (the same bins on every load)."""
+    if manifest.get("residual_bits") is not None:
+        return ResidualQuantizer.load(folder / "residuals.npz")
+    if residual_bits >= 0 and manifest["segments"]:
+        return _train_on(folder / manifest["segments"][0]["file"], codebook, residual_bits)
+    return None
 
 
 def _train_on(path: Path, codebook: Codebook, bits: int) -> ResidualQuantizer:
@@ -426,6 +434,20 @@ def load_codebook(path: Path) -> Codebook:
     if current is None:
         raise NotReady(f"no index at {path}: ingest references first (`kyb ingest`)")
     return Codebook.load(current[1] / "codebook.npz")
+
+
+def load_quantizer(path: Path, residual_bits: int = -1) -> ResidualQuantizer | None:
+    """The residual quantizer a load of the index folder ``path`` with ``search.residual_bits``
+    ``residual_bits`` gives (:func:`read_generation`), without reading every segment; None when it
+    keeps int8 descriptors (NotReady when there is no index)."""
+    current = _current_generation(Path(path))
+    if current is None:
+        raise NotReady(f"no index at {path}: ingest references first (`kyb ingest`)")
+    try:
+        manifest = json.loads((current[1] / "manifest.json").read_text())
+        return _quantizer_of(current[1], manifest, load_codebook(path), residual_bits)
+    except (OSError, ValueError, KeyError) as exc:
+        raise IndexCorrupt(f"index {current[1]}: residual bins unreadable: {exc}") from None
 
 
 def current_generation(path: Path) -> int | None:

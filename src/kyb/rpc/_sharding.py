@@ -7,13 +7,13 @@ grows from N to N+1 only 1/(N+1) of the references move, all of them to the new 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from kyb.config import SearchConfig
-from kyb.encoder import Encoding
 from kyb.errors import InvalidRequest
 from kyb.index import ReferenceIndex, base_reference_id
 
@@ -38,6 +38,10 @@ def shard_for(reference_id: str, count: int) -> int:
     return bucket
 
 
+def _placed(reference_id: str, *, count: int, shard: int) -> bool:
+    return shard_for(reference_id, count) == shard
+
+
 def shard_name(index: int) -> str:
     """The name a shard answers with and partial answers list (``shard-K``)."""
     return f"shard-{index}"
@@ -46,20 +50,19 @@ def shard_name(index: int) -> str:
 def split_index(source: Path, search: SearchConfig, count: int, folder_for: Callable[[int], Path]) -> list[int]:
     """Writes ``count`` shard index folders from the embedded index at ``source``; returns sizes.
 
-    Every shard gets the source's codebook (encoder and matchers must agree on it) and the
-    references :func:`shard_for` places there, copied exactly as stored.
+    Every shard starts as :meth:`ReferenceIndex.empty_like` the source (its codebook, which encoder
+    and matchers must agree on, and its residual bins) and takes the references :func:`shard_for`
+    places there with their stored arrays copied, not re-encoded: a shard restores every descriptor
+    exactly as the embedded index does, so the sharded answer is the embedded one.
     """
+    if count < 1:
+        raise InvalidRequest(f"shard count must be >= 1, got {count}")
     index = ReferenceIndex.load(source, search)
-    codebook = index.codebook
-    shards = [ReferenceIndex(codebook, search, folder_for(k)) for k in range(count)]
-    batches: list[list[tuple[str, str, Encoding]]] = [[] for _ in range(count)]
-    for key in index.reference_ids():
-        encoding = index.encoding(key)
-        sha = index.sha256_of(key) or ""
-        batches[shard_for(key, count)].append((key, sha, encoding))
-    for k, (shard, batch) in enumerate(zip(shards, batches, strict=True)):
-        if batch:
-            shard.add(batch)
+    sizes = []
+    for k in range(count):
+        shard = ReferenceIndex.empty_like(index, search, folder_for(k))
+        shard.merge(index, keep=functools.partial(_placed, count=count, shard=k))
         shard.save(folder_for(k))
-        log.info("shard %d/%d: %d references -> %s", k, count, len(batch), folder_for(k))
-    return [len(batch) for batch in batches]
+        sizes.append(len(shard))
+        log.info("shard %d/%d: %d references -> %s", k, count, len(shard), folder_for(k))
+    return sizes
