@@ -214,10 +214,13 @@ class SearchConfig:
     hnsw_ef: int = 128
     #: A reference keypoint's descriptor is stored as its word's centroid plus this many bits a PCA
     #: dimension of residual magnitude (the residual's sign is its Hamming signature): 1 keeps 8 bytes
-    #: of the int8 descriptor's 64 (docs/engine.md, "Compact references"; same top-1 on covers and
-    #: logos); -1 keeps int8 descriptors. Fixed for an index when it gets its first references; shard
-    #: copies and seeded shards take the source index's bins (``ReferenceIndex.empty_like``).
-    residual_bits: int = 1
+    #: of the int8 descriptor's 64 (docs/engine.md, "Compact references"): covers keep their top-1,
+    #: but logos lose the matches that pass min_inliers by one or two (top-1 0.728 -> 0.704, 2 of 81),
+    #: so -1 (int8 descriptors) stays the default until that is won back; 1 is for catalogs where
+    #: memory matters more (14 KB instead of 39 KB a cover reference). Fixed for an index when it gets
+    #: its first references; shard copies and seeded shards take the source index's bins
+    #: (``ReferenceIndex.empty_like``).
+    residual_bits: int = -1
     #: Lowe's ratio test on descriptor distances.
     ratio: float = 0.85
     #: RANSAC reprojection threshold in pixels of the photo at search size (1024 px).

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from kyb.engine import Engine
 from kyb.index import ReferenceIndex
@@ -24,16 +26,23 @@ def _codes(index: ReferenceIndex, key: str) -> np.ndarray:
     return segment.codes[int(segment.offsets[row]) : int(segment.offsets[row + 1])]
 
 
-def test_the_default_stores_residual_codes(library: Library) -> None:
-    assert library.config.search.residual_bits == 1
-    assert Engine(library.config).index.stats()["residual_bits"] == 1
+@pytest.fixture(scope="module")
+def compact(library: Library, tmp_path_factory: pytest.TempPathFactory) -> Library:
+    """The library's references indexed with 1-bit residual codes (``search.residual_bits`` 1)."""
+    root = tmp_path_factory.mktemp("compact")
+    lib = dataclasses.replace(library, root=root, config=make_config(root, search={"residual_bits": 1}))
+    with Engine(lib.config) as engine:
+        lib.seed_catalog(engine)
+        assert all(o.status == "added" for o in engine.ingest(lib.items()))
+        assert engine.index.stats()["residual_bits"] == 1
+    return lib
 
 
-def test_split_shards_hold_the_source_bins_and_its_codes(library: Library, tmp_path: Path) -> None:
-    search = library.config.search
-    source = ReferenceIndex.load(library.config.index_dir, search)
+def test_split_shards_hold_the_source_bins_and_its_codes(compact: Library, tmp_path: Path) -> None:
+    search = compact.config.search
+    source = ReferenceIndex.load(compact.config.index_dir, search)
     folders = [tmp_path / f"shard-{k}" for k in range(3)]
-    sizes = split_index(library.config.index_dir, search, 3, lambda k: folders[k])
+    sizes = split_index(compact.config.index_dir, search, 3, lambda k: folders[k])
     assert sum(sizes) == len(source) and sum(size > 0 for size in sizes) >= 2
     shards = [ReferenceIndex.load(folder, search) for folder in folders]
     seen = set()
@@ -50,15 +59,15 @@ def test_split_shards_hold_the_source_bins_and_its_codes(library: Library, tmp_p
     assert seen == set(source.reference_ids())
 
 
-def test_bins_trained_per_copy_would_differ(library: Library) -> None:
+def test_bins_trained_per_copy_would_differ(compact: Library) -> None:
     """Why the copies take the source's bins: a shard's own bins, from its own first references,
     restore descriptors differently (this is what the shared bins prevent)."""
-    source = ReferenceIndex.load(library.config.index_dir, library.config.search)
+    source = ReferenceIndex.load(compact.config.index_dir, compact.config.search)
     keys = [k for k in source.reference_ids() if shard_for(k, 2) == 1]
-    own = ReferenceIndex(source.codebook, library.config.search)
+    own = ReferenceIndex(source.codebook, compact.config.search)
     own.add([(k, source.sha256_of(k) or "", source.encoding(k)) for k in keys])
     assert not _same_bins(own._quantizer, source._quantizer)
-    like = ReferenceIndex.empty_like(library.config.index_dir, library.config.search)
+    like = ReferenceIndex.empty_like(compact.config.index_dir, compact.config.search)
     assert len(like) == 0 and like.codebook.version == source.codebook.version
     assert _same_bins(like._quantizer, source._quantizer)
 
@@ -71,7 +80,7 @@ def test_an_int8_index_loaded_compact_gives_its_copies_the_bins_its_load_trains(
     library.seed_catalog(raw)
     raw.ingest(library.items())
     assert load_quantizer(raw.config.index_dir) is None
-    search = make_config(root).search  # the default: 1 bit
+    search = make_config(root, search={"residual_bits": 1}).search
     embedded = ReferenceIndex.load(raw.config.index_dir, search)
     assert _same_bins(load_quantizer(raw.config.index_dir, search.residual_bits), embedded._quantizer)
     folders = [tmp_path / f"shard-{k}" for k in range(2)]
@@ -83,9 +92,9 @@ def test_an_int8_index_loaded_compact_gives_its_copies_the_bins_its_load_trains(
             assert np.array_equal(shard.features(key).descriptors, embedded.features(key).descriptors)
 
 
-def test_a_merge_of_two_compact_slices_equals_one_build(library: Library, tmp_path: Path) -> None:
-    search = library.config.search
-    source = ReferenceIndex.load(library.config.index_dir, search)
+def test_a_merge_of_two_compact_slices_equals_one_build(compact: Library, tmp_path: Path) -> None:
+    search = compact.config.search
+    source = ReferenceIndex.load(compact.config.index_dir, search)
     keys = source.reference_ids()
     halves = []
     for k in range(2):

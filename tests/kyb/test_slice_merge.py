@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from kyb.cli import main
 from kyb.engine import Engine
@@ -13,10 +14,14 @@ from kyb.index import ReferenceIndex
 from tests.conftest import Library, make_config
 
 
-def test_two_slices_built_apart_and_merged_equal_one_build(library: Library, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bits", [-1, 1], ids=["int8", "compact"])
+def test_two_slices_built_apart_and_merged_equal_one_build(
+    library: Library, tmp_path: Path, bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KYB_SEARCH__RESIDUAL_BITS", str(bits))  # the merge-index command's config too
     items = library.items()
     seed_items, rest = items[:3], items[3:]
-    seed = make_config(tmp_path / "seed")
+    seed = make_config(tmp_path / "seed", search={"residual_bits": bits})
     with Engine(seed) as engine:  # the seed: codebook and residual bins, as the Job's first step makes them
         library.seed_catalog(engine)
         engine.ingest(seed_items)
@@ -25,12 +30,12 @@ def test_two_slices_built_apart_and_merged_equal_one_build(library: Library, tmp
         shutil.copytree(tmp_path / "seed", tmp_path / name)
         return tmp_path / name
 
-    with Engine(make_config(copy_of_seed("one"))) as one:  # one build of everything
+    with Engine(make_config(copy_of_seed("one"), search={"residual_bits": bits})) as one:  # one build of everything
         one.ingest(rest)
         whole = ReferenceIndex.load(one.config.index_dir, one.config.search)
     slices = []
     for k in range(2):  # each pod its every-other item, in its own folder and catalog
-        with Engine(make_config(copy_of_seed(f"slice-{k}"))) as pod:
+        with Engine(make_config(copy_of_seed(f"slice-{k}"), search={"residual_bits": bits})) as pod:
             pod.ingest(rest[k::2], processes=1)
             slices.append(str(pod.config.index_dir))
     merged_dir = tmp_path / "merged" / "index"
