@@ -95,7 +95,7 @@ from kyb.rpc import (
     similar_band_to_proto,
     status_for,
 )
-from kyb.search import FoundObject, run_search
+from kyb.search import FoundObject, round_one_depth, run_search
 from kyb.v1 import (
     common_pb2,
     detector_pb2,
@@ -467,7 +467,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         source = ShardedSource(
             self._shards, self._fan_out(deadline), region.encoding, len(region.feature_xy), (width, height), search
         )
-        first_round = None if depth is None else min(depth, search.verify_max)
+        first_round = round_one_depth(search, max_candidates=depth)
         found, order = run_search(
             source, region.feature_xy, search, first_round=first_round, image_size=(width, height)
         )

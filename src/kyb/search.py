@@ -32,6 +32,7 @@ __all__ = [
     "inside_outline",
     "prefer_complete",
     "probe_encoding",
+    "round_one_depth",
     "run_search",
     "search",
     "verify_ahead",
@@ -243,14 +244,19 @@ def search(
     ``max_candidates`` caps round 1 (the second look's depth, and gateways that still search shards one by one).
     Returns (objects, shortlist order).
     """
-    first_round = config.verify_max if reserve else config.verify_top
-    if max_candidates:
-        first_round = min(first_round, max_candidates)
+    first_round = round_one_depth(config, reserve=reserve, max_candidates=max_candidates)
     with one_blas_thread():
         source = IndexSource(query, index, image_size)
         return run_search(
             source, source.photo.xy, config, exclude=exclude, first_round=first_round, image_size=image_size
         )
+
+
+def round_one_depth(config: SearchConfig, *, reserve: bool = True, max_candidates: int | None = None) -> int:
+    """How many candidates round 1 may verify: verify_max (verify_top without the reserve), capped by
+    ``max_candidates`` when given (the second look's depth)."""
+    depth = config.verify_max if reserve else config.verify_top
+    return min(depth, max_candidates) if max_candidates else depth
 
 
 def run_search(

@@ -7,7 +7,6 @@ grows from N to N+1 only 1/(N+1) of the references move, all of them to the new 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Callable
@@ -38,10 +37,6 @@ def shard_for(reference_id: str, count: int) -> int:
     return bucket
 
 
-def _placed(reference_id: str, *, count: int, shard: int) -> bool:
-    return shard_for(reference_id, count) == shard
-
-
 def shard_name(index: int) -> str:
     """The name a shard answers with and partial answers list (``shard-K``)."""
     return f"shard-{index}"
@@ -58,10 +53,11 @@ def split_index(source: Path, search: SearchConfig, count: int, folder_for: Call
     if count < 1:
         raise InvalidRequest(f"shard count must be >= 1, got {count}")
     index = ReferenceIndex.load(source, search)
+    placed = {key: shard_for(key, count) for key in index.reference_ids()}  # hashed once, not per shard
     sizes = []
     for k in range(count):
         shard = ReferenceIndex.empty_like(index, search, folder_for(k))
-        shard.merge(index, keep=functools.partial(_placed, count=count, shard=k))
+        shard.merge(index, keep={key for key, at in placed.items() if at == k}.__contains__)
         shard.save(folder_for(k))
         sizes.append(len(shard))
         log.info("shard %d/%d: %d references -> %s", k, count, len(shard), folder_for(k))
