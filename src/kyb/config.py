@@ -135,6 +135,15 @@ class FeatureConfig:
     #: found (docs/engine.md section 2). Each twin is a row more to assign, vote and verify; 0 searches
     #: the photo as photographed only.
     query_inverted_features: int = 2500
+    #: A logo reference also keeps up to this many keypoints of small renderings of itself (views,
+    #: :func:`kyb.encoder.extract_views`): a print 50-150 px wide in a photo (a logo on a shirt across
+    #: the street, a sticker) has lost the fine detail the reference's strongest keypoints are, and
+    #: its coarse keypoints' descriptors differ from the sharp reference's. Added to
+    #: reference_features (about 100 index bytes each); 0 = no views (docs/engine.md section 2).
+    reference_view_features: int = 55
+    #: The smallest view's longer side in pixels; the others are 1.5x and 2.25x it. A view no smaller
+    #: than 3/4 of the reference region is skipped.
+    reference_view_side: int = 48
 
     def __post_init__(self) -> None:
         _check(50 <= self.query_features <= 20000, "features.query_features", "must be in 50..20000")
@@ -151,6 +160,8 @@ class FeatureConfig:
         _check(4 <= self.query_assign_ef <= 512, "features.query_assign_ef", "must be in 4..512")
         _check(1 <= self.query_assign_threads <= 256, "features.query_assign_threads", "must be in 1..256")
         _check(0 <= self.query_inverted_features <= 20000, "features.query_inverted_features", "must be in 0..20000")
+        _check(0 <= self.reference_view_features <= 5000, "features.reference_view_features", "must be in 0..5000")
+        _check(16 <= self.reference_view_side <= 1024, "features.reference_view_side", "must be in 16..1024")
 
 
 @dataclass(frozen=True)

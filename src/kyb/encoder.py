@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 
 from kyb.blas import one_blas_thread
@@ -25,8 +26,10 @@ __all__ = [
     "Encoding",
     "extract_reference",
     "extract_region",
+    "extract_views",
     "parse_box",
     "scaled_box",
+    "with_views",
 ]
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels, x2 > x1, y2 > y1
@@ -232,9 +235,104 @@ def extract_region(
 LOW_CONTRAST_FLOOR = 0.25
 
 
-def extract_reference(image: DecodedImage, box: Box | None, features: FeatureConfig) -> tuple[LocalFeatures, Box]:
+#: A reference's views (features.reference_view_side times these): the sizes a print has in the
+#: photos it is missed in most, 50-150 px across (docs/engine.md section 2).
+VIEW_STEPS = (1.0, 1.5, 2.25)
+#: A view is rendered only when it is at most this share of the region's longer side: a view about
+#: the region's own size repeats the reference's keypoints.
+VIEW_MAX_SHARE = 0.75
+#: Each view is enlarged like a photo before extraction (a 500-px web photo is searched at 2x,
+#: features.query_min_side), so that its keypoints are the ones such a photo gives.
+VIEW_UPSCALE = 2.0
+#: A view keypoint repeats one the reference has when it lies within this share of the larger
+#: keypoint's diameter of it, its diameter is within DUPLICATE_SIZE_RATIO and its orientation within
+#: DUPLICATE_ANGLE degrees: it would describe the same patch at the same scale.
+DUPLICATE_OFFSET = 0.25
+DUPLICATE_SIZE_RATIO = 1.5
+DUPLICATE_ANGLE = 30.0
+
+
+def _gray_region(image: DecodedImage, region: Box) -> np.ndarray:
+    """``image.gray()`` of the integer ``region`` only (same weights, same rounding)."""
+    x1, y1, x2, y2 = (round(v) for v in region)
+    r, g, b = (image.rgb[y1:y2, x1:x2, i].astype(np.float32) for i in range(3))
+    return np.clip(0.299 * r + 0.587 * g + 0.114 * b + 0.5, 0, 255).astype(np.uint8)
+
+
+def extract_views(crop: np.ndarray, features: FeatureConfig, *, contrast_threshold: float) -> list[LocalFeatures]:
+    """RootSIFT of small renderings of ``crop`` (a reference region, H×W uint8), smallest first.
+
+    Each view has a longer side of features.reference_view_side x :data:`VIEW_STEPS`, is shrunk with
+    area averaging (a camera's pixels average the light too) and enlarged by :data:`VIEW_UPSCALE`
+    as a photo would be, and keeps up to features.reference_view_features keypoints, mapped back to
+    ``crop``'s frame (positions and sizes). Views no smaller than :data:`VIEW_MAX_SHARE` of the crop
+    are skipped.
+    """
+    height, width = crop.shape
+    longer = max(height, width)
+    views = []
+    for step in VIEW_STEPS:
+        side = features.reference_view_side * step
+        if side > VIEW_MAX_SHARE * longer:
+            break
+        size = (max(8, round(width * side / longer)), max(8, round(height * side / longer)))
+        small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        found = extract_rootsift(
+            small,
+            max_features=features.reference_view_features,
+            contrast_threshold=contrast_threshold,
+            upscale=VIEW_UPSCALE,
+        )
+        fx, fy = width / size[0], height / size[1]
+        # Pixel centres: view pixel i covers crop pixels i*f .. (i+1)*f, so its centre is (i+0.5)*f-0.5.
+        xy = (found.xy + 0.5) * np.array([fx, fy], np.float32) - 0.5
+        views.append(
+            LocalFeatures(xy.astype(np.float32), found.size * np.float32((fx + fy) / 2), found.descriptors, found.angle)
+        )
+    return views
+
+
+def _repeats(xy: np.ndarray, size: float, angle: float, kept: LocalFeatures) -> bool:
+    """Whether a keypoint at ``xy`` (diameter ``size``, orientation ``angle``) repeats one of ``kept``."""
+    if not len(kept):
+        return False
+    larger = np.maximum(kept.size, size)
+    near = np.hypot(*(kept.xy - xy).T) <= DUPLICATE_OFFSET * larger
+    ratio = np.maximum(kept.size, size) / np.maximum(np.minimum(kept.size, size), 1e-6)
+    turn = np.abs((kept.angle - angle + 180.0) % 360.0 - 180.0)
+    return bool(np.any(near & (ratio <= DUPLICATE_SIZE_RATIO) & (turn <= DUPLICATE_ANGLE)))
+
+
+def with_views(extracted: LocalFeatures, views: Sequence[LocalFeatures], count: int) -> LocalFeatures:
+    """``extracted`` with up to ``count`` of the views' keypoints appended: taken in turn from each view
+    (smallest first), strongest first, skipping any that repeats one kept already (:func:`_repeats`)."""
+    depth = max((len(v) for v in views), default=0)
+    kept = extracted
+    added: list[tuple[int, int]] = []
+    for rank in range(depth):
+        for v, view in enumerate(views):
+            if len(added) >= count:
+                break
+            if rank < len(view) and not _repeats(view.xy[rank], float(view.size[rank]), float(view.angle[rank]), kept):
+                added.append((v, rank))
+                one = view.take(np.array([rank]))
+                kept = LocalFeatures(
+                    np.concatenate([kept.xy, one.xy]),
+                    np.concatenate([kept.size, one.size]),
+                    np.concatenate([kept.descriptors, one.descriptors]),
+                    np.concatenate([kept.angle, one.angle]),
+                )
+    return kept
+
+
+def extract_reference(
+    image: DecodedImage, box: Box | None, features: FeatureConfig, *, kind: str | None
+) -> tuple[LocalFeatures, Box]:
     """:func:`extract_region` for a reference, at a lower contrast threshold when it is nearly featureless
-    (:data:`LOW_CONTRAST_FLOOR`); InvalidRequest when it is still too featureless to index."""
+    (:data:`LOW_CONTRAST_FLOOR`); InvalidRequest when it is still too featureless to index. A logo
+    (``kind`` "logo") also gets features.reference_view_features keypoints of small views of itself
+    (:func:`extract_views`, :func:`with_views`); a cover does not: covers are found small already, and
+    their views would cost index bytes for nothing."""
     extracted, used = extract_region(image, box, features, reference=True)
     threshold = features.contrast_threshold
     while len(extracted) < MIN_REFERENCE_FEATURES and threshold / 2 >= LOW_CONTRAST_FLOOR * features.contrast_threshold:
@@ -243,4 +341,7 @@ def extract_reference(image: DecodedImage, box: Box | None, features: FeatureCon
     if len(extracted) < MIN_REFERENCE_FEATURES:
         where = "image" if box is None else f"region {[round(v) for v in box]}"
         raise InvalidRequest(f"featureless {where}: fewer than {MIN_REFERENCE_FEATURES} keypoints, nothing to match")
+    if kind == "logo" and features.reference_view_features > 0:
+        views = extract_views(_gray_region(image, used), features, contrast_threshold=threshold)
+        extracted = with_views(extracted, views, features.reference_view_features)
     return extracted, used
