@@ -25,7 +25,7 @@ from kyb.encoder import Box, Encoder, Encoding, extract_reference, scaled_box
 from kyb.errors import InvalidRequest, KybError, Unavailable
 from kyb.imageio import DecodedImage, decode_image
 from kyb.index import load_codebook
-from kyb.rpc import ServiceConfig, box_from_proto, decoded_from_proto, encoding_to_proto, kind_from_proto
+from kyb.rpc import ServiceConfig, box_from_proto, decoded_from_proto, encoding_to_proto
 from kyb.v1 import encoder_pb2, encoder_pb2_grpc
 
 __all__ = ["EncoderServicer"]
@@ -103,8 +103,7 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
         if request.HasField("box"):
             box = scaled_box(box_from_proto(request.box), image.scale)
         if request.is_reference:
-            kind = kind_from_proto(request.kind)
-            features, region = extract_reference(image, box, encoder.features, kind=kind)
+            features, region = extract_reference(image, box, encoder.features)
             encoding = encoder.encode_features(features, region, scale=image.scale)
         else:
             encoding = self._encode_photo(encoder, image, box)

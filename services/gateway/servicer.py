@@ -87,7 +87,6 @@ from kyb.rpc import (
     found_from_proto,
     identify_result_to_proto,
     kind_from_proto,
-    kind_to_proto,
     one_line,
     open_channel,
     reference_to_proto,
@@ -281,16 +280,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         )
 
     def _encode(
-        self,
-        image: bytes | common_pb2.RawImage,
-        box: Box | None,
-        deadline: Deadline,
-        reference: bool,
-        kind: str | None = None,
+        self, image: bytes | common_pb2.RawImage, box: Box | None, deadline: Deadline, reference: bool
     ) -> encoder_pb2.EncodeResponse:
-        """Encodes ``image`` (the caller's bytes, or pixels decoded here) or its ``box`` (original pixels);
-        a reference's ``kind`` decides its views (EncodeRequest.kind)."""
-        request = encoder_pb2.EncodeRequest(is_reference=reference, kind=kind_to_proto(kind))
+        """Encodes ``image`` (the caller's bytes, or pixels decoded here) or its ``box`` (original pixels)."""
+        request = encoder_pb2.EncodeRequest(is_reference=reference)
         if isinstance(image, bytes):
             request.image = image
         else:
@@ -606,7 +599,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
         item = IngestItem(source, kind, band_id or None, album_id or None, regions, request.image)
         decoded, reference_id, unique = decode_reference(item, self._config.engine.limits)
         raw = decoded_to_proto(decoded)
-        futures = [self._submit(self._encode, raw, box, deadline, True, kind) for box in unique]
+        futures = [self._submit(self._encode, raw, box, deadline, True) for box in unique]
         encodings = []
         for result in self._gather(futures, deadline, "the encoder"):
             if isinstance(result, BaseException):

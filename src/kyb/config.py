@@ -135,11 +135,11 @@ class FeatureConfig:
     #: found (docs/engine.md section 2). Each twin is a row more to assign, vote and verify; 0 searches
     #: the photo as photographed only.
     query_inverted_features: int = 2500
-    #: A logo reference also keeps up to this many keypoints of small renderings of itself (views,
-    #: :func:`kyb.encoder.extract_views`): a print 50-150 px wide in a photo (a logo on a shirt across
-    #: the street, a sticker) has lost the fine detail the reference's strongest keypoints are, and
-    #: its coarse keypoints' descriptors differ from the sharp reference's. Added to
-    #: reference_features (about 100 index bytes each); 0 = no views (docs/engine.md section 2).
+    #: A boxed reference region (a logo cut out of a photo) also keeps up to this many keypoints of
+    #: small renderings of itself (views, :func:`kyb.encoder.extract_views`): a print 50-150 px wide in
+    #: a photo has lost the fine detail the region's strongest keypoints are, and its coarse keypoints'
+    #: descriptors differ from the sharp region's. A whole image keeps larger keypoints already
+    #: (reference_scale_weight). Added to reference_features (about 100 index bytes each); 0 = none.
     reference_view_features: int = 55
     #: The smallest view's longer side in pixels; the others are 1.5x and 2.25x it. A view no smaller
     #: than 3/4 of the reference region is skipped.

@@ -325,14 +325,13 @@ def with_views(extracted: LocalFeatures, views: Sequence[LocalFeatures], count: 
     return kept
 
 
-def extract_reference(
-    image: DecodedImage, box: Box | None, features: FeatureConfig, *, kind: str | None
-) -> tuple[LocalFeatures, Box]:
+def extract_reference(image: DecodedImage, box: Box | None, features: FeatureConfig) -> tuple[LocalFeatures, Box]:
     """:func:`extract_region` for a reference, at a lower contrast threshold when it is nearly featureless
-    (:data:`LOW_CONTRAST_FLOOR`); InvalidRequest when it is still too featureless to index. A logo
-    (``kind`` "logo") also gets features.reference_view_features keypoints of small views of itself
-    (:func:`extract_views`, :func:`with_views`); a cover does not: covers are found small already, and
-    their views would cost index bytes for nothing."""
+    (:data:`LOW_CONTRAST_FLOOR`); InvalidRequest when it is still too featureless to index. A boxed
+    region also gets features.reference_view_features keypoints of small views of itself
+    (:func:`extract_views`, :func:`with_views`): it keeps its strongest, finest keypoints (a part of a
+    photo, :func:`extract_region`), so without views it has none of the coarse ones a small print of
+    it shows; a whole image keeps larger keypoints already (features.reference_scale_weight)."""
     extracted, used = extract_region(image, box, features, reference=True)
     threshold = features.contrast_threshold
     while len(extracted) < MIN_REFERENCE_FEATURES and threshold / 2 >= LOW_CONTRAST_FLOOR * features.contrast_threshold:
@@ -341,7 +340,7 @@ def extract_reference(
     if len(extracted) < MIN_REFERENCE_FEATURES:
         where = "image" if box is None else f"region {[round(v) for v in box]}"
         raise InvalidRequest(f"featureless {where}: fewer than {MIN_REFERENCE_FEATURES} keypoints, nothing to match")
-    if kind == "logo" and features.reference_view_features > 0:
+    if box is not None and features.reference_view_features > 0:
         views = extract_views(_gray_region(image, used), features, contrast_threshold=threshold)
         extracted = with_views(extracted, views, features.reference_view_features)
     return extracted, used

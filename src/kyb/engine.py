@@ -310,7 +310,7 @@ class Engine:
         features = []
         for region in regions:
             scaled = None if region is None else scaled_box(region, decoded.scale)
-            features.append(extract_reference(decoded, scaled, self.config.features, kind=item.kind))
+            features.append(extract_reference(decoded, scaled, self.config.features))
         return _Prepared(item, decoded, reference_id, regions, features)
 
     @_exclusive

@@ -180,7 +180,7 @@ def _encode_in_worker(item: IngestItem) -> EncodedReference | IngestOutcome:
         encodings = []
         for region in regions:
             scaled = None if region is None else scaled_box(region, decoded.scale)
-            found = extract_reference(decoded, scaled, features, kind=item.kind)
+            found = extract_reference(decoded, scaled, features)
             encodings.append(encoder.encode_features(found[0], found[1], scale=decoded.scale))
     except KybError as exc:
         return IngestOutcome(item.source, "failed", message=str(exc))

@@ -47,40 +47,44 @@ def test_with_views_adds_at_most_count_and_skips_what_the_reference_has():
     np.testing.assert_array_equal(combined.xy[: len(base)], base.xy)  # the reference's own rows first
 
 
-def test_a_logo_keeps_its_own_keypoints_first_and_a_cover_or_views_off_adds_none():
+def test_a_boxed_region_keeps_its_own_keypoints_first_and_a_whole_image_gets_no_views():
     image = decode_image(encode_png(_logo()), ImageLimits())
     on = FeatureConfig(reference_view_features=55, reference_view_side=48)
     off = replace(on, reference_view_features=0)
-    plain, region = extract_reference(image, None, off, kind="logo")
-    viewed, same_region = extract_reference(image, None, on, kind="logo")
-    assert region == same_region
-    cover, _ = extract_reference(image, None, on, kind="album_cover")
-    np.testing.assert_array_equal(cover.descriptors, plain.descriptors)
+    box = (20.0, 10.0, 20.0 + image.width * 0.8, 10.0 + image.height * 0.8)
+    plain, used = extract_reference(image, box, off)
+    viewed, same = extract_reference(image, box, on)
+    assert used == same
     assert len(plain) < len(viewed) <= len(plain) + 55
     np.testing.assert_array_equal(viewed.descriptors[: len(plain)], plain.descriptors)
-    width, height = region[2] - region[0], region[3] - region[1]
-    added = viewed.xy[len(plain) :]
-    assert added[:, 0].min() >= -1 and added[:, 0].max() <= width and added[:, 1].max() <= height
-    # A boxed region (a logo cut out of a photo) gets views too, in the box's own frame.
-    box = (20.0, 10.0, 20.0 + image.width * 0.8, 10.0 + image.height * 0.8)
-    boxed_plain, _ = extract_reference(image, box, off, kind="logo")
-    boxed, used = extract_reference(image, box, on, kind="logo")
-    assert len(boxed) > len(boxed_plain)
-    assert boxed.xy[:, 0].max() <= used[2] - used[0] and boxed.xy[:, 1].max() <= used[3] - used[1]
+    added = viewed.xy[len(plain) :]  # in the box's own frame
+    assert added.min() >= -1 and added[:, 0].max() <= used[2] - used[0] and added[:, 1].max() <= used[3] - used[1]
+    # A whole image keeps its larger keypoints already (features.reference_scale_weight): no views.
+    whole_plain, _ = extract_reference(image, None, off)
+    whole, _ = extract_reference(image, None, on)
+    np.testing.assert_array_equal(whole.descriptors, whole_plain.descriptors)
 
 
 def test_a_small_print_is_found_thanks_to_the_views(tmp_path):
-    """Drawn logos printed as stickers at 8-10% of a 1600 x 1200 photo's side: two that the reference's
-    own keypoints miss are found, and outlined, once the references keep their views."""
+    """Drawn logos, each indexed as a box of a larger image (a logo cut out of a photo), printed as
+    stickers at 8-10% of a 1600 x 1200 photo's side: two that the boxes' own keypoints miss are found,
+    and outlined, once the references keep their views."""
     bands = synth.make_bands(6, seed=7, albums_per_band=(1, 2))
     rng = np.random.default_rng(1234)
     logos = {b.band_id: synth.draw_logo(b.name, rng) for b in bands}
+    items = []
+    for band, logo in logos.items():
+        height, width = logo.shape[:2]
+        canvas = np.full((height + 80, width + 80, 3), 128, np.uint8)
+        canvas[40 : 40 + height, 40 : 40 + width] = logo
+        box = (40.0, 40.0, 40.0 + width, 40.0 + height)
+        items.append(IngestItem(f"{band}.jpg", "logo", band, None, (box,), data=encode_jpeg(canvas, 95)))
     engines = {}
     for views in (0, 55):
         config = make_config(tmp_path / str(views), cache={"url": "none"}, features={"reference_view_features": views})
         engine = Engine(config)
         engine.catalog.upsert_bands(Band(band_id=b.band_id, name=b.name) for b in bands)
-        engine.ingest([IngestItem(f"{k}.jpg", "logo", k, None, data=encode_jpeg(v, 95)) for k, v in logos.items()])
+        engine.ingest(items)
         engines[views] = engine
     try:
         found = {0: 0, 55: 0}

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from kyb.v1 import common_pb2 as kyb_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kyb/v1/encoder.proto\x12\x06kyb.v1\x1a\x13kyb/v1/common.proto\"\x9b\x01\n\rEncodeRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12#\n\x07\x64\x65\x63oded\x18\x02 \x01(\x0b\x32\x10.kyb.v1.RawImageH\x00\x12\x18\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x0b.kyb.v1.Box\x12\x14\n\x0cis_reference\x18\x04 \x01(\x08\x12\x1a\n\x04kind\x18\x05 \x01(\x0e\x32\x0c.kyb.v1.KindB\x08\n\x06source\"\xcd\x01\n\x0e\x45ncodeResponse\x12\"\n\x08\x65ncoding\x18\x01 \x01(\x0b\x32\x10.kyb.v1.Encoding\x12\x13\n\x0bimage_width\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12\x16\n\x0eoriginal_width\x18\x04 \x01(\x05\x12\x17\n\x0foriginal_height\x18\x05 \x01(\x05\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x17\n\x0f\x65ncoder_version\x18\x07 \x01(\t\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x32\x42\n\x07\x45ncoder\x12\x37\n\x06\x45ncode\x12\x15.kyb.v1.EncodeRequest\x1a\x16.kyb.v1.EncodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14kyb/v1/encoder.proto\x12\x06kyb.v1\x1a\x13kyb/v1/common.proto\"\x7f\n\rEncodeRequest\x12\x0f\n\x05image\x18\x01 \x01(\x0cH\x00\x12#\n\x07\x64\x65\x63oded\x18\x02 \x01(\x0b\x32\x10.kyb.v1.RawImageH\x00\x12\x18\n\x03\x62ox\x18\x03 \x01(\x0b\x32\x0b.kyb.v1.Box\x12\x14\n\x0cis_reference\x18\x04 \x01(\x08\x42\x08\n\x06source\"\xcd\x01\n\x0e\x45ncodeResponse\x12\"\n\x08\x65ncoding\x18\x01 \x01(\x0b\x32\x10.kyb.v1.Encoding\x12\x13\n\x0bimage_width\x18\x02 \x01(\x05\x12\x14\n\x0cimage_height\x18\x03 \x01(\x05\x12\x16\n\x0eoriginal_width\x18\x04 \x01(\x05\x12\x17\n\x0foriginal_height\x18\x05 \x01(\x05\x12\x0e\n\x06sha256\x18\x06 \x01(\t\x12\x17\n\x0f\x65ncoder_version\x18\x07 \x01(\t\x12\x12\n\nsize_bytes\x18\x08 \x01(\x03\x32\x42\n\x07\x45ncoder\x12\x37\n\x06\x45ncode\x12\x15.kyb.v1.EncodeRequest\x1a\x16.kyb.v1.EncodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kyb.v1.encoder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODEREQUEST']._serialized_start=54
-  _globals['_ENCODEREQUEST']._serialized_end=209
-  _globals['_ENCODERESPONSE']._serialized_start=212
-  _globals['_ENCODERESPONSE']._serialized_end=417
-  _globals['_ENCODER']._serialized_start=419
-  _globals['_ENCODER']._serialized_end=485
+  _globals['_ENCODEREQUEST']._serialized_start=53
+  _globals['_ENCODEREQUEST']._serialized_end=180
+  _globals['_ENCODERESPONSE']._serialized_start=183
+  _globals['_ENCODERESPONSE']._serialized_end=388
+  _globals['_ENCODER']._serialized_start=390
+  _globals['_ENCODER']._serialized_end=456
 # @@protoc_insertion_point(module_scope)

@@ -7,18 +7,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("image", "decoded", "box", "is_reference", "kind")
+    __slots__ = ("image", "decoded", "box", "is_reference")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     DECODED_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     IS_REFERENCE_FIELD_NUMBER: _ClassVar[int]
-    KIND_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     decoded: _common_pb2.RawImage
     box: _common_pb2.Box
     is_reference: bool
-    kind: _common_pb2.Kind
-    def __init__(self, image: _Optional[bytes] = ..., decoded: _Optional[_Union[_common_pb2.RawImage, _Mapping]] = ..., box: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., is_reference: _Optional[bool] = ..., kind: _Optional[_Union[_common_pb2.Kind, str]] = ...) -> None: ...
+    def __init__(self, image: _Optional[bytes] = ..., decoded: _Optional[_Union[_common_pb2.RawImage, _Mapping]] = ..., box: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., is_reference: _Optional[bool] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("encoding", "image_width", "image_height", "original_width", "original_height", "sha256", "encoder_version", "size_bytes")
