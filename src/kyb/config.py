@@ -271,6 +271,16 @@ class SearchConfig:
     max_objects: int = 12
     #: Also-matched references kept per object (other references of the same object, for explanation).
     alternatives: int = 4
+    #: Guided matching (verify.py, docs/engine.md section 6): a fit that falls short of min_inliers but
+    #: has prefilter_inliers is matched again under its homography, pairing a photo feature with a
+    #: reference feature among its this many nearest descriptors that projects within
+    #: ransac_threshold of it, and refitted. A folded print keeps its geometry but its shading
+    #: moves descriptors, so the ratio test drops true matches the homography can still vouch for.
+    #: 0 turns it off.
+    guided_neighbours: int = 0
+    #: ... and a guided fit needs this many distinct inliers (chance pairs under a chance homography
+    #: add a few to it, so it is above min_inliers).
+    guided_min_inliers: int = 16
 
     def __post_init__(self) -> None:
         _check(self.shortlist_global >= 0, "search.shortlist_global", "must be >= 0")
@@ -300,6 +310,12 @@ class SearchConfig:
         _check(1 <= self.verify_threads <= 64, "search.verify_threads", "must be in 1..64")
         _check(self.second_look_depth >= 1, "search.second_look_depth", "must be >= 1")
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
+        _check(0 <= self.guided_neighbours <= 16, "search.guided_neighbours", "must be in 0..16")
+        _check(
+            self.min_inliers <= self.guided_min_inliers <= 1000,
+            "search.guided_min_inliers",
+            "must be in search.min_inliers..1000",
+        )
 
 
 @dataclass(frozen=True)

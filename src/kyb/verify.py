@@ -186,6 +186,73 @@ def _homography(src: np.ndarray, dst: np.ndarray, config: SearchConfig) -> tuple
     return homography, inlier, min(_distinct(src[inlier]), _distinct(dst[inlier]))
 
 
+def _guided(
+    query: QueryFeatures,
+    reference: ReferenceFeatures,
+    ref_descriptors: np.ndarray,
+    homography: np.ndarray,
+    twin: bool | None,
+    config: SearchConfig,
+    rows: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """Matches again under ``homography``: each photo feature (``rows``, of the fit's polarity ``twin``)
+    is paired with the reference feature, among its ``search.guided_neighbours`` nearest descriptors,
+    that projects within ``search.ransac_threshold`` of it (closest descriptor first, one-to-one),
+    and the pairs are refitted. (H, qi, ri, inlier mask, distinct inliers) as :func:`_fit`, or None.
+
+    The ratio test asks a descriptor to be clearly nearer its match than anything else in the
+    reference; a print shaded by folds keeps its keypoints where they were but its descriptors drift
+    towards other features of the same logo (letters look alike), failing the ratio test while the
+    right feature is still among the nearest few. The seed homography is what tells them apart.
+    """
+    q_rows = np.arange(query.xy.shape[0]) if rows is None else rows
+    if twin is not None and query.inverted is not None:
+        q_rows = q_rows[query.inverted[q_rows] == twin]
+    k = min(config.guided_neighbours, ref_descriptors.shape[0])
+    if q_rows.size == 0 or k == 0:
+        return None
+    projected = cv2.perspectiveTransform(reference.xy.astype(np.float32)[:, None, :], homography)[:, 0, :]
+    if not np.all(np.isfinite(projected)):
+        return None
+    # Only photo features near the projected reference can pair: cuts the descriptor product.
+    lo, hi = projected.min(0) - config.ransac_threshold, projected.max(0) + config.ransac_threshold
+    xy = query.xy[q_rows]
+    q_rows = q_rows[np.all((xy >= lo) & (xy <= hi), axis=1)]
+    if q_rows.size == 0:
+        return None
+    prepared = np.empty((ref_descriptors.shape[0], ref_descriptors.shape[1] + 1), dtype=np.float32)
+    np.multiply(ref_descriptors, -2.0, out=prepared[:, :-1])
+    prepared[:, -1] = (ref_descriptors * ref_descriptors).sum(1)
+    scores = query.augmented[q_rows] @ prepared.T  # |r|^2 - 2 q.r: the order of |q - r|^2 per row
+    nearest = (
+        np.argpartition(scores, k - 1, axis=1)[:, :k]
+        if k < scores.shape[1]
+        else np.tile(np.arange(scores.shape[1]), (q_rows.size, 1))
+    )
+    qi = np.repeat(q_rows, k)
+    ri = nearest.reshape(-1)
+    dist = scores[np.repeat(np.arange(q_rows.size), k), ri]
+    near = np.linalg.norm(projected[ri] - query.xy[qi], axis=1) < config.ransac_threshold
+    qi, ri, dist = qi[near], ri[near], dist[near]
+    if qi.size < config.guided_min_inliers:
+        return None
+    # One-to-one, the closest descriptor first: a reference feature, then a photo feature, once.
+    order = np.argsort(dist, kind="stable")
+    qi, ri = qi[order], ri[order]
+    _, first_r = np.unique(ri, return_index=True)
+    keep = np.sort(first_r)
+    qi, ri = qi[keep], ri[keep]
+    _, first_q = np.unique(qi, return_index=True)
+    keep = np.sort(first_q)
+    qi, ri = qi[keep], ri[keep]
+    if qi.size < config.guided_min_inliers:
+        return None
+    fit = _homography(reference.xy[ri].astype(np.float32), query.xy[qi].astype(np.float32), config)
+    if fit is None:
+        return None
+    return fit[0], qi, ri, fit[1], fit[2]
+
+
 def _shared_word_rows(query: QueryFeatures, words: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     """The photo's features (``rows`` of them, or all) with a visual word (any of its k nearest) in ``words``."""
     assert query.words is not None
@@ -253,9 +320,16 @@ def verify(
     if fit is None:
         return None
     homography, qi, ri, inlier, count = fit
-    src = reference.xy[ri].astype(np.float32)
     if count < config.min_inliers:
-        return None
+        # Short of min_inliers but not chance-like: guided matching may find the rest (_guided).
+        if config.guided_neighbours == 0 or count < max(config.prefilter_inliers, 5):
+            return None
+        twin = None if query.inverted is None else bool(query.inverted[qi[0]])
+        guided = _guided(query, reference, ref_descriptors, homography, twin, config, rows)
+        if guided is None or guided[4] < config.guided_min_inliers:
+            return None
+        homography, qi, ri, inlier, count = guided
+    src = reference.xy[ri].astype(np.float32)
     width, height = reference.region_size
     corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
     outline = cv2.perspectiveTransform(corners[:, None, :], homography)[:, 0, :]
