@@ -186,6 +186,12 @@ def _homography(src: np.ndarray, dst: np.ndarray, config: SearchConfig) -> tuple
     return homography, inlier, min(_distinct(src[inlier]), _distinct(dst[inlier]))
 
 
+#: Guided matching's chance estimate shifts the homography by this many ransac_threshold radii ...
+_NULL_SHIFT = 4.0
+#: ... in this many directions, and keeps the most pairs any shift got.
+_NULL_DIRECTIONS = 8
+
+
 def _guided(
     query: QueryFeatures,
     reference: ReferenceFeatures,
@@ -214,8 +220,10 @@ def _guided(
     projected = cv2.perspectiveTransform(reference.xy.astype(np.float32)[:, None, :], homography)[:, 0, :]
     if not np.all(np.isfinite(projected)):
         return None
-    # Only photo features near the projected reference can pair: cuts the descriptor product.
-    lo, hi = projected.min(0) - config.ransac_threshold, projected.max(0) + config.ransac_threshold
+    # Only photo features near the projected reference (or a shifted copy of it) can pair.
+    radius = config.ransac_threshold
+    shift = _NULL_SHIFT * radius
+    lo, hi = projected.min(0) - radius - shift, projected.max(0) + radius + shift
     xy = query.xy[q_rows]
     q_rows = q_rows[np.all((xy >= lo) & (xy <= hi), axis=1)]
     if q_rows.size == 0:
@@ -232,25 +240,67 @@ def _guided(
     qi = np.repeat(q_rows, k)
     ri = nearest.reshape(-1)
     dist = scores[np.repeat(np.arange(q_rows.size), k), ri]
-    near = np.linalg.norm(projected[ri] - query.xy[qi], axis=1) < config.ransac_threshold
-    qi, ri, dist = qi[near], ri[near], dist[near]
-    if qi.size < config.guided_min_inliers:
+    pairs_q, pairs_r = _pairs(projected[ri] - query.xy[qi], qi, ri, dist, radius)
+    if pairs_q.size < config.guided_min_inliers:
         return None
-    # One-to-one, the closest descriptor first: a reference feature, then a photo feature, once.
-    order = np.argsort(dist, kind="stable")
-    qi, ri = qi[order], ri[order]
-    _, first_r = np.unique(ri, return_index=True)
-    keep = np.sort(first_r)
-    qi, ri = qi[keep], ri[keep]
-    _, first_q = np.unique(qi, return_index=True)
-    keep = np.sort(first_q)
-    qi, ri = qi[keep], ri[keep]
-    if qi.size < config.guided_min_inliers:
+    # What chance gives here: the same pairing under the homography shifted by a few radii, in
+    # _NULL_DIRECTIONS directions (the same photo features, the same descriptors, the wrong place).
+    # Where a photo is dense with features alike (foliage, text) chance pairs are many, and the
+    # real pairing has to stand out from them, not only pass a count.
+    angles = np.arange(_NULL_DIRECTIONS) * (2 * np.pi / _NULL_DIRECTIONS)
+    null = max(
+        _pairs(projected[ri] + shift * np.array([np.cos(a), np.sin(a)]) - query.xy[qi], qi, ri, dist, radius)[0].size
+        for a in angles
+    )
+    if pairs_q.size < config.guided_null_factor * max(null, 1):
         return None
-    fit = _homography(reference.xy[ri].astype(np.float32), query.xy[qi].astype(np.float32), config)
+    fit = _homography(reference.xy[pairs_r].astype(np.float32), query.xy[pairs_q].astype(np.float32), config)
     if fit is None:
         return None
-    return fit[0], qi, ri, fit[1], fit[2]
+    return fit[0], pairs_q, pairs_r, fit[1], fit[2]
+
+
+def _pairs(
+    offsets: np.ndarray, qi: np.ndarray, ri: np.ndarray, dist: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs (photo rows ``qi``, reference rows ``ri``) whose projection lies within
+    ``radius`` (``offsets``: projection - photo position), one-to-one, the closest descriptor first."""
+    near = np.einsum("ij,ij->i", offsets, offsets) < radius * radius
+    qi, ri, dist = qi[near], ri[near], dist[near]
+    order = np.argsort(dist, kind="stable")
+    qi, ri = qi[order], ri[order]
+    _, first = np.unique(ri, return_index=True)
+    keep = np.sort(first)
+    qi, ri = qi[keep], ri[keep]
+    _, first = np.unique(qi, return_index=True)
+    keep = np.sort(first)
+    return qi[keep], ri[keep]
+
+
+def _plausible(
+    query: QueryFeatures, reference: ReferenceFeatures, homography: np.ndarray, src: np.ndarray, config: SearchConfig
+) -> tuple[np.ndarray, float] | None:
+    """The checks that make a homography a photographed print: (outline, inlier spread) or None.
+
+    ``src`` are the inliers' positions in the reference's region frame.
+    """
+    width, height = reference.region_size
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    outline = cv2.perspectiveTransform(corners[:, None, :], homography)[:, 0, :]
+    if not np.all(np.isfinite(outline)) or not _convex_quad(outline):
+        return None
+    area = _hull_area(outline)
+    photo_area = float(query.image_size[0] * query.image_size[1])
+    if area < 24 * 24 or area > 6.0 * photo_area:
+        return None
+    sides = np.linalg.norm(np.roll(outline, -1, axis=0) - outline, axis=1)
+    # Opposite sides of a photographed rectangle rarely differ by more than 4x (that is >75 degrees of tilt).
+    if max(sides[0], sides[2]) > 4 * min(sides[0], sides[2]) or max(sides[1], sides[3]) > 4 * min(sides[1], sides[3]):
+        return None
+    spread = _hull_area(src) / max(width * height, 1.0)
+    if spread < config.min_inlier_spread:
+        return None
+    return outline, spread
 
 
 def _shared_word_rows(query: QueryFeatures, words: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
@@ -321,31 +371,21 @@ def verify(
         return None
     homography, qi, ri, inlier, count = fit
     if count < config.min_inliers:
-        # Short of min_inliers but not chance-like: guided matching may find the rest (_guided).
+        # Short of min_inliers but not chance-like, on a plausible homography: guided matching may
+        # find the rest (_guided). A degenerate seed (collapsed, say) would gather chance pairs.
         if config.guided_neighbours == 0 or count < max(config.prefilter_inliers, 5):
+            return None
+        if _plausible(query, reference, homography, reference.xy[ri[inlier]], config) is None:
             return None
         twin = None if query.inverted is None else bool(query.inverted[qi[0]])
         guided = _guided(query, reference, ref_descriptors, homography, twin, config, rows)
         if guided is None or guided[4] < config.guided_min_inliers:
             return None
         homography, qi, ri, inlier, count = guided
-    src = reference.xy[ri].astype(np.float32)
-    width, height = reference.region_size
-    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
-    outline = cv2.perspectiveTransform(corners[:, None, :], homography)[:, 0, :]
-    if not np.all(np.isfinite(outline)) or not _convex_quad(outline):
+    checked = _plausible(query, reference, homography, reference.xy[ri[inlier]], config)
+    if checked is None:
         return None
-    area = _hull_area(outline)
-    photo_area = float(query.image_size[0] * query.image_size[1])
-    if area < 24 * 24 or area > 6.0 * photo_area:
-        return None
-    sides = np.linalg.norm(np.roll(outline, -1, axis=0) - outline, axis=1)
-    # Opposite sides of a photographed rectangle rarely differ by more than 4x (that is >75 degrees of tilt).
-    if max(sides[0], sides[2]) > 4 * min(sides[0], sides[2]) or max(sides[1], sides[3]) > 4 * min(sides[1], sides[3]):
-        return None
-    spread = _hull_area(src[inlier]) / max(width * height, 1.0)
-    if spread < config.min_inlier_spread:
-        return None
+    outline, spread = checked
     score = count / (count + config.min_inliers)
     inlier_rows = qi[inlier]
     return Verification(
