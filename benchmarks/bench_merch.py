@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_merch.py [--logos 40] [--crops ../shared/datasets/logos --max-crops 100]
         [--backgrounds ../shared/datasets/landmarks] [--seed 0] [--json merch.json]
+        [--compare LABEL:SECTION.FIELD=VALUE[,...]]...
 
 The references are drawn metal-style logos (``kyb.synth.draw_logo``) and, with ``--crops``, the logo
 boxes of a gt.json set cut out of its reference photos (each box its own band). Every reference is
@@ -19,8 +20,10 @@ lighting and JPEG:
 No-logo photos are the same items blank, or printed (either polarity) with other bands' drawn album art
 (not in the catalog). Each photo is identified with the engine's settings and again with
 ``features.query_inverted_features`` 0 (the photo as photographed only), same index, same photos, same
-run: the table compares the two. A photo is right when its first object names the reference's band;
-"outline IoU" is the median overlap of that object's outline with the print's true quad.
+run: the table compares the two. With ``--compare`` the columns are the defaults and each setting given
+instead (e.g. ``off:search.guided_neighbours=0``), every photo identified by each in turn. A photo is
+right when its first object names the reference's band; "outline IoU" is the median overlap of that
+object's outline with the print's true quad.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ A shortlisted reference is accepted only when enough one-to-one, ratio-test matc
 plausible homography. The checks after RANSAC are what keep photos with no reference rejected:
 chance matches (repeated text, foliage, fabric) can agree on a degenerate homography — collapsed,
 mirrored, wildly foreshortened — or pile up on a few pixels; none of those is a photographed print.
+A plausible fit that falls a few inliers short is matched again under its homography (guided
+matching, :func:`_guided`), and accepted only when that pairing stands well above what the same
+pairing finds under the homography shifted aside (chance).
 """
 
 from __future__ import annotations
