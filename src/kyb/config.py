@@ -278,7 +278,7 @@ class SearchConfig:
     #: descriptors, so the ratio test drops true matches the homography can still vouch for.
     #: 0 turns it off.
     guided_neighbours: int = 2
-    #: ... a guided fit needs this many distinct inliers ...
+    #: ... a guided fit needs this many distinct inliers (never fewer than min_inliers) ...
     guided_min_inliers: int = 10
     #: ... and this many times the pairs the same matching finds under the homography shifted four
     #: radii aside (chance pairs): on the logos set's no-logo photos chance reached 1.4x, on photos
@@ -315,11 +315,7 @@ class SearchConfig:
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
         _check(0 <= self.guided_neighbours <= 16, "search.guided_neighbours", "must be in 0..16")
         _check(0 <= self.guided_null_factor <= 100, "search.guided_null_factor", "must be in 0..100")
-        _check(
-            self.min_inliers <= self.guided_min_inliers <= 1000,
-            "search.guided_min_inliers",
-            "must be in search.min_inliers..1000",
-        )
+        _check(4 <= self.guided_min_inliers <= 1000, "search.guided_min_inliers", "must be in 4..1000")
 
 
 @dataclass(frozen=True)

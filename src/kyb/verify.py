@@ -244,7 +244,7 @@ def _guided(
     ri = nearest.reshape(-1)
     dist = scores[np.repeat(np.arange(q_rows.size), k), ri]
     pairs_q, pairs_r = _pairs(projected[ri] - query.xy[qi], qi, ri, dist, radius)
-    if pairs_q.size < config.guided_min_inliers:
+    if pairs_q.size < max(config.guided_min_inliers, config.min_inliers):
         return None
     # What chance gives here: the same pairing under the homography shifted by a few radii, in
     # _NULL_DIRECTIONS directions (the same photo features, the same descriptors, the wrong place).
@@ -382,7 +382,7 @@ def verify(
             return None
         twin = None if query.inverted is None else bool(query.inverted[qi[0]])
         guided = _guided(query, reference, ref_descriptors, homography, twin, config, rows)
-        if guided is None or guided[4] < config.guided_min_inliers:
+        if guided is None or guided[4] < max(config.guided_min_inliers, config.min_inliers):
             return None
         homography, qi, ri, inlier, count = guided
     checked = _plausible(query, reference, homography, reference.xy[ri[inlier]], config)
