@@ -282,7 +282,7 @@ class SearchConfig:
     guided_min_inliers: int = 10
     #: ... and this many times the pairs the same matching finds under the homography shifted four
     #: radii aside (chance pairs): on the logos set's no-logo photos chance reached 1.4x, on photos
-    #: dense with features alike (foliage, text) 25-40 pairs, so a count alone is not enough.
+    #: dense with features alike (foliage, text) 20-40 pairs, so a count alone is not enough.
     guided_null_factor: float = 4.0
 
     def __post_init__(self) -> None:
