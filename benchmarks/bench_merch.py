@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_merch.py [--logos 40] [--crops ../shared/datasets/logos --max-crops 100]
         [--backgrounds ../shared/datasets/landmarks] [--seed 0] [--json merch.json]
+        [--compare LABEL:SECTION.FIELD=VALUE[,...]]...
 
 The references are drawn metal-style logos (``kyb.synth.draw_logo``) and, with ``--crops``, the logo
 boxes of a gt.json set cut out of its reference photos (each box its own band). Every reference is
@@ -19,8 +20,10 @@ lighting and JPEG:
 No-logo photos are the same items blank, or printed (either polarity) with other bands' drawn album art
 (not in the catalog). Each photo is identified with the engine's settings and again with
 ``features.query_inverted_features`` 0 (the photo as photographed only), same index, same photos, same
-run: the table compares the two. A photo is right when its first object names the reference's band;
-"outline IoU" is the median overlap of that object's outline with the print's true quad.
+run: the table compares the two. With ``--compare`` the columns are the defaults and each setting given
+instead (e.g. ``off:search.guided_neighbours=0``), every photo identified by each in turn. A photo is
+right when its first object names the reference's band; "outline IoU" is the median overlap of that
+object's outline with the print's true quad.
 """
 
 from __future__ import annotations
@@ -122,9 +125,11 @@ def build_photos(
     return photos
 
 
-def identify_all(engine: Engine, photos: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+def identify_all(
+    engine: Engine, photos: list[dict[str, Any]], label: str, *, quiet: bool = False
+) -> list[dict[str, Any]]:
     outcomes = []
-    for photo in tqdm(photos, desc=f"identify ({label})", file=sys.stderr, unit="photo"):
+    for photo in tqdm(photos, desc=f"identify ({label})", file=sys.stderr, unit="photo", disable=quiet):
         started = time.perf_counter()
         result = engine.identify(photo["bytes"])
         seconds = time.perf_counter() - started
@@ -143,6 +148,49 @@ def identify_all(engine: Engine, photos: list[dict[str, Any]], label: str) -> li
             }
         )
     return outcomes
+
+
+def identify_interleaved(engines: dict[str, Engine], photos: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """:func:`identify_all` for several engines, each photo by every engine in turn."""
+    outcomes: dict[str, list[dict[str, Any]]] = {label: [] for label in engines}
+    for photo in tqdm(photos, desc=f"identify ({', '.join(engines)})", file=sys.stderr, unit="photo"):
+        for label, engine in engines.items():
+            outcomes[label] += identify_all(engine, [photo], label, quiet=True)
+    return outcomes
+
+
+def _parse_compare(text: str) -> tuple[str, dict[str, dict[str, str]]]:
+    """``LABEL:SECTION.FIELD=VALUE,...`` -> (label, {section: {field: value}})."""
+    label, _, settings = text.partition(":")
+    changes: dict[str, dict[str, str]] = {}
+    for item in filter(None, (part.strip() for part in settings.split(","))):
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not (label and section and name and value):
+            raise SystemExit(f"--compare {text!r}: expected LABEL:SECTION.FIELD=VALUE[,...]")
+        changes.setdefault(section, {})[name] = value
+    return label, changes
+
+
+def args_compare_text(compared: dict[str, dict[str, dict[str, str]]]) -> dict[str, list[str]]:
+    return {label: [f"{s}.{f}={v}" for s, fields in c.items() for f, v in fields.items()]
+            for label, c in compared.items()}  # fmt: skip
+
+
+def _configured(config: EngineConfig, changes: dict[str, dict[str, str]]) -> EngineConfig:
+    """``config`` with ``changes``' fields set, each value read as its field's type."""
+    sections = {}
+    for section, fields in changes.items():
+        current = getattr(config, section)
+        types = {f.name: type(getattr(current, f.name)) for f in dataclasses.fields(current)}
+        values: dict[str, Any] = {}
+        for name, value in fields.items():
+            if name not in types:
+                raise SystemExit(f"--compare: no field {section}.{name}")
+            kind = types[name]
+            values[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+        sections[section] = dataclasses.replace(current, **values)
+    return config.replace(**sections)
 
 
 def summarise(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -175,6 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="comma-separated features.query_inverted_features to compare (default: the configured one); 0 is added",
     )
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL:SECTION.FIELD=VALUE[,...]",
+        help="instead of the inverted-features columns: the defaults and this setting beside them, same "
+        "index and photos (repeatable), e.g. guided:search.guided_neighbours=2",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -194,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     photos = build_photos(references, strangers, backgrounds, args.seed)
     configured = load_config().features.query_inverted_features
     asked = [int(v) for v in args.inverted_features.split(",") if v.strip()] or [configured]
-    settings = list(dict.fromkeys([*asked, 0]))
+    settings: list[Any] = list(dict.fromkeys([*asked, 0]))
+    compared = dict(_parse_compare(text) for text in args.compare)
+    if compared:
+        settings = ["defaults", *compared]
 
     with tempfile.TemporaryDirectory(prefix="bench-merch-") as tmp:
         config: EngineConfig = load_config(overrides={"index_dir": f"{tmp}/index", "catalog_url": f"{tmp}/catalog.db"})
@@ -206,14 +265,32 @@ def main(argv: list[str] | None = None) -> int:
             engine.ingest(items, progress=lambda _o: bar.update(1))
         engine.close()
         results: dict[str, Any] = {}
-        for twins in settings:
+        # Interleaved photo by photo when comparing settings, so that a shared machine's load falls
+        # on every column alike.
+        if compared:
+            # No descriptor cache: each engine encodes each photo itself, so the times compare.
+            base = config.replace(cache=dataclasses.replace(config.cache, url=""))
+            engines = {"defaults": Engine(base)}
+            engines.update({label: Engine(_configured(base, changes)) for label, changes in compared.items()})
+            try:
+                outcomes = identify_interleaved(engines, photos)
+            finally:
+                for run in engines.values():
+                    run.close()
+            results = {label: summarise(rows) for label, rows in outcomes.items()}
+        for twins in [] if compared else settings:
             features = dataclasses.replace(config.features, query_inverted_features=twins)
             with Engine(config.replace(features=features)) as run:
                 results[str(twins)] = summarise(identify_all(run, photos, f"{twins} inverted features"))
 
+    columns = (
+        "settings: " + "; ".join(f"{k} = {', '.join(v)}" for k, v in args_compare_text(compared).items())
+        if compared
+        else "features.query_inverted_features (0 = the photo as photographed only)"
+    )
     print(f"merch benchmark: {len(references)} logos ({args.logos} drawn, {len(references) - args.logos} crops), "
-          f"backgrounds {'photos of ' + str(args.backgrounds) if backgrounds else 'drawn'}; columns by "
-          "features.query_inverted_features (0 = the photo as photographed only)")  # fmt: skip
+          f"backgrounds {'photos of ' + str(args.backgrounds) if backgrounds else 'drawn'}, seed {args.seed}; "
+          f"columns by {columns}")  # fmt: skip
     head = ["variant", "photos"]
     head += [f"top-1 @{t}" for t in settings] + [f"p50 s @{t}" for t in settings]
     head += [f"found inverted @{settings[0]}", f"outline IoU @{settings[0]}"]
@@ -227,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
             other = results[str(t)][variant]
             if variant == "no logo":
                 cells.append(f"{other['false_accepts']} false accepts")
-            elif t == settings[0]:
-                cells.append(f"{other['top1']:.3f} ({other['top1'] / plain:.2f}x plain)")
+            elif t == settings[0] or compared:  # each setting against its own plain prints
+                own = results[str(t)]["plain"]["top1"] or 1.0 if compared else plain
+                cells.append(f"{other['top1']:.3f} ({other['top1'] / own:.2f}x plain)")
             else:
                 cells.append(f"{other['top1']:.3f}")
         cells += [f"{results[str(t)][variant]['p50_s']:.3f}" for t in settings]

@@ -282,6 +282,19 @@ class SearchConfig:
     max_objects: int = 12
     #: Also-matched references kept per object (other references of the same object, for explanation).
     alternatives: int = 4
+    #: Guided matching (verify.py, docs/engine.md section 6): a plausible fit that falls short of
+    #: min_inliers but has prefilter_inliers is matched again under its homography, pairing a photo
+    #: feature with a reference feature among its this many nearest descriptors that projects within
+    #: ransac_threshold of it, and refitted. A folded print keeps its geometry but its shading moves
+    #: descriptors, so the ratio test drops true matches the homography can still vouch for.
+    #: 0 turns it off.
+    guided_neighbours: int = 2
+    #: ... a guided fit needs this many distinct inliers (never fewer than min_inliers) ...
+    guided_min_inliers: int = 10
+    #: ... and this many times the pairs the same matching finds under the homography shifted four
+    #: radii aside (chance pairs): on the logos set's no-logo photos chance reached 1.4x, on photos
+    #: dense with features alike (foliage, text) 20-40 pairs, so a count alone is not enough.
+    guided_null_factor: float = 4.0
 
     def __post_init__(self) -> None:
         _check(self.shortlist_global >= 0, "search.shortlist_global", "must be >= 0")
@@ -311,6 +324,9 @@ class SearchConfig:
         _check(1 <= self.verify_threads <= 64, "search.verify_threads", "must be in 1..64")
         _check(self.second_look_depth >= 1, "search.second_look_depth", "must be >= 1")
         _check(1 <= self.max_objects <= 100, "search.max_objects", "must be in 1..100")
+        _check(0 <= self.guided_neighbours <= 16, "search.guided_neighbours", "must be in 0..16")
+        _check(0 <= self.guided_null_factor <= 100, "search.guided_null_factor", "must be in 0..100")
+        _check(4 <= self.guided_min_inliers <= 1000, "search.guided_min_inliers", "must be in 4..1000")
 
 
 @dataclass(frozen=True)

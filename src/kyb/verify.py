@@ -4,6 +4,9 @@ A shortlisted reference is accepted only when enough one-to-one, ratio-test matc
 plausible homography. The checks after RANSAC are what keep photos with no reference rejected:
 chance matches (repeated text, foliage, fabric) can agree on a degenerate homography — collapsed,
 mirrored, wildly foreshortened — or pile up on a few pixels; none of those is a photographed print.
+A plausible fit that falls a few inliers short is matched again under its homography (guided
+matching, :func:`_guided`), and accepted only when that pairing stands well above what the same
+pairing finds under the homography shifted aside (chance).
 """
 
 from __future__ import annotations
@@ -186,6 +189,123 @@ def _homography(src: np.ndarray, dst: np.ndarray, config: SearchConfig) -> tuple
     return homography, inlier, min(_distinct(src[inlier]), _distinct(dst[inlier]))
 
 
+#: Guided matching's chance estimate shifts the homography by this many ransac_threshold radii ...
+_NULL_SHIFT = 4.0
+#: ... in this many directions, and keeps the most pairs any shift got.
+_NULL_DIRECTIONS = 8
+
+
+def _guided(
+    query: QueryFeatures,
+    reference: ReferenceFeatures,
+    ref_descriptors: np.ndarray,
+    homography: np.ndarray,
+    twin: bool | None,
+    config: SearchConfig,
+    rows: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """Matches again under ``homography``: each photo feature (``rows``, of the fit's polarity ``twin``)
+    is paired with the reference feature, among its ``search.guided_neighbours`` nearest descriptors,
+    that projects within ``search.ransac_threshold`` of it (closest descriptor first, one-to-one),
+    and the pairs are refitted. (H, qi, ri, inlier mask, distinct inliers) as :func:`_fit`, or None.
+
+    The ratio test asks a descriptor to be clearly nearer its match than anything else in the
+    reference; a print shaded by folds keeps its keypoints where they were but its descriptors drift
+    towards other features of the same logo (letters look alike), failing the ratio test while the
+    right feature is still among the nearest few. The seed homography is what tells them apart.
+    """
+    q_rows = np.arange(query.xy.shape[0]) if rows is None else rows
+    if twin is not None and query.inverted is not None:
+        q_rows = q_rows[query.inverted[q_rows] == twin]
+    k = min(config.guided_neighbours, ref_descriptors.shape[0])
+    if q_rows.size == 0 or k == 0:
+        return None
+    projected = cv2.perspectiveTransform(reference.xy.astype(np.float32)[:, None, :], homography)[:, 0, :]
+    if not np.all(np.isfinite(projected)):
+        return None
+    # Only photo features near the projected reference (or a shifted copy of it) can pair.
+    radius = config.ransac_threshold
+    shift = _NULL_SHIFT * radius
+    lo, hi = projected.min(0) - radius - shift, projected.max(0) + radius + shift
+    xy = query.xy[q_rows]
+    q_rows = q_rows[np.all((xy >= lo) & (xy <= hi), axis=1)]
+    if q_rows.size == 0:
+        return None
+    prepared = np.empty((ref_descriptors.shape[0], ref_descriptors.shape[1] + 1), dtype=np.float32)
+    np.multiply(ref_descriptors, -2.0, out=prepared[:, :-1])
+    prepared[:, -1] = (ref_descriptors * ref_descriptors).sum(1)
+    scores = query.augmented[q_rows] @ prepared.T  # |r|^2 - 2 q.r: the order of |q - r|^2 per row
+    nearest = (
+        np.argpartition(scores, k - 1, axis=1)[:, :k]
+        if k < scores.shape[1]
+        else np.tile(np.arange(scores.shape[1]), (q_rows.size, 1))
+    )
+    qi = np.repeat(q_rows, k)
+    ri = nearest.reshape(-1)
+    dist = scores[np.repeat(np.arange(q_rows.size), k), ri]
+    pairs_q, pairs_r = _pairs(projected[ri] - query.xy[qi], qi, ri, dist, radius)
+    if pairs_q.size < max(config.guided_min_inliers, config.min_inliers):
+        return None
+    # What chance gives here: the same pairing under the homography shifted by a few radii, in
+    # _NULL_DIRECTIONS directions (the same photo features, the same descriptors, the wrong place).
+    # Where a photo is dense with features alike (foliage, text) chance pairs are many, and the
+    # real pairing has to stand out from them, not only pass a count.
+    angles = np.arange(_NULL_DIRECTIONS) * (2 * np.pi / _NULL_DIRECTIONS)
+    null = max(
+        _pairs(projected[ri] + shift * np.array([np.cos(a), np.sin(a)]) - query.xy[qi], qi, ri, dist, radius)[0].size
+        for a in angles
+    )
+    if pairs_q.size < config.guided_null_factor * max(null, 1):
+        return None
+    fit = _homography(reference.xy[pairs_r].astype(np.float32), query.xy[pairs_q].astype(np.float32), config)
+    if fit is None:
+        return None
+    return fit[0], pairs_q, pairs_r, fit[1], fit[2]
+
+
+def _pairs(
+    offsets: np.ndarray, qi: np.ndarray, ri: np.ndarray, dist: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate pairs (photo rows ``qi``, reference rows ``ri``) whose projection lies within
+    ``radius`` (``offsets``: projection - photo position), one-to-one, the closest descriptor first."""
+    near = np.einsum("ij,ij->i", offsets, offsets) < radius * radius
+    qi, ri, dist = qi[near], ri[near], dist[near]
+    order = np.argsort(dist, kind="stable")
+    qi, ri = qi[order], ri[order]
+    _, first = np.unique(ri, return_index=True)
+    keep = np.sort(first)
+    qi, ri = qi[keep], ri[keep]
+    _, first = np.unique(qi, return_index=True)
+    keep = np.sort(first)
+    return qi[keep], ri[keep]
+
+
+def _plausible(
+    query: QueryFeatures, reference: ReferenceFeatures, homography: np.ndarray, src: np.ndarray, config: SearchConfig
+) -> tuple[np.ndarray, float] | None:
+    """The checks that make a homography a photographed print: (outline, inlier spread) or None.
+
+    ``src`` are the inliers' positions in the reference's region frame.
+    """
+    width, height = reference.region_size
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    outline = cv2.perspectiveTransform(corners[:, None, :], homography)[:, 0, :]
+    if not np.all(np.isfinite(outline)) or not _convex_quad(outline):
+        return None
+    area = _hull_area(outline)
+    photo_area = float(query.image_size[0] * query.image_size[1])
+    if area < 24 * 24 or area > 6.0 * photo_area:
+        return None
+    sides = np.linalg.norm(np.roll(outline, -1, axis=0) - outline, axis=1)
+    # Opposite sides of a photographed rectangle rarely differ by more than 4x (that is >75 degrees of tilt).
+    if max(sides[0], sides[2]) > 4 * min(sides[0], sides[2]) or max(sides[1], sides[3]) > 4 * min(sides[1], sides[3]):
+        return None
+    spread = _hull_area(src) / max(width * height, 1.0)
+    if spread < config.min_inlier_spread:
+        return None
+    return outline, spread
+
+
 def _shared_word_rows(query: QueryFeatures, words: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     """The photo's features (``rows`` of them, or all) with a visual word (any of its k nearest) in ``words``."""
     assert query.words is not None
@@ -253,25 +373,22 @@ def verify(
     if fit is None:
         return None
     homography, qi, ri, inlier, count = fit
-    src = reference.xy[ri].astype(np.float32)
     if count < config.min_inliers:
+        # Short of min_inliers but not chance-like, on a plausible homography: guided matching may
+        # find the rest (_guided). A degenerate seed (collapsed, say) would gather chance pairs.
+        if config.guided_neighbours == 0 or count < max(config.prefilter_inliers, 5):
+            return None
+        if _plausible(query, reference, homography, reference.xy[ri[inlier]], config) is None:
+            return None
+        twin = None if query.inverted is None else bool(query.inverted[qi[0]])
+        guided = _guided(query, reference, ref_descriptors, homography, twin, config, rows)
+        if guided is None or guided[4] < max(config.guided_min_inliers, config.min_inliers):
+            return None
+        homography, qi, ri, inlier, count = guided
+    checked = _plausible(query, reference, homography, reference.xy[ri[inlier]], config)
+    if checked is None:
         return None
-    width, height = reference.region_size
-    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
-    outline = cv2.perspectiveTransform(corners[:, None, :], homography)[:, 0, :]
-    if not np.all(np.isfinite(outline)) or not _convex_quad(outline):
-        return None
-    area = _hull_area(outline)
-    photo_area = float(query.image_size[0] * query.image_size[1])
-    if area < 24 * 24 or area > 6.0 * photo_area:
-        return None
-    sides = np.linalg.norm(np.roll(outline, -1, axis=0) - outline, axis=1)
-    # Opposite sides of a photographed rectangle rarely differ by more than 4x (that is >75 degrees of tilt).
-    if max(sides[0], sides[2]) > 4 * min(sides[0], sides[2]) or max(sides[1], sides[3]) > 4 * min(sides[1], sides[3]):
-        return None
-    spread = _hull_area(src[inlier]) / max(width * height, 1.0)
-    if spread < config.min_inlier_spread:
-        return None
+    outline, spread = checked
     score = count / (count + config.min_inliers)
     inlier_rows = qi[inlier]
     return Verification(
