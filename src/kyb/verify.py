@@ -90,6 +90,15 @@ class Verification:
     inverted: bool = False
 
 
+def _prepared(reference: np.ndarray) -> np.ndarray:
+    """``[-2 r, |r|^2]`` per reference descriptor: against a photo's augmented rows one product gives
+    ``|r|^2 - 2 q.r``, which orders ``|q - r|^2`` per photo row (:class:`QueryFeatures`)."""
+    prepared = np.empty((reference.shape[0], reference.shape[1] + 1), dtype=np.float32)
+    np.multiply(reference, -2.0, out=prepared[:, :-1])
+    prepared[:, -1] = (reference * reference).sum(1)
+    return prepared
+
+
 def match_descriptors(
     query: QueryFeatures, reference: np.ndarray, ratio: float, rows: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -109,10 +118,7 @@ def match_descriptors(
     q = query.augmented if rows is None else query.augmented[q_rows]
     # ||q - r||^2 = ||q||^2 + ||r||^2 - 2 q.r; the ||q||^2 term does not change which r is nearest,
     # so it is added back only to the two values the ratio test needs (saves a full pass).
-    prepared = np.empty((reference.shape[0], reference.shape[1] + 1), dtype=np.float32)
-    np.multiply(reference, -2.0, out=prepared[:, :-1])
-    prepared[:, -1] = (reference * reference).sum(1)
-    scores = q @ prepared.T
+    scores = q @ _prepared(reference).T
     nearest = np.argmin(scores, axis=1)
     pick = np.arange(scores.shape[0])
     q_sq = query.sq_norms[q_rows]
@@ -231,10 +237,7 @@ def _guided(
     q_rows = q_rows[np.all((xy >= lo) & (xy <= hi), axis=1)]
     if q_rows.size == 0:
         return None
-    prepared = np.empty((ref_descriptors.shape[0], ref_descriptors.shape[1] + 1), dtype=np.float32)
-    np.multiply(ref_descriptors, -2.0, out=prepared[:, :-1])
-    prepared[:, -1] = (ref_descriptors * ref_descriptors).sum(1)
-    scores = query.augmented[q_rows] @ prepared.T  # |r|^2 - 2 q.r: the order of |q - r|^2 per row
+    scores = query.augmented[q_rows] @ _prepared(ref_descriptors).T  # the order of |q - r|^2 per row
     nearest = (
         np.argpartition(scores, k - 1, axis=1)[:, :k]
         if k < scores.shape[1]
