@@ -149,15 +149,3 @@ def test_logos_printed_on_folded_shirts_are_found_with_their_outline(
         assert _iou(np.array(best.outline), quad) > 0.7
         found += 1
     assert found >= len(library.logos) - 1
-
-
-def test_folded_items_with_no_known_logo_stay_unmatched(engine: Engine) -> None:
-    """Blank folded shirts and patches, and folded prints of logos the catalog does not hold."""
-    bands = synth.make_bands(4, seed=251)
-    for i, band in enumerate(bands):
-        stranger = synth.draw_logo(band.name, np.random.default_rng([251, i]))
-        for inverted in (False, True):
-            rng = np.random.default_rng([252, i, inverted])
-            style = synth.MerchStyle(inverted=inverted, folds=1.0, medium=("shirt", "patch")[i % 2])
-            photo, _ = synth.draw_merch_photo(stranger if i < 2 else None, rng, style)
-            assert not engine.identify(encode_jpeg(photo)).objects
