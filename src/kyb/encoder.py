@@ -252,13 +252,6 @@ DUPLICATE_SIZE_RATIO = 1.5
 DUPLICATE_ANGLE = 30.0
 
 
-def _gray_region(image: DecodedImage, region: Box) -> np.ndarray:
-    """``image.gray()`` of the integer ``region`` only (same weights, same rounding)."""
-    x1, y1, x2, y2 = (round(v) for v in region)
-    r, g, b = (image.rgb[y1:y2, x1:x2, i].astype(np.float32) for i in range(3))
-    return np.clip(0.299 * r + 0.587 * g + 0.114 * b + 0.5, 0, 255).astype(np.uint8)
-
-
 def extract_views(crop: np.ndarray, features: FeatureConfig, *, contrast_threshold: float) -> list[LocalFeatures]:
     """RootSIFT of small renderings of ``crop`` (a reference region, H×W uint8), smallest first.
 
@@ -341,6 +334,7 @@ def extract_reference(image: DecodedImage, box: Box | None, features: FeatureCon
         where = "image" if box is None else f"region {[round(v) for v in box]}"
         raise InvalidRequest(f"featureless {where}: fewer than {MIN_REFERENCE_FEATURES} keypoints, nothing to match")
     if box is not None and features.reference_view_features > 0:
-        views = extract_views(_gray_region(image, used), features, contrast_threshold=threshold)
+        x1, y1, x2, y2 = (round(v) for v in used)
+        views = extract_views(image.gray((x1, y1, x2, y2)), features, contrast_threshold=threshold)
         extracted = with_views(extracted, views, features.reference_view_features)
     return extracted, used

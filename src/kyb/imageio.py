@@ -59,9 +59,11 @@ class DecodedImage:
     def height(self) -> int:
         return int(self.rgb.shape[0])
 
-    def gray(self) -> np.ndarray:
-        """Luma (H×W uint8) with the BT.601 weights OpenCV uses."""
-        r, g, b = (self.rgb[..., i].astype(np.float32) for i in range(3))
+    def gray(self, region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Luma (H×W uint8) with the BT.601 weights OpenCV uses, of the whole image or of ``region``
+        (x1, y1, x2, y2 integer pixels) only."""
+        rgb = self.rgb if region is None else self.rgb[region[1] : region[3], region[0] : region[2]]
+        r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
         return np.clip(0.299 * r + 0.587 * g + 0.114 * b + 0.5, 0, 255).astype(np.uint8)
 
 
