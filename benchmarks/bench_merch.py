@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from kyb import synth
 from kyb.catalog import Band
-from kyb.config import EngineConfig, load_config
+from kyb.config import ConfigError, EngineConfig, load_config
 from kyb.engine import Engine, IngestItem
 from kyb.groundtruth import load_ground_truth
 
@@ -177,22 +177,6 @@ def args_compare_text(compared: dict[str, dict[str, dict[str, str]]]) -> dict[st
             for label, c in compared.items()}  # fmt: skip
 
 
-def _configured(config: EngineConfig, changes: dict[str, dict[str, str]]) -> EngineConfig:
-    """``config`` with ``changes``' fields set, each value read as its field's type."""
-    sections = {}
-    for section, fields in changes.items():
-        current = getattr(config, section)
-        types = {f.name: type(getattr(current, f.name)) for f in dataclasses.fields(current)}
-        values: dict[str, Any] = {}
-        for name, value in fields.items():
-            if name not in types:
-                raise SystemExit(f"--compare: no field {section}.{name}")
-            kind = types[name]
-            values[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-        sections[section] = dataclasses.replace(current, **values)
-    return config.replace(**sections)
-
-
 def summarise(outcomes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     for variant in [v[0] for v in VARIANTS] + ["no logo"]:
@@ -256,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = ["defaults", *compared]
 
     with tempfile.TemporaryDirectory(prefix="bench-merch-") as tmp:
-        config: EngineConfig = load_config(overrides={"index_dir": f"{tmp}/index", "catalog_url": f"{tmp}/catalog.db"})
+        where = {"index_dir": f"{tmp}/index", "catalog_url": f"{tmp}/catalog.db"}
+        config: EngineConfig = load_config(overrides=where)
         engine = Engine(config)
         engine.catalog.upsert_bands(Band(band_id=band, name=band) for band, _ in references)
         items = [IngestItem(f"{band}.png", "logo", band, data=cv2.imencode(".png", image)[1].tobytes())
@@ -269,9 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         # on every column alike.
         if compared:
             # No descriptor cache: each engine encodes each photo itself, so the times compare.
-            base = config.replace(cache=dataclasses.replace(config.cache, url=""))
-            engines = {"defaults": Engine(base)}
-            engines.update({label: Engine(_configured(base, changes)) for label, changes in compared.items()})
+            uncached: dict[str, Any] = {**where, "cache": {"url": ""}}
+            engines = {"defaults": Engine(load_config(overrides=uncached))}
+            for label, changes in compared.items():  # the configuration's own parsing: typed, checked
+                try:
+                    engines[label] = Engine(load_config(overrides={**uncached, **changes, "cache": {"url": ""}}))
+                except ConfigError as exc:
+                    raise SystemExit(f"--compare {label}: {exc}") from None
             try:
                 outcomes = identify_interleaved(engines, photos)
             finally:
