@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             if variant == "no logo":
                 cells.append(f"{other['false_accepts']} false accepts")
             elif t == settings[0] or compared:  # each setting against its own plain prints
-                own = results[str(t)]["plain"]["top1"] or 1.0 if compared else plain
+                own = (results[str(t)]["plain"]["top1"] or 1.0) if compared else plain
                 cells.append(f"{other['top1']:.3f} ({other['top1'] / own:.2f}x plain)")
             else:
                 cells.append(f"{other['top1']:.3f}")

@@ -199,9 +199,8 @@ def extract_region(
         if x2 - x1 < 8 or y2 - y1 < 8:
             raise InvalidRequest(f"box {tuple(box)} is empty or outside the {width}x{height} image")
         region = (x1, y1, x2, y2)
-    gray = image.gray()
     x1, y1, x2, y2 = (round(v) for v in region)
-    crop = gray[y1:y2, x1:x2]
+    crop = image.gray((x1, y1, x2, y2))  # the region's pixels only, not the whole image's
     used = (float(x1), float(y1), float(x2), float(y2))
     if crop.size == 0 or int(crop.max()) - int(crop.min()) < 8:
         return LocalFeatures.empty(), used
@@ -291,7 +290,7 @@ def _repeats(xy: np.ndarray, size: float, angle: float, kept: LocalFeatures) -> 
         return False
     larger = np.maximum(kept.size, size)
     near = np.hypot(*(kept.xy - xy).T) <= DUPLICATE_OFFSET * larger
-    ratio = np.maximum(kept.size, size) / np.maximum(np.minimum(kept.size, size), 1e-6)
+    ratio = larger / np.maximum(np.minimum(kept.size, size), 1e-6)
     turn = np.abs((kept.angle - angle + 180.0) % 360.0 - 180.0)
     return bool(np.any(near & (ratio <= DUPLICATE_SIZE_RATIO) & (turn <= DUPLICATE_ANGLE)))
 
@@ -301,13 +300,13 @@ def with_views(extracted: LocalFeatures, views: Sequence[LocalFeatures], count: 
     (smallest first), strongest first, skipping any that repeats one kept already (:func:`_repeats`)."""
     depth = max((len(v) for v in views), default=0)
     kept = extracted
-    added: list[tuple[int, int]] = []
+    added = 0
     for rank in range(depth):
-        for v, view in enumerate(views):
-            if len(added) >= count:
+        for view in views:
+            if added >= count:
                 break
             if rank < len(view) and not _repeats(view.xy[rank], float(view.size[rank]), float(view.angle[rank]), kept):
-                added.append((v, rank))
+                added += 1
                 one = view.take(np.array([rank]))
                 kept = LocalFeatures(
                     np.concatenate([kept.xy, one.xy]),
