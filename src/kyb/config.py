@@ -292,8 +292,8 @@ class SearchConfig:
     #: ... a guided fit needs this many distinct inliers (never fewer than min_inliers) ...
     guided_min_inliers: int = 10
     #: ... and this many times the pairs the same matching finds under the homography shifted four
-    #: radii aside (chance pairs): on the logos set's no-logo photos chance reached 1.4x, on photos
-    #: dense with features alike (foliage, text) 20-40 pairs, so a count alone is not enough.
+    #: radii aside (chance pairs): a photo dense with features alike (foliage, text) gives dozens of
+    #: chance pairs, so a count alone is not enough (figures: docs/journal.md).
     guided_null_factor: float = 4.0
 
     def __post_init__(self) -> None:
